@@ -1,0 +1,42 @@
+# One target per everyday action. Each creates .venv on first use and installs what it needs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# the CPU build of PyTorch (a plain `torch` requirement may pull a multi-GB CUDA build)
+TORCH  := torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/twotower db upgrade
+	$(BIN)/twotower synth --videos 5000 --users 500 --decisions 50000 --seed 0
+	$(BIN)/twotower import movielens ../shared/data/ml-latest-small
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: $(STAMP)
+	@mkdir -p bench/results
+	@set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+clean:
+	rm -rf $(VENV) .twotower .pytest_cache .mypy_cache .ruff_cache

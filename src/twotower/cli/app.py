@@ -1,0 +1,88 @@
+"""The root ``twotower`` command, and the one place where errors become a line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+import psycopg
+import typer
+
+from twotower import __version__
+from twotower.cli import db_cmds, ingest_cmds, synth_cmds
+from twotower.cli.console import err
+from twotower.errors import ImportRejected, TwoTowerError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="twotower",
+    help="Two-tower recommendations for swipe-style video apps, on PostgreSQL + pgvector.\n\n"
+    "With no DATABASE_URL, an embedded Postgres+pgvector is started under ./.twotower/pg "
+    "(TWOTOWER_PG_DIR) and shared by every twotower process using it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(db_cmds.app, name="db")
+app.add_typer(ingest_cmds.app, name="import")
+app.command("synth")(synth_cmds.synth)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"twotower {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (to stderr)."),
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    # exit through SystemExit so atexit handlers run: the embedded server is detached (and stopped if last)
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run a command; print ``error: ...`` and exit non-zero on failure."""
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        # standalone mode: typer prints usage errors itself (exit 2); our errors propagate to here
+        app(args=argv, prog_name="twotower")
+    except KeyboardInterrupt:
+        err.print("error: interrupted", highlight=False)
+        sys.exit(130)
+    except ImportRejected as exc:
+        for line in exc.problems:
+            err.print(f"  {line}", highlight=False, markup=False)
+        err.print(f"error: {exc.message}", highlight=False, markup=False)
+        sys.exit(exc.exit_code)
+    except TwoTowerError as exc:
+        err.print(f"error: {exc.message}", highlight=False, markup=False)
+        sys.exit(exc.exit_code)
+    except psycopg.OperationalError as exc:
+        text = " ".join(str(exc).split())
+        err.print(f"error: lost the database connection: {text}", highlight=False, markup=False)
+        sys.exit(69)
+    except Exception as exc:
+        if os.environ.get("TWOTOWER_DEBUG"):
+            raise
+        err.print(
+            f"error: internal error ({type(exc).__name__}: {exc}); set TWOTOWER_DEBUG=1 for the traceback",
+            highlight=False,
+            markup=False,
+        )
+        sys.exit(70)

@@ -1,0 +1,154 @@
+"""``twotower import movielens DIR``: the MovieLens ``ml-latest-small`` layout, for evaluation.
+
+``movies.csv`` → videos (source ``movielens``, external id ``movieId``; the year in the title → released at;
+genres → tags); ``tags.csv`` free-text tags → tags of the movie; ``links.csv`` (optional) → ``raw``;
+``ratings.csv`` → swipes: rating ≥ 4 is a like, ≤ 2 a nope, anything between no decision. MovieLens user
+ids map to stable UUIDs (namespace ``movielens``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from twotower.errors import NotFound
+from twotower.ingest.parsing import parse_timestamp, read_csv_rows
+from twotower.ingest.records import DecisionRecord, Problems, VideoRecord, user_uuid
+
+__all__ = ["SOURCE", "MovieLensFiles", "RatingCounts", "read_movies", "read_ratings"]
+
+SOURCE = "movielens"
+LIKE_AT = 4.0
+NOPE_AT = 2.0
+_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:\s*[-–]\s*\d{0,4})?\)\s*$")
+_NO_GENRES = "(no genres listed)"
+
+
+@dataclass(frozen=True)
+class MovieLensFiles:
+    movies: Path
+    ratings: Path
+    tags: Path | None
+    links: Path | None
+
+    @classmethod
+    def find(cls, directory: Path) -> MovieLensFiles:
+        if not directory.is_dir():
+            raise NotFound(f"{directory}: not a directory (expected a MovieLens folder with movies.csv)")
+        missing = [n for n in ("movies.csv", "ratings.csv") if not (directory / n).is_file()]
+        if missing:
+            raise NotFound(f"{directory}: missing {' and '.join(missing)} (expected the MovieLens layout)")
+
+        def optional(name: str) -> Path | None:
+            return directory / name if (directory / name).is_file() else None
+
+        return cls(directory / "movies.csv", directory / "ratings.csv", optional("tags.csv"), optional("links.csv"))
+
+
+@dataclass
+class RatingCounts:
+    likes: int = 0
+    nopes: int = 0
+    neutral: int = 0
+
+
+def split_title(title: str) -> tuple[str, datetime | None]:
+    match = _YEAR.match(title)
+    if not match:
+        return title.strip(), None
+    return match["title"].strip() or title.strip(), datetime(int(match["year"]), 1, 1, tzinfo=UTC)
+
+
+def _free_text_tags(files: MovieLensFiles, problems: Problems) -> dict[str, list[str]]:
+    tags: dict[str, list[str]] = defaultdict(list)
+    if files.tags is None:
+        return tags
+    for number, row in read_csv_rows(files.tags, problems, ("movieid", "tag")):
+        tag = " ".join(row["tag"].split()).lower()
+        if not tag:
+            continue
+        if len(tag) > 200:
+            problems.add(number, "tag longer than 200 characters")
+            continue
+        tags[row["movieid"]].append(tag)
+    return tags
+
+
+def _links(files: MovieLensFiles, problems: Problems) -> dict[str, dict[str, str]]:
+    if files.links is None:
+        return {}
+    return {
+        row["movieid"]: {k: v for k, v in row.items() if k != "movieid" and v}
+        for _, row in read_csv_rows(files.links, problems, ("movieid",))
+    }
+
+
+def read_movies(files: MovieLensFiles, problems: Problems) -> list[VideoRecord]:
+    free_tags = _free_text_tags(files, problems)
+    links = _links(files, problems)
+    records = []
+    for number, row in read_csv_rows(files.movies, problems, ("movieid", "title", "genres")):
+        movie_id = row["movieid"]
+        if not movie_id.isdigit():
+            problems.add(number, f"movieId {movie_id[:40]!r} is not a number")
+            continue
+        if not row["title"]:
+            problems.add(number, "empty title")
+            continue
+        title, released = split_title(row["title"])
+        genres = [g for g in row["genres"].split("|") if g and g != _NO_GENRES]
+        # genres keep their spelling; a free-text tag equal to a genre (any case) is that genre
+        by_key = {g.lower(): g for g in genres}
+        for tag in free_tags.get(movie_id, []):
+            by_key.setdefault(tag, tag)
+        raw: dict[str, object] = {"movielens": {"title": row["title"], "genres": genres, **links.get(movie_id, {})}}
+        records.append(
+            VideoRecord(
+                source=SOURCE,
+                external_id=movie_id,
+                title=title,
+                product_released_at=released,
+                raw=raw,
+                tags=list(by_key.values()),
+                line=number,
+            )
+        )
+    return records
+
+
+def read_ratings(files: MovieLensFiles, problems: Problems, counts: RatingCounts) -> Iterator[DecisionRecord]:
+    for number, row in read_csv_rows(files.ratings, problems, ("userid", "movieid", "rating", "timestamp")):
+        try:
+            rating = float(row["rating"])
+            if not 0 <= rating <= 5:
+                raise ValueError
+        except ValueError:
+            problems.add(number, f"invalid rating {row['rating'][:20]!r} (expected a number from 0 to 5)")
+            continue
+        if not row["userid"].isdigit():
+            problems.add(number, f"userId {row['userid'][:40]!r} is not a number")
+            continue
+        try:
+            created = parse_timestamp(row["timestamp"])
+        except ValueError as exc:
+            problems.add(number, str(exc))
+            continue
+        if rating >= LIKE_AT:
+            decision, counts.likes = "like", counts.likes + 1
+        elif rating <= NOPE_AT:
+            decision, counts.nopes = "nope", counts.nopes + 1
+        else:
+            counts.neutral += 1
+            continue
+        yield DecisionRecord(
+            user_id=user_uuid(SOURCE, row["userid"]),
+            decision_type=decision,
+            created_at=created,
+            source=SOURCE,
+            external_id=row["movieid"],
+            line=number,
+        )

@@ -1,0 +1,95 @@
+"""Runtime settings: one typed object, read from the environment (``TWOTOWER_*`` and ``DATABASE_URL``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+_UNSAFE_SECRETS = {"changeme", "secret", "change-me", "password", "test", "dev"}
+
+
+class Settings(BaseSettings):
+    """All runtime configuration. Secrets come from the environment only, never from files in the repo."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TWOTOWER_",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+
+    # --- store ---------------------------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "TWOTOWER_DATABASE_URL"),
+        description="Postgres URL (any Postgres >= 15 with pgvector >= 0.7). Unset: the embedded server.",
+    )
+    data_dir: Path = Field(default=Path(".twotower"), description="Where local state lives.")
+    pg_dir: Path | None = Field(default=None, description="Embedded Postgres data dir; default DATA_DIR/pg.")
+    db_connect_timeout: float = Field(default=5.0, gt=0, le=120)
+    db_pool_min_size: int = Field(default=1, ge=0, le=100)
+    db_pool_max_size: int = Field(default=10, ge=1, le=500)
+
+    # --- auth (used by the serving API) ----------------------------------------------------------------
+    jwt_secret: SecretStr | None = None
+    jwt_audience: str = "authenticated"
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            url = value.get_secret_value()
+            if not url.startswith(("postgres://", "postgresql://")) and "=" not in url:
+                raise ValueError("expected a postgresql:// URL or a libpq key=value string")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError("db_pool_min_size must not exceed db_pool_max_size")
+        if self.environment == "production" and self.jwt_secret is not None:
+            secret = self.jwt_secret.get_secret_value()
+            if secret.lower() in _UNSAFE_SECRETS or len(secret) < 32:
+                raise ValueError(
+                    "TWOTOWER_JWT_SECRET is a placeholder or shorter than 32 characters; "
+                    "set the project's real JWT secret in production"
+                )
+        return self
+
+    @property
+    def embedded_pg_dir(self) -> Path:
+        return (self.pg_dir or self.data_dir / "pg").expanduser().absolute()
+
+    @property
+    def uses_embedded(self) -> bool:
+        return self.database_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    from pydantic import ValidationError
+
+    from twotower.errors import ConfigError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

@@ -1,0 +1,87 @@
+"""Shared fixtures: one real embedded Postgres+pgvector server per test session, a fresh database per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from twotower.db import Database, EmbeddedServer, upgrade
+from twotower.settings import Settings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MOVIELENS = SHARED / "data" / "ml-latest-small"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URI of the session's embedded server (database ``postgres``)."""
+    server = EmbeddedServer(tmp_path_factory.mktemp("embedded") / "pg")
+    uri = server.start()
+    yield uri
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: str) -> str:
+    """A database with every migration applied, copied for each test (CREATE DATABASE ... TEMPLATE)."""
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS tt_template")
+        conn.execute("CREATE DATABASE tt_template")
+    with psycopg.connect(make_conninfo(pg_server, dbname="tt_template")) as conn:
+        upgrade(conn)
+    return "tt_template"
+
+
+def _create_db(pg_server: str, template: str | None) -> str:
+    name = f"tt_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        tmpl = f" TEMPLATE {template}" if template else ""
+        conn.execute(f"CREATE DATABASE {name}{tmpl}")
+    return name
+
+
+def _drop_db(pg_server: str, name: str) -> None:
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def db_url(pg_server: str, template_db: str) -> Iterator[str]:
+    """URL of a fresh, migrated database for this test."""
+    name = _create_db(pg_server, template_db)
+    yield make_conninfo(pg_server, dbname=name)
+    _drop_db(pg_server, name)
+
+
+@pytest.fixture
+def empty_db_url(pg_server: str) -> Iterator[str]:
+    """URL of a fresh database with no schema at all."""
+    name = _create_db(pg_server, None)
+    yield make_conninfo(pg_server, dbname=name)
+    _drop_db(pg_server, name)
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=db_url, data_dir=tmp_path / "state")
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    with Database.open(settings, migrate=False) as database:
+        yield database
+
+
+@pytest.fixture
+def cli_env(db_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for running the ``twotower`` CLI as a subprocess against this test's database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_") and k != "DATABASE_URL"}
+    env.update(DATABASE_URL=db_url, TWOTOWER_DATA_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
+    return env

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from twotower.db import Database
+from twotower.errors import ImportRejected, InputError
+from twotower.ingest.loader import load_videos
+from twotower.ingest.records import VideoRecord, user_uuid
+from twotower.ingest.service import import_decisions
+
+
+@pytest.fixture
+def catalog(db: Database) -> dict[str, uuid.UUID]:
+    with db.connection() as conn:
+        load_videos(conn, [VideoRecord(source="shop", external_id=f"v{i}", title=f"V{i}") for i in range(5)])
+        rows = conn.execute("SELECT external_id, id FROM videos").fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def _csv(path: Path, *rows: str, header: str = "user_id,external_id,decision_type,created_at") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_import_and_reimport(db: Database, catalog: dict[str, uuid.UUID], tmp_path: Path) -> None:
+    u = uuid.uuid4()
+    f = _csv(
+        tmp_path / "d.csv",
+        f"{u},v0,like,2024-01-01T00:00:00Z",
+        f"{u},v1,nope,1704067300",
+        "alice,v2,LIKE,2024-01-02",
+        "alice,v3,nope,",
+    )
+    first = import_decisions(db, f, source="shop")
+    assert first.decisions is not None and first.decisions.inserted == 4 and not first.problems
+    again = import_decisions(db, f, source="shop")
+    assert again.decisions is not None and (again.decisions.inserted, again.decisions.updated) == (0, 0)
+    with db.connection() as conn:
+        users = {r[0] for r in conn.execute("SELECT DISTINCT user_id FROM user_video_decisions")}
+    assert users == {u, user_uuid("shop", "alice")}
+
+
+def test_by_video_uuid_and_reswipe(db: Database, catalog: dict[str, uuid.UUID], tmp_path: Path) -> None:
+    u = uuid.uuid4()
+    header = "user_id,video_id,decision_type,created_at"
+    import_decisions(db, _csv(tmp_path / "a.csv", f"{u},{catalog['v0']},like,2024-01-01", header=header))
+    later = _csv(tmp_path / "b.csv", f"{u},{catalog['v0']},nope,2024-02-01", header=header)
+    report = import_decisions(db, later)
+    assert report.decisions is not None and report.decisions.updated == 1
+    older = _csv(tmp_path / "c.csv", f"{u},{catalog['v0']},like,2023-01-01", header=header)
+    report = import_decisions(db, older)  # an older swipe never overwrites a newer one
+    assert report.decisions is not None and report.decisions.updated == 0
+    with db.connection() as conn:
+        assert conn.execute("SELECT decision_type FROM user_video_decisions").fetchone() == ("nope",)
+
+
+def test_bad_rows_reported_with_line_numbers(db: Database, catalog: dict[str, uuid.UUID], tmp_path: Path) -> None:
+    f = _csv(
+        tmp_path / "d.csv",
+        "u1,v0,like,2024-01-01",  # 2 ok
+        "u1,v404,like,2024-01-01",  # 3 unknown video
+        "u1,v1,superlike,2024-01-01",  # 4 invalid decision_type
+        "u1,v1,like,not-a-date",  # 5 bad timestamp
+        "u1,v1",  # 6 wrong field count
+        '"u1,v1,like',  # 7 malformed quoting
+        ",v2,like,",  # 8 missing user
+        "u1,,like,",  # 9 missing video
+    )
+    report = import_decisions(db, f, source="shop")
+    assert report.decisions is not None and report.decisions.inserted == 1
+    got = {p.line: p.message for p in report.problems.sorted()}
+    assert set(got) == {3, 4, 5, 6, 7, 8, 9}
+    assert "unknown video" in got[3] and "decision_type" in got[4] and "timestamp" in got[5]
+
+
+def test_strict_is_atomic(db: Database, catalog: dict[str, uuid.UUID], tmp_path: Path) -> None:
+    f = _csv(tmp_path / "d.csv", "u1,v0,like,", "u1,v404,like,")
+    with pytest.raises(ImportRejected, match="line 3"):
+        import_decisions(db, f, source="shop", strict=True)
+    with db.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM user_video_decisions").fetchone() == (0,)
+
+
+def test_bad_headers(db: Database, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="decision_type"):
+        import_decisions(db, _csv(tmp_path / "a.csv", "u1,v0", header="user_id,external_id"))
+    with pytest.raises(InputError, match="video_id or external_id"):
+        import_decisions(db, _csv(tmp_path / "b.csv", "u1,like", header="user_id,decision_type"))
+    (tmp_path / "c.csv").write_text("")
+    with pytest.raises(InputError, match="empty file"):
+        import_decisions(db, tmp_path / "c.csv")
+
+
+def test_cli_unknown_video_strict(cli_env: dict[str, str], tmp_path: Path) -> None:
+    f = _csv(tmp_path / "d.csv", "u1,v404,like,")
+    result = subprocess.run(
+        [sys.executable, "-m", "twotower", "import", "decisions", str(f), "--strict"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "line 2: unknown video catalog:v404" in result.stderr
