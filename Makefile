@@ -36,7 +36,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	@mkdir -p bench/results
-	@set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	@set -e; for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script; done
 
 clean:
 	rm -rf $(VENV) .twotower .pytest_cache .mypy_cache .ruff_cache

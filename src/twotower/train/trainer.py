@@ -1,0 +1,223 @@
+"""The training loop: shuffled epochs of examples, early stopping on validation Recall@20, checkpoints.
+
+Determinism: every epoch draws from generators seeded by ``(seed, epoch)``, so a run resumed from the
+checkpoint of epoch k continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from twotower.model.config import TowerConfig
+from twotower.model.loss import retrieval_loss
+from twotower.model.towers import TwoTowerModel
+from twotower.train.examples import Histories
+from twotower.train.tables import FeatureTables
+
+__all__ = ["EpochStats", "TrainConfig", "Trainer", "recall_at_k"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 512
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    patience: int = 3  # epochs without a better validation Recall@20 before stopping
+    max_valid_users: int = 2000
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    valid_recall_at_20: float
+    examples: int
+    seconds: float
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    best_recall: float = -1.0
+    best_epoch: int = 0
+    history: list[EpochStats] = field(default_factory=list)
+
+
+def recall_at_k(
+    scores: npt.NDArray[np.float32],
+    seen: list[npt.NDArray[np.int64]],
+    targets: list[npt.NDArray[np.int64]],
+    k: int = 20,
+) -> float:
+    """Mean over users of hits in the top k / min(k, |targets|); ``seen`` items are excluded from ranking."""
+    total = 0.0
+    for row, excl, tgt in zip(scores, seen, targets, strict=True):
+        row = row.copy()
+        row[excl] = -np.inf
+        top = np.argpartition(-row, min(k, row.size - 1))[:k]
+        total += np.isin(tgt, top).sum() / min(k, tgt.size)
+    return total / max(len(targets), 1)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: TwoTowerModel,
+        tables: FeatureTables,
+        histories: Histories,
+        config: TrainConfig,
+        valid: tuple[npt.NDArray[np.int64], list[npt.NDArray[np.int64]]] | None = None,
+        world: tuple[int, int] = (0, 1),
+    ) -> None:
+        self.model = model
+        self.tables = tables
+        self.hist = histories
+        self.config = config
+        self.cfg: TowerConfig = model.cfg
+        self.valid = valid  # (users, their validation likes)
+        self.rank, self.world_size = world
+        self.device = tables.device
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.state = TrainState()
+        self.train_model: torch.nn.Module = model  # the DDP wrapper when distributed
+        ex_users, ex_items, ex_p, ex_q = histories.examples()
+        self.ex_users, self.ex_items, self.ex_p, self.ex_q = ex_users, ex_items, ex_p, ex_q
+        counts = histories.item_counts(tables.n_items).astype(np.float64)
+        # log of each item's expected count among the B in-batch candidates (logQ correction)
+        prob = counts / max(counts.sum(), 1.0)
+        log_q = np.log(np.maximum(prob * config.batch_size, 1e-12)) * model.cfg.logq_weight
+        self.log_q = torch.from_numpy(log_q.astype(np.float32)).to(self.device)
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.ex_users.size)
+
+    # -- one epoch ------------------------------------------------------------------------------------------
+    def _batch_loss(self, states: npt.NDArray[np.int64], rng: np.random.Generator) -> torch.Tensor:
+        """Loss of a batch of user states (history prefixes), each with ``targets_per_history`` positives."""
+        cfg = self.cfg
+        k = self.targets_per_state
+        users, p = self.ex_users[states], self.ex_p[states]
+        if cfg.history == "profile":
+            batch = self.hist.batch(users)
+            targets = self.hist.hide_likes(users, k, rng, batch)
+        else:
+            batch = self.hist.batch(users, p, self.ex_q[states])
+            if cfg.target_window > 1:
+                targets = self.hist.future_likes(np.repeat(users, k), np.repeat(p, k), cfg.target_window, rng)
+            else:
+                targets = np.repeat(self.ex_items[states], k)
+        items = torch.from_numpy(targets).to(self.device)
+        user_in = self.tables.user_inputs(batch)
+        m = min(cfg.uniform_negatives, self.tables.n_items)
+        uniform_ids = torch.from_numpy(rng.integers(0, self.tables.n_items, m)).to(self.device)
+        parts = [items, uniform_ids]
+        hard_mask = None
+        if cfg.hard_negatives:
+            hard_rows, has = self.hist.sample_nopes(users, rng)
+            parts.append(torch.from_numpy(hard_rows).to(self.device))
+            hard_mask = torch.from_numpy(np.repeat(has, k)).to(self.device)
+        u, v = self.train_model(user_in, self.tables.items(torch.cat(parts)))
+        b = items.shape[0]
+        groups = None
+        if k > 1:
+            u = u.repeat_interleave(k, dim=0)
+            groups = torch.arange(len(states), device=self.device).repeat_interleave(k)
+        return retrieval_loss(
+            u,
+            v[:b],
+            items,
+            self.log_q[items],
+            cfg.temperature,
+            uniform=v[b : b + m],
+            uniform_ids=uniform_ids,
+            uniform_log_q=math.log(m / self.tables.n_items) * cfg.logq_weight,
+            hard=v[b + m :].repeat_interleave(k, dim=0) if cfg.hard_negatives else None,
+            hard_mask=hard_mask,
+            groups=groups,
+        )
+
+    @property
+    def targets_per_state(self) -> int:
+        sets = self.cfg.history == "profile" or self.cfg.target_window > 1
+        return self.cfg.targets_per_history if sets else 1
+
+    def train_epoch(self, epoch: int, progress: Callable[[int, float], None] | None = None) -> EpochStats:
+        self.model.train()
+        rng = np.random.default_rng([self.config.seed, epoch])
+        torch.manual_seed(self.config.seed * 100_003 + epoch)
+        k = self.targets_per_state
+        # an epoch is as many positives as there are training likes: 1/k as many user states, k targets each
+        states = rng.permutation(self.n_examples)[: -(-self.n_examples // k)][self.rank :: self.world_size]
+        bs = max(1, self.config.batch_size // k)
+        start, total, steps, seen = time.perf_counter(), 0.0, 0, 0
+        for i in range(0, states.size, bs):
+            ex = states[i : i + bs]
+            if ex.size * k < 2:
+                continue
+            seen += ex.size * k
+            loss = self._batch_loss(ex, rng)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            self.optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+            if progress is not None:
+                progress(int(ex.size) * k, total / steps)
+        seconds = time.perf_counter() - start
+        recall = self.validate() if self.rank == 0 else float("nan")
+        stats = EpochStats(epoch, total / max(steps, 1), recall, seen, seconds)
+        self.state.history.append(stats)
+        self.state.epoch = epoch
+        return stats
+
+    # -- validation -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def user_embeddings(self, users: npt.NDArray[np.int64], batch_size: int = 1024) -> npt.NDArray[np.float32]:
+        self.model.eval()
+        out = []
+        for i in range(0, users.size, batch_size):
+            inputs = self.tables.user_inputs(self.hist.batch(users[i : i + batch_size]))
+            out.append(self.model.user_tower(*inputs).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.cfg.embedding_dim), dtype=np.float32)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        if self.valid is None or self.valid[0].size == 0:
+            return float("nan")
+        self.model.eval()
+        users, targets = self.valid
+        items = self.tables.embed_items(self.model)
+        scores = self.user_embeddings(users) @ items.T
+        seen = [
+            self.hist.like_items[self.hist.like_start[u] : self.hist.like_start[u] + self.hist.like_count[u]]
+            for u in users
+        ]
+        return recall_at_k(scores, seen, targets)
+
+    def improved(self, stats: EpochStats) -> bool:
+        """Record the epoch; True when it is the best so far on validation."""
+        if math.isnan(stats.valid_recall_at_20) or stats.valid_recall_at_20 > self.state.best_recall:
+            self.state.best_recall = stats.valid_recall_at_20
+            self.state.best_epoch = stats.epoch
+            return True
+        return False
+
+    def should_stop(self) -> bool:
+        return self.state.epoch - self.state.best_epoch >= self.config.patience

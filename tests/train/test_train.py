@@ -1,0 +1,164 @@
+"""Training end to end on a real database: planted tastes are found, runs are reproducible and resumable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+import torch
+from psycopg.conninfo import make_conninfo
+
+from tests.conftest import _create_db, _drop_db
+from twotower.db import Database
+from twotower.errors import InputError
+from twotower.evaluation import LinearScorer, evaluate
+from twotower.settings import Settings
+from twotower.synth import SynthConfig, generate
+from twotower.train.run import TrainOptions, train
+from twotower.train.scorer import TwoTowerScorer
+
+SYNTH = SynthConfig(videos=3000, users=600, decisions=50_000, seed=7, tastes=8)
+
+
+@pytest.fixture(scope="module")
+def synth_url(pg_server: str, template_db: str) -> Iterator[str]:
+    name = _create_db(pg_server, template_db)
+    url = make_conninfo(pg_server, dbname=name)
+    with psycopg.connect(url) as conn, conn.transaction():
+        generate(conn, SYNTH)
+    yield url
+    _drop_db(pg_server, name)
+
+
+@pytest.fixture
+def synth_db(synth_url: str, tmp_path: Path) -> Iterator[Database]:
+    with Database.open(Settings(database_url=synth_url, data_dir=tmp_path), migrate=False) as db:
+        yield db
+
+
+def _opts(tmp_path: Path, **kw: object) -> TrainOptions:
+    base: dict[str, object] = {"epochs": 2, "batch_size": 256, "output_dir": tmp_path / "models", "resume": False}
+    base.update(kw)
+    return TrainOptions(**base)  # type: ignore[arg-type]
+
+
+def test_two_tower_finds_planted_tastes(synth_db: Database, tmp_path: Path) -> None:
+    result = train(synth_db, _opts(tmp_path, epochs=5, batch_size=512))
+    split, prepared = result.prepared.split, result.prepared
+    model = TwoTowerScorer(result.model, prepared.features)
+    model.fit(split)
+    linear = LinearScorer(prepared.pipeline.content_matrix(prepared.features))
+    linear.fit(split)
+    ours, theirs = evaluate(model, split, ks=(20,)), evaluate(linear, split, ks=(20,))
+    r_ours, r_lin = ours.metrics["all"]["recall@20"], theirs.metrics["all"]["recall@20"]
+    assert r_ours >= 2 * r_lin, (r_ours, r_lin)
+    assert ours.metrics["all"]["auc"] > 0.65
+    # the artifacts are JSON + safetensors
+    names = {p.name for p in result.directory.iterdir()}
+    assert {"model.safetensors", "tower_config.json", "features.json", "training.json"} <= names
+
+
+def test_same_seed_same_model(synth_db: Database, tmp_path: Path) -> None:
+    a = train(synth_db, _opts(tmp_path / "a", seed=3, batch_size=1024))
+    b = train(synth_db, _opts(tmp_path / "b", seed=3, batch_size=1024))
+    assert [asdict(h)["loss"] for h in a.history] == [asdict(h)["loss"] for h in b.history]
+    assert [h.valid_recall_at_20 for h in a.history] == [h.valid_recall_at_20 for h in b.history]
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    c = train(synth_db, _opts(tmp_path / "c", seed=4, batch_size=1024, epochs=1))
+    assert c.history[0].loss != a.history[0].loss
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_from_checkpoint(synth_db: Database, tmp_path: Path) -> None:
+    straight = train(synth_db, _opts(tmp_path / "straight", epochs=2, patience=10, batch_size=1024))
+
+    def crash_after_first(stats: object, better: bool) -> None:
+        raise _Crash()
+
+    opts = _opts(tmp_path / "crashy", epochs=2, patience=10, resume=True, batch_size=1024)
+    with pytest.raises(_Crash):
+        train(synth_db, opts, on_epoch=crash_after_first)
+    resumed = train(synth_db, opts)
+    assert resumed.resumed_from == 1
+    assert [h.loss for h in resumed.history] == pytest.approx([h.loss for h in straight.history], rel=1e-6)
+    for va, vb in zip(resumed.model.state_dict().values(), straight.model.state_dict().values(), strict=True):
+        assert torch.allclose(va, vb, atol=1e-6)
+
+
+def test_update_db_writes_a_generation(synth_db: Database, tmp_path: Path) -> None:
+    from twotower.train.publish import publish_embeddings
+
+    result = train(synth_db, _opts(tmp_path, epochs=1, version="t1", batch_size=1024))
+    assert np.isfinite(result.prepared.pipeline.reference_time)
+    n_videos, n_users = publish_embeddings(synth_db, result)
+    with synth_db.connection() as conn:
+        assert conn.execute("SELECT status, embedding_dim FROM model_versions WHERE version = 't1'").fetchone() == (
+            "ready",
+            64,
+        )
+        assert conn.execute("SELECT count(*) FROM video_embeddings WHERE model_version = 't1'").fetchone() == (
+            n_videos,
+        )
+        assert conn.execute("SELECT count(*) FROM user_embeddings WHERE model_version = 't1'").fetchone() == (n_users,)
+        norm = conn.execute("SELECT vector_norm(embedding) FROM video_embeddings LIMIT 1").fetchone()
+    assert n_videos == SYNTH.videos and n_users == SYNTH.users
+    assert norm is not None and abs(norm[0] - 1.0) < 1e-4
+    with pytest.raises(InputError, match="already exists"):
+        publish_embeddings(synth_db, result)
+
+
+def test_empty_decisions_is_a_clear_error(db: Database, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="catalog is empty"):
+        train(db, _opts(tmp_path))
+    with db.connection() as conn:
+        conn.execute("INSERT INTO videos (source, external_id, title) VALUES ('t', '1', 'one')")
+    with pytest.raises(InputError, match="no decisions"):
+        train(db, _opts(tmp_path))
+
+
+def test_unwritable_output_dir(synth_db: Database, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputError, match=r"output-dir .* is a file, not a directory"):
+        train(synth_db, _opts(tmp_path, output_dir=blocker / "models"))
+
+
+@pytest.mark.parametrize(("args", "needle"), [(["--embedding-dim", "0"], "embedding-dim"),
+                                              (["--embedding-dim", "5000"], "embedding-dim"),
+                                              (["--batch-size", "1"], "batch-size")])  # fmt: skip
+def test_cli_rejects_bad_flags(cli_env: dict[str, str], tmp_path: Path, args: list[str], needle: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "twotower", "train", "--output-dir", str(tmp_path), *args],
+        env=cli_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 65 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error:") and needle in result.stderr
+
+
+def test_cli_train_and_evaluate(synth_url: str, cli_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**cli_env, "DATABASE_URL": synth_url}
+    models = tmp_path / "models"
+    run = subprocess.run(
+        [sys.executable, "-m", "twotower", "train", "--epochs", "2", "--output-dir", str(models), "--version", "cli1"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "valid Recall@20" in run.stdout and "cli1" in run.stdout
+    ev = subprocess.run(
+        [sys.executable, "-m", "twotower", "evaluate", "--models", str(models)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ev.returncode == 0, ev.stderr
+    for name in ("two-tower", "popularity", "linear", "ease", "cold_items", "new_users"):
+        assert name in ev.stdout
+    assert (models / "cli1" / "evaluation.json").is_file()
