@@ -12,15 +12,17 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
 	@touch $@
 
+# until `twotower demo` exists: the pipeline so far, on the embedded database under .twotower/demo
+DEMO_ENV := TWOTOWER_DATA_DIR=.twotower/demo
 demo: $(STAMP)
-	$(BIN)/twotower db upgrade
-	$(BIN)/twotower synth --videos 5000 --users 500 --decisions 50000 --seed 0
-	$(BIN)/twotower import movielens ../shared/data/ml-latest-small
+	$(DEMO_ENV) $(BIN)/twotower db upgrade
+	$(DEMO_ENV) $(BIN)/twotower synth --videos 3000 --users 600 --decisions 50000 --seed 0
+	$(DEMO_ENV) $(BIN)/twotower train --epochs 5 --output-dir .twotower/demo/models --version demo-$$(date +%Y%m%d%H%M%S)
+	$(DEMO_ENV) $(BIN)/twotower evaluate --models .twotower/demo/models
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

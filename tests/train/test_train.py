@@ -17,7 +17,7 @@ from psycopg.conninfo import make_conninfo
 from tests.conftest import _create_db, _drop_db
 from twotower.db import Database
 from twotower.errors import InputError
-from twotower.evaluation import LinearScorer, evaluate
+from twotower.evaluation import LinearScorer, PopularityScorer, evaluate
 from twotower.settings import Settings
 from twotower.synth import SynthConfig, generate
 from twotower.train.run import TrainOptions, train
@@ -59,6 +59,13 @@ def test_two_tower_finds_planted_tastes(synth_db: Database, tmp_path: Path) -> N
     r_ours, r_lin = ours.metrics["all"]["recall@20"], theirs.metrics["all"]["recall@20"]
     assert r_ours >= 2 * r_lin, (r_ours, r_lin)
     assert ours.metrics["all"]["auc"] > 0.65
+    # cold start: videos nobody liked in the training period are found from their content alone
+    popularity = PopularityScorer(len(prepared.catalog))
+    popularity.fit(split)
+    pop = evaluate(popularity, split, ks=(20,))
+    assert ours.users["cold_items"] > 0
+    assert ours.metrics["cold_items"]["recall@20"] > pop.metrics["cold_items"]["recall@20"]
+    assert ours.metrics["all"]["recall@20"] > pop.metrics["all"]["recall@20"]
     # the artifacts are JSON + safetensors
     names = {p.name for p in result.directory.iterdir()}
     assert {"model.safetensors", "tower_config.json", "features.json", "training.json"} <= names

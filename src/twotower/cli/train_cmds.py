@@ -36,7 +36,7 @@ def train(
     batch_size: int = typer.Option(512, "--batch-size", help="Training examples per step."),
     epochs: int = typer.Option(20, "--epochs", help="Maximum epochs (early stopping on validation Recall@20)."),
     learning_rate: float = typer.Option(2e-3, "--learning-rate", help="Adam learning rate."),
-    patience: int = typer.Option(3, "--patience", min=1, help="Epochs without improvement before stopping."),
+    patience: int = typer.Option(5, "--patience", min=1, help="Epochs without improvement before stopping."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed: the same seed gives the same model."),
     output_dir: Path = typer.Option(Path("models"), "--output-dir", help="Where models are written."),
     version: str | None = typer.Option(None, "--version", help="Model version name (default: a timestamp)."),

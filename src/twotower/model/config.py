@@ -45,7 +45,7 @@ class TowerConfig:
     targets_per_history: int = 1  # positives drawn per user state: the user tower runs once for all of them
     temperature: float = 0.05
     logq_weight: float = 1.0  # 1: full popularity correction; 0: none (favours popular items)
-    uniform_negatives: int = 512  # sampled from the whole catalog, shared by the batch
+    uniform_negatives: int = 2048  # sampled from the whole catalog, shared by the batch
     hard_negatives: bool = True  # the user's nopes
 
     def __post_init__(self) -> None:

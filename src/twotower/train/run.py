@@ -41,7 +41,7 @@ class TrainOptions:
     epochs: int = 20
     learning_rate: float = 2e-3
     seed: int = 0
-    patience: int = 3
+    patience: int = 5
     output_dir: Path = Path("models")
     version: str | None = None
     resume: bool = True

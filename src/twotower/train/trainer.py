@@ -34,7 +34,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
     seed: int = 0
-    patience: int = 3  # epochs without a better validation Recall@20 before stopping
+    patience: int = 5  # epochs without a better validation Recall@20 before stopping
     max_valid_users: int = 2000
 
 
@@ -45,6 +45,7 @@ class EpochStats:
     valid_recall_at_20: float
     examples: int
     seconds: float
+    learning_rate: float = 0.0
 
     @property
     def examples_per_second(self) -> float:
@@ -158,6 +159,10 @@ class Trainer:
         sets = self.cfg.history == "profile" or self.cfg.target_window > 1
         return self.cfg.targets_per_history if sets else 1
 
+    @property
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
     def train_epoch(self, epoch: int, progress: Callable[[int, float], None] | None = None) -> EpochStats:
         self.model.train()
         rng = np.random.default_rng([self.config.seed, epoch])
@@ -182,7 +187,7 @@ class Trainer:
                 progress(int(ex.size) * k, total / steps)
         seconds = time.perf_counter() - start
         recall = self.validate() if self.rank == 0 else float("nan")
-        stats = EpochStats(epoch, total / max(steps, 1), recall, seen, seconds)
+        stats = EpochStats(epoch, total / max(steps, 1), recall, seen, seconds, self.learning_rate)
         self.state.history.append(stats)
         self.state.epoch = epoch
         return stats
