@@ -169,3 +169,15 @@ def test_cli_train_and_evaluate(synth_url: str, cli_env: dict[str, str], tmp_pat
     for name in ("two-tower", "popularity", "linear", "ease", "cold_items", "new_users"):
         assert name in ev.stdout
     assert (models / "cli1" / "evaluation.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "tower",
+    [{"history": "profile", "targets_per_history": 4}, {"target_window": 5, "targets_per_history": 2}],
+)
+def test_alternative_objectives_train(synth_db: Database, tmp_path: Path, tower: dict[str, object]) -> None:
+    """The set-based and windowed objectives (one user-tower pass, several positives) learn something too."""
+    result = train(synth_db, _opts(tmp_path, epochs=1, batch_size=1024, refit=False, tower=tower))
+    [stats] = result.history
+    assert stats.examples >= 0.9 * (result.prepared.split.fit & result.prepared.log.like).sum()
+    assert np.isfinite(stats.loss) and stats.valid_recall_at_20 > 0.05

@@ -209,8 +209,11 @@ def load_decisions(
                decision_type text, created_at timestamptz) ON COMMIT DROP"""
     )
     with conn.cursor().copy(
-        "COPY _tt_decisions (line, user_id, video_id, source, external_id, decision_type, created_at) FROM STDIN"
+        "COPY _tt_decisions (line, user_id, video_id, source, external_id, decision_type, created_at) "
+        "FROM STDIN WITH (FORMAT BINARY)"
     ) as copy:
+        # binary COPY: about 4x faster than text for the million-row loads of synthetic data and MovieLens
+        copy.set_types(["int4", "uuid", "uuid", "text", "text", "text", "timestamptz"])
         for rec in records:
             result.read += 1
             copy.write_row(
