@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -23,10 +22,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import psycopg
 from rich.console import Console
 
-from twotower.db import Database, EmbeddedServer, upgrade
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import embedded_database
+
 from twotower.evaluation import (
     EASEScorer,
     EvalResult,
@@ -42,7 +42,6 @@ from twotower.evaluation import (
 )
 from twotower.features.catalog import load_catalog
 from twotower.ingest.service import import_movielens
-from twotower.settings import Settings
 from twotower.train.data import DecisionLog, load_decision_log
 from twotower.train.split import Split, temporal_split
 
@@ -105,23 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 180))  # the metric table is wide
 
-    with tempfile.TemporaryDirectory(prefix="tt-bench-eval-") as tmp:
-        server = EmbeddedServer(Path(tmp) / "pg")
-        uri = server.start()
-        try:
-            with psycopg.connect(uri) as conn:
-                upgrade(conn)
-            started = time.perf_counter()
-            with Database(uri, Settings()) as db:
-                import_movielens(db, args.movielens)
-            import_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            with psycopg.connect(uri) as conn:
-                catalog = load_catalog(conn)
-                log = load_decision_log(conn, catalog.ids)
-            load_seconds = time.perf_counter() - started
-        finally:
-            server.stop()
+    with embedded_database("tt-bench-eval-") as db:
+        started = time.perf_counter()
+        import_movielens(db, args.movielens)
+        import_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        with db.direct() as conn:
+            catalog = load_catalog(conn)
+            log = load_decision_log(conn, catalog.ids)
+        load_seconds = time.perf_counter() - started
 
     split = temporal_split(log)
     n_items = len(catalog)
