@@ -12,7 +12,7 @@ import psycopg
 import typer
 
 from twotower import __version__
-from twotower.cli import db_cmds, ingest_cmds, synth_cmds, train_cmds
+from twotower.cli import db_cmds, export_cmds, ingest_cmds, synth_cmds, train_cmds
 from twotower.cli.console import err
 from twotower.errors import ImportRejected, TwoTowerError
 
@@ -33,6 +33,8 @@ app.add_typer(ingest_cmds.app, name="import")
 app.command("synth")(synth_cmds.synth)
 app.command("train")(train_cmds.train)
 app.command("evaluate")(train_cmds.evaluate)
+app.command("export")(export_cmds.export)
+app.command("validate")(export_cmds.validate)
 
 
 def _version(value: bool) -> None:

@@ -128,7 +128,7 @@ class TwoTowerModel(nn.Module):
         stats: Tensor,  # [B, S]
     ) -> Tensor:
         """The user's embedding from their recent decisions, computed at request time. ``[B, dim]``."""
-        k = min(self.cfg.recent_likes, like_mask.shape[1])
+        k = self.cfg.recent_likes  # a constant slice: shorter histories just give fewer columns (ONNX-friendly)
         # a history item contributes its first few tags and performers: enough for taste, much cheaper
         t, q = self.cfg.history_tags, self.cfg.history_performers
         like_tags, like_performers = like_tags[..., :t], like_performers[..., :q]

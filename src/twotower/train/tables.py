@@ -39,14 +39,16 @@ class FeatureTables:
             self.numeric[rows],
         )  # fmt: skip
 
-    def user_inputs(self, batch: UserBatch) -> tuple[Tensor, ...]:
-        """The 13 inputs of ``TwoTowerModel.user_tower`` in order."""
+    def user_inputs(self, batch: UserBatch, full_width: bool = False) -> tuple[Tensor, ...]:
+        """The 13 inputs of ``TwoTowerModel.user_tower`` in order (``full_width``: every tag and performer, as
+        the exported towers take them; the tower itself reads only the first few)."""
         like_rows = torch.from_numpy(batch.like_rows).to(self.device)
         nope_rows = torch.from_numpy(batch.nope_rows).to(self.device)
+        gather = self.items if full_width else self.history_items
         return (
-            *self.history_items(like_rows),
+            *gather(like_rows),
             torch.from_numpy(batch.like_mask).to(self.device),
-            *self.history_items(nope_rows),
+            *gather(nope_rows),
             torch.from_numpy(batch.nope_mask).to(self.device),
             torch.from_numpy(batch.stats).to(self.device),
         )

@@ -1,0 +1,98 @@
+"""ONNX export and parity validation against PyTorch, on a model trained on real database rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import psycopg
+import pytest
+from onnx import numpy_helper
+from psycopg.conninfo import make_conninfo
+
+from tests.conftest import _create_db, _drop_db
+from twotower.db import Database
+from twotower.export import export_model, validate_model
+from twotower.export.onnx_export import sha256
+from twotower.settings import Settings
+from twotower.synth import SynthConfig, generate
+from twotower.train.run import TrainOptions, train
+
+
+@pytest.fixture(scope="module")
+def trained(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    name = _create_db(pg_server, template_db)
+    url = make_conninfo(pg_server, dbname=name)
+    with psycopg.connect(url) as conn, conn.transaction():
+        generate(conn, SynthConfig(videos=800, users=200, decisions=10_000, seed=3, tastes=6))
+    out = tmp_path_factory.mktemp("models")
+    with Database.open(Settings(database_url=url, data_dir=out), migrate=False) as db:
+        result = train(db, TrainOptions(epochs=1, batch_size=512, output_dir=out, refit=False, version="x1"))
+        export_model(result.directory)
+    yield url, result.directory
+    _drop_db(pg_server, name)
+
+
+def _db(url: str, tmp_path: Path) -> Database:
+    return Database.open(Settings(database_url=url, data_dir=tmp_path), migrate=False)
+
+
+def test_export_writes_towers_and_manifest(trained: tuple[str, Path]) -> None:
+    _, model_dir = trained
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["version"] == "x1" and manifest["embedding_dim"] == 64
+    assert manifest["tower_config"]["embedding_dim"] == 64 and manifest["training_window"]
+    for name, digest in manifest["checksums"].items():
+        assert sha256(model_dir / name) == digest
+    for name in ("item_tower.onnx", "user_tower.onnx"):
+        onnx.checker.check_model(str(model_dir / name))
+
+
+def test_onnx_matches_pytorch(trained: tuple[str, Path], tmp_path: Path) -> None:
+    url, model_dir = trained
+    with _db(url, tmp_path) as db:
+        report = validate_model(db, model_dir)
+    assert report.ok, report
+    assert {c.name for c in report.checks} >= {"item tower", "user tower", "user tower, empty history"}
+    assert all(c.max_abs_diff <= 1e-4 and c.min_cosine >= 0.9999 for c in report.checks)
+    assert report.top20_identical == 1.0 and report.users == 200
+
+
+def test_tampered_tower_fails_validation(trained: tuple[str, Path], tmp_path: Path) -> None:
+    url, model_dir = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    model = onnx.load(str(broken / "user_tower.onnx"))
+    weights = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    values = numpy_helper.to_array(weights).copy()
+    values += 0.05
+    weights.CopyFrom(numpy_helper.from_array(values, weights.name))
+    onnx.save(model, str(broken / "user_tower.onnx"))
+    result = subprocess.run(
+        [sys.executable, "-m", "twotower", "validate", str(broken)],
+        env={"DATABASE_URL": url, "TWOTOWER_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "do not match PyTorch" in result.stderr and "FAIL" in result.stdout
+
+
+def test_cli_validate_ok_and_missing_export(trained: tuple[str, Path], tmp_path: Path) -> None:
+    url, model_dir = trained
+    env = {"DATABASE_URL": url, "TWOTOWER_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run([sys.executable, "-m", "twotower", "validate", str(model_dir)], env=env,
+                        capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "valid" in ok.stdout and "100.0%" in ok.stdout
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    (bare / "user_tower.onnx").unlink()
+    missing = subprocess.run([sys.executable, "-m", "twotower", "validate", str(bare)], env=env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert missing.returncode == 65 and "twotower export" in missing.stderr
