@@ -1,0 +1,202 @@
+"""Artifact stores: where model versions live. Versions are immutable; checksums are verified on load.
+
+A version is a directory of files (ONNX towers, features.json, tower_config.json, model.safetensors,
+manifest.json). ``manifest.json`` carries the sha256 of every other file and is written last, so a version
+whose manifest is present is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from twotower.errors import InputError, NotFound, TwoTowerError
+
+__all__ = ["ArtifactError", "ArtifactStore", "LocalStore", "S3Store", "verify_directory"]
+
+MANIFEST = "manifest.json"
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ArtifactError(TwoTowerError):
+    """An artifact is missing, incomplete or does not match its checksum."""
+
+    code = "artifact_error"
+    exit_code = 65
+    http_status = 409
+
+
+def _check_version(version: str) -> str:
+    if not _VERSION.match(version):
+        raise InputError(f"invalid version {version!r}: use letters, digits, '.', '_' and '-' (at most 128)")
+    return version
+
+
+def _files(directory: Path) -> dict[str, str]:
+    """The manifest's checksums; every listed file must exist."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{directory}: no {MANIFEST} (run `twotower export` first)")
+    try:
+        checksums: dict[str, str] = json.loads(path.read_text())["checksums"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path}: not a valid manifest ({exc})") from None
+    for name in checksums:
+        if "/" in name or name.startswith(".") or not (directory / name).is_file():
+            raise ArtifactError(f"{directory}: the manifest lists {name!r}, which is missing")
+    return checksums
+
+
+def verify_directory(directory: Path) -> dict[str, Any]:
+    """Check every file against the manifest's sha256; return the manifest."""
+    from twotower.export.onnx_export import sha256
+
+    for name, expected in _files(directory).items():
+        actual = sha256(directory / name)
+        if actual != expected:
+            raise ArtifactError(
+                f"{directory / name}: checksum mismatch (expected {expected[:12]}…, got {actual[:12]}…); "
+                "the artifact was modified or corrupted"
+            )
+    manifest: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
+    return manifest
+
+
+class ArtifactStore(Protocol):
+    """Where versions are kept. ``put`` refuses an existing version; ``get`` verifies checksums."""
+
+    def put(self, version: str, directory: Path) -> str: ...
+    def get(self, version: str, target: Path) -> Path: ...
+    def exists(self, version: str) -> bool: ...
+    def versions(self) -> list[str]: ...
+    def uri(self, version: str) -> str: ...
+
+
+class LocalStore:
+    """A directory: ``<root>/<version>/...``; a version appears atomically (rename of a finished copy)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def uri(self, version: str) -> str:
+        return str((self.root / _check_version(version)).absolute())
+
+    def exists(self, version: str) -> bool:
+        return (self.root / _check_version(version) / MANIFEST).is_file()
+
+    def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob(f"*/{MANIFEST}"))
+
+    def put(self, version: str, directory: Path) -> str:
+        checksums = _files(directory)
+        verify_directory(directory)
+        if self.exists(version):
+            raise ArtifactError(f"version {version} already exists in {self.root} (versions are immutable)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=self.root))
+        try:
+            for name in (*checksums, MANIFEST):
+                shutil.copy2(directory / name, staging / name)
+            os.rename(staging, self.root / version)
+        except FileExistsError:
+            raise ArtifactError(f"version {version} already exists in {self.root} (versions are immutable)") from None
+        except OSError as exc:
+            raise ArtifactError(f"cannot store version {version} in {self.root}: {exc.strerror or exc}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return self.uri(version)
+
+    def get(self, version: str, target: Path) -> Path:
+        source = self.root / _check_version(version)
+        if not (source / MANIFEST).is_file():
+            raise NotFound(f"version {version} is not in {self.root}")
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (*_files(source), MANIFEST):
+            shutil.copy2(source / name, target / name)
+        verify_directory(target)
+        return target
+
+
+class S3Store:
+    """Any S3-compatible store (AWS, MinIO, Supabase Storage's S3 endpoint): ``s3://bucket/prefix/<version>/``."""
+
+    def __init__(self, bucket: str, prefix: str = "twotower", client: Any = None, **client_kwargs: Any) -> None:
+        import boto3
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = client or boto3.client("s3", **client_kwargs)
+
+    def _key(self, version: str, name: str) -> str:
+        return f"{self.prefix}/{_check_version(version)}/{name}" if self.prefix else f"{version}/{name}"
+
+    def uri(self, version: str) -> str:
+        return f"s3://{self.bucket}/{self._key(version, '')}"
+
+    def exists(self, version: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(version, MANIFEST))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise ArtifactError(f"cannot reach s3://{self.bucket}: {exc}") from None
+        return True
+
+    def versions(self) -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        found = set()
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else ""):
+            for obj in page.get("Contents", []):
+                parts = obj["Key"].split("/")
+                if parts[-1] == MANIFEST and len(parts) >= 2:
+                    found.add(parts[-2])
+        return sorted(found)
+
+    def put(self, version: str, directory: Path) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        checksums = _files(directory)
+        verify_directory(directory)
+        if self.exists(version):
+            raise ArtifactError(f"version {version} already exists in s3://{self.bucket} (versions are immutable)")
+        try:  # the manifest last: a version without one is an incomplete upload, invisible to readers
+            for name in (*checksums, MANIFEST):
+                self.client.upload_file(str(directory / name), self.bucket, self._key(version, name))
+        except (BotoCoreError, ClientError) as exc:
+            raise ArtifactError(f"upload of version {version} to s3://{self.bucket} failed: {exc}") from None
+        return self.uri(version)
+
+    def get(self, version: str, target: Path) -> Path:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if not self.exists(version):
+            raise NotFound(f"version {version} is not in s3://{self.bucket}/{self.prefix}")
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.bucket, self._key(version, MANIFEST), str(target / MANIFEST))
+            for name in _manifest_names(target):
+                self.client.download_file(self.bucket, self._key(version, name), str(target / name))
+        except (BotoCoreError, ClientError) as exc:
+            raise ArtifactError(f"download of version {version} from s3://{self.bucket} failed: {exc}") from None
+        verify_directory(target)
+        return target
+
+
+def _manifest_names(directory: Path) -> list[str]:
+    try:
+        names = list(json.loads((directory / MANIFEST).read_text())["checksums"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{directory / MANIFEST}: not a valid manifest ({exc})") from None
+    bad = [n for n in names if "/" in n or n.startswith(".")]
+    if bad:
+        raise ArtifactError(f"{directory / MANIFEST}: refusing file names {bad}")
+    return names
