@@ -22,6 +22,7 @@ from twotower.errors import InputError, TwoTowerError
 from twotower.train.split import Split
 
 __all__ = [
+    "EASE_MAX_ITEMS",
     "EASEScorer",
     "LinearScorer",
     "PopularityScorer",
@@ -30,6 +31,7 @@ __all__ = [
     "train_likes_matrix",
 ]
 
+EASE_MAX_ITEMS = 20_000  # the dense item×item inverse: ~3 GB of float64 at this size
 FloatMatrix: TypeAlias = npt.NDArray[np.float32]
 Features: TypeAlias = npt.NDArray[np.floating] | sp.csr_matrix | sp.csr_array
 
@@ -154,7 +156,7 @@ class EASEScorer(_Fitted):
     The inverse is dense, hence the refusal above ``max_items`` catalog videos.
     """
 
-    def __init__(self, n_items: int, lam: float = 200.0, max_items: int = 20_000, name: str = "ease") -> None:
+    def __init__(self, n_items: int, lam: float = 200.0, max_items: int = EASE_MAX_ITEMS, name: str = "ease") -> None:
         if n_items > max_items:
             raise InputError(
                 f"EASE needs a dense item×item inverse: the catalog has {n_items:,} videos, at most "

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from twotower.errors import InputError
 from twotower.features.catalog import CATEGORICAL_FIELDS, Catalog
 from twotower.features.numeric import Normalizer
-from twotower.features.vocab import OOV, Vocabulary
+from twotower.features.vocab import Vocabulary
 
 __all__ = ["FORMAT_VERSION", "FeaturePipeline", "ItemFeatures"]
 
@@ -158,14 +158,6 @@ class FeaturePipeline:
         matrix = np.concatenate(blocks, axis=1)
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
         return (matrix / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-
-    @property
-    def known_items(self) -> int:
-        return len(self.items) - 2
-
-    def is_cold(self, features: ItemFeatures) -> npt.NDArray[np.bool_]:
-        cold: npt.NDArray[np.bool_] = features.item_id == OOV
-        return cold
 
     # -- persistence --------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:

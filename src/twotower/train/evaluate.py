@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,16 +11,13 @@ from typing import Any
 from twotower.db import Database
 from twotower.errors import InputError
 from twotower.evaluation import EASEScorer, EvalResult, LinearScorer, PopularityScorer, evaluate, to_json
-from twotower.evaluation.scorers import Scorer
+from twotower.evaluation.scorers import EASE_MAX_ITEMS, Scorer
 from twotower.features.pipeline import FeaturePipeline
 from twotower.model.weights import load_model
 from twotower.train.prepare import Prepared, prepare
 from twotower.train.scorer import TwoTowerScorer
 
 __all__ = ["EvaluationReport", "evaluate_model", "latest_model_dir"]
-
-log = logging.getLogger(__name__)
-EASE_MAX_ITEMS = 20_000
 
 
 @dataclass

@@ -12,8 +12,6 @@ from psycopg.types.json import Jsonb
 
 from twotower.db import Database
 from twotower.errors import InputError
-from twotower.features.history import HistoryConfig
-from twotower.train.examples import Histories
 from twotower.train.scorer import TwoTowerScorer
 
 if TYPE_CHECKING:
@@ -34,9 +32,7 @@ def publish_embeddings(db: Database, result: TrainResult) -> tuple[int, int]:
     with torch.no_grad():
         items = scorer.item_embeddings
         everything = np.ones(len(prepared.log), dtype=bool)
-        scorer._hist = Histories(
-            prepared.log, everything, len(prepared.catalog), HistoryConfig(cfg.max_likes, cfg.max_nopes)
-        )
+        scorer.use_history(prepared.log, everything)
         users = scorer.user_embeddings(np.arange(prepared.log.n_users))
     training: dict[str, Any] = json.loads((result.directory / "training.json").read_text())
     with db.direct() as conn, conn.transaction():

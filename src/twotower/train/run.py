@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import platform
 import time
 from collections.abc import Callable
@@ -30,8 +29,6 @@ from twotower.train.tables import FeatureTables
 from twotower.train.trainer import EpochStats, TrainConfig, Trainer
 
 __all__ = ["TrainOptions", "TrainResult", "train"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,12 +79,12 @@ def _device(choice: str, world: World) -> torch.device:
         raise InputError(f"--device {choice!r} is not a torch device (try cpu, cuda, cuda:1)") from None
 
 
-def _valid_targets(prepared: Prepared) -> tuple[np.ndarray, list[np.ndarray]]:
+def _valid_targets(prepared: Prepared, max_users: int) -> tuple[np.ndarray, list[np.ndarray]]:
     log, valid = prepared.log, prepared.split.valid
     users = np.unique(log.user[valid]).astype(np.int64)
     rng = np.random.default_rng(12345)
-    if users.size > 2000:
-        users = np.sort(rng.choice(users, 2000, replace=False))
+    if users.size > max_users:
+        users = np.sort(rng.choice(users, max_users, replace=False))
     order = np.flatnonzero(valid)
     by_user: dict[int, list[int]] = {}
     for row in order:
@@ -151,7 +148,7 @@ def train(
     trainer = Trainer(
         TwoTowerModel(cfg).to(device), tables,
         Histories(prepared.log, prepared.split.fit, len(prepared.catalog), hist_cfg),
-        train_config, valid=_valid_targets(prepared), world=(world.rank, world.size),
+        train_config, valid=_valid_targets(prepared, train_config.max_valid_users), world=(world.rank, world.size),
     )  # fmt: skip
     if trainer.n_examples == 0:
         raise InputError("no training likes left after the temporal split: more swipes are needed")

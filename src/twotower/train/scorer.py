@@ -9,6 +9,7 @@ import torch
 from twotower.features.history import HistoryConfig
 from twotower.features.pipeline import ItemFeatures
 from twotower.model.towers import TwoTowerModel
+from twotower.train.data import DecisionLog
 from twotower.train.examples import Histories
 from twotower.train.split import Split
 from twotower.train.tables import FeatureTables
@@ -28,9 +29,13 @@ class TwoTowerScorer:
         self._hist: Histories | None = None
 
     def fit(self, split: Split) -> None:
-        cfg = self.model.cfg
-        self._hist = Histories(split.log, split.train, self.n_items, HistoryConfig(cfg.max_likes, cfg.max_nopes))
+        self.use_history(split.log, split.train)
         self._items = self.tables.embed_items(self.model)
+
+    def use_history(self, log: DecisionLog, rows: npt.NDArray[np.bool_]) -> None:
+        """Users are embedded from these decision rows (``fit``: the training period)."""
+        cfg = self.model.cfg
+        self._hist = Histories(log, rows, self.n_items, HistoryConfig(cfg.max_likes, cfg.max_nopes))
 
     @property
     def item_embeddings(self) -> npt.NDArray[np.float32]:

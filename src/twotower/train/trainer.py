@@ -6,7 +6,6 @@ checkpoint of epoch k continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -23,8 +22,6 @@ from twotower.train.examples import Histories
 from twotower.train.tables import FeatureTables
 
 __all__ = ["EpochStats", "TrainConfig", "Trainer", "recall_at_k"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,13 +64,14 @@ def recall_at_k(
     k: int = 20,
 ) -> float:
     """Mean over users of hits in the top k / min(k, |targets|); ``seen`` items are excluded from ranking."""
-    total = 0.0
-    for row, excl, tgt in zip(scores, seen, targets, strict=True):
-        row = row.copy()
-        row[excl] = -np.inf
-        top = np.argpartition(-row, min(k, row.size - 1))[:k]
-        total += np.isin(tgt, top).sum() / min(k, tgt.size)
-    return total / max(len(targets), 1)
+    from twotower.evaluation.ranking import top_k
+
+    if not targets:
+        return 0.0
+    rows = np.repeat(np.arange(len(seen)), [s.size for s in seen])
+    scores[rows, np.concatenate(seen)] = -np.inf
+    hits = [np.isin(tgt, top).sum() / min(k, tgt.size) for top, tgt in zip(top_k(scores, k), targets, strict=True)]
+    return float(np.mean(hits))
 
 
 class Trainer:
