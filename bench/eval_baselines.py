@@ -41,8 +41,8 @@ from twotower.evaluation import (
     to_json,
 )
 from twotower.features.catalog import load_catalog
+from twotower.features.decisions import DecisionLog, load_decision_log
 from twotower.ingest.service import import_movielens
-from twotower.train.data import DecisionLog, load_decision_log
 from twotower.train.split import Split, temporal_split
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -85,3 +85,47 @@ def cli_env(db_url: str, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_") and k != "DATABASE_URL"}
     env.update(DATABASE_URL=db_url, TWOTOWER_DATA_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
     return env
+
+
+ONNXRUNTIME_NODE = "onnxruntime-node@1.30.0"
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """``node_modules`` with onnxruntime-node, installed with npm on first use (kept under .venv/js)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js is not installed: the JavaScript check of the ONNX towers cannot run")
+    root = Path(__file__).resolve().parents[1] / ".venv" / "js"
+    target = root / "node_modules"
+    if not (target / "onnxruntime-node" / "package.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        # --ignore-scripts: the CPU binaries ship in the package; the install script only fetches GPU extras
+        subprocess.run(
+            ["npm", "install", "--prefix", str(root), "--no-audit", "--no-fund", "--ignore-scripts",
+             "--no-save", ONNXRUNTIME_NODE],
+            check=True, capture_output=True, timeout=600,
+        )  # fmt: skip
+    return target
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible HTTP server (moto's server mode) on 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

@@ -37,6 +37,21 @@ class Settings(BaseSettings):
     db_pool_min_size: int = Field(default=1, ge=0, le=100)
     db_pool_max_size: int = Field(default=10, ge=1, le=500)
 
+    # --- registry and deployment --------------------------------------------------------------------------
+    artifact_store: str | None = Field(
+        default=None,
+        description="Where model versions are kept: a directory, or s3://bucket/prefix for any S3-compatible "
+        "store (credentials from the usual AWS_* variables). Default: DATA_DIR/artifacts.",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, Supabase Storage, ...).")
+    s3_region: str | None = None
+    keep_generations: int = Field(
+        default=2, ge=0, le=100, description="Retired versions whose embeddings are kept for instant rollback."
+    )
+    deploy_tolerance: float = Field(
+        default=0.02, ge=0, le=1, description="Relative Recall@20 drop vs the active model a deploy may have."
+    )
+
     # --- auth (used by the serving API) ----------------------------------------------------------------
     jwt_secret: SecretStr | None = None
     jwt_audience: str = "authenticated"

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from twotower.train.data import DecisionLog
+from twotower.features.decisions import DecisionLog
 from twotower.train.split import Split
 
 

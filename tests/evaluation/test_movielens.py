@@ -8,8 +8,8 @@ from tests.conftest import MOVIELENS
 from twotower.db import Database
 from twotower.evaluation import EASEScorer, LinearScorer, PopularityScorer, Scorer, evaluate, tag_matrix
 from twotower.features.catalog import load_catalog
+from twotower.features.decisions import load_decision_log
 from twotower.ingest.service import import_movielens
-from twotower.train.data import load_decision_log
 from twotower.train.split import temporal_split
 
 pytestmark = pytest.mark.skipif(not MOVIELENS.is_dir(), reason=f"{MOVIELENS} not available")

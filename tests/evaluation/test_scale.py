@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 
 from twotower.evaluation import evaluate
-from twotower.train.data import DecisionLog
+from twotower.features.decisions import DecisionLog
 from twotower.train.split import Split, temporal_split
 
 

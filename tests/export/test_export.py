@@ -19,7 +19,7 @@ from psycopg.conninfo import make_conninfo
 from tests.conftest import _create_db, _drop_db
 from twotower.db import Database
 from twotower.export import export_model, validate_model
-from twotower.export.onnx_export import sha256
+from twotower.registry.store import sha256
 from twotower.settings import Settings
 from twotower.synth import SynthConfig, generate
 from twotower.train.run import TrainOptions, train
@@ -96,3 +96,26 @@ def test_cli_validate_ok_and_missing_export(trained: tuple[str, Path], tmp_path:
     missing = subprocess.run([sys.executable, "-m", "twotower", "validate", str(bare)], env=env,
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     assert missing.returncode == 65 and "twotower export" in missing.stderr
+
+
+def test_javascript_towers_agree_with_python(trained: tuple[str, Path], tmp_path: Path, node_modules: Path) -> None:
+    url, model_dir = trained
+    with _db(url, tmp_path) as db:
+        report = validate_model(db, model_dir, js="require", node_modules=node_modules)
+    js = [c for c in report.checks if "JavaScript" in c.name]
+    assert {c.name for c in js} == {"item tower (JavaScript)", "user tower (JavaScript)"}
+    assert all(c.rows > 0 and c.max_abs_diff <= 1e-4 and c.min_cosine >= 0.9999 for c in js), js
+    assert report.ok and report.js_runtime and report.js_runtime.startswith("onnxruntime-node")
+
+
+def test_javascript_check_skipped_with_reason(trained: tuple[str, Path], tmp_path: Path) -> None:
+    url, model_dir = trained
+    env = {"DATABASE_URL": url, "TWOTOWER_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin",
+           "TWOTOWER_NODE_MODULES": str(tmp_path / "nowhere")}  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "twotower", "validate", str(model_dir)], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "JavaScript check skipped" in run.stdout
+    required = subprocess.run([sys.executable, "-m", "twotower", "validate", str(model_dir), "--js", "require"],
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert required.returncode == 65 and "JavaScript check cannot run" in required.stderr

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import platform
 import warnings
 from pathlib import Path
@@ -13,20 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from twotower.errors import InputError
+from twotower.inference.towers import ITEM_INPUTS, ITEM_ONNX, USER_INPUTS, USER_ONNX
 from twotower.model.towers import TwoTowerModel
 from twotower.model.weights import load_model
+from twotower.registry.store import sha256
 
 __all__ = ["ITEM_INPUTS", "ITEM_ONNX", "MANIFEST", "USER_INPUTS", "USER_ONNX", "export_model", "sha256"]
 
-ITEM_INPUTS = ("item_id", "tags", "performers", "categorical", "numeric")
-USER_INPUTS = (
-    *(f"like_{n}" for n in ITEM_INPUTS),
-    "like_mask",
-    *(f"nope_{n}" for n in ITEM_INPUTS),
-    "nope_mask",
-    "stats",
-)
-ITEM_ONNX, USER_ONNX, MANIFEST = "item_tower.onnx", "user_tower.onnx", "manifest.json"
+MANIFEST = "manifest.json"
 OPSET = 18
 
 
@@ -59,14 +53,6 @@ class _UserTower(nn.Module):
         )  # fmt: skip
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _examples(model: TwoTowerModel, batch: int = 2) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     cfg = model.cfg
 
@@ -89,6 +75,8 @@ def _examples(model: TwoTowerModel, batch: int = 2) -> tuple[tuple[Tensor, ...],
 
 def _export(module: nn.Module, args: tuple[Tensor, ...], names: tuple[str, ...], output: str, path: Path,
             dynamic: dict[str, dict[int, Any]]) -> None:  # fmt: skip
+    # the exporter logs that torchvision ops are not registered: irrelevant here, and noise on stderr
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (deprecations of internals), not about our model
         program = torch.onnx.export(

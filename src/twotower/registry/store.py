@@ -7,17 +7,21 @@ whose manifest is present is complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from twotower.errors import InputError, NotFound, TwoTowerError
+from twotower.errors import ConfigError, InputError, NotFound, TwoTowerError
 
-__all__ = ["ArtifactError", "ArtifactStore", "LocalStore", "S3Store", "verify_directory"]
+if TYPE_CHECKING:
+    from twotower.settings import Settings
+
+__all__ = ["ArtifactError", "ArtifactStore", "LocalStore", "S3Store", "open_store", "sha256", "verify_directory"]
 
 MANIFEST = "manifest.json"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -52,10 +56,16 @@ def _files(directory: Path) -> dict[str, str]:
     return checksums
 
 
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def verify_directory(directory: Path) -> dict[str, Any]:
     """Check every file against the manifest's sha256; return the manifest."""
-    from twotower.export.onnx_export import sha256
-
     for name, expected in _files(directory).items():
         actual = sha256(directory / name)
         if actual != expected:
@@ -200,3 +210,23 @@ def _manifest_names(directory: Path) -> list[str]:
     if bad:
         raise ArtifactError(f"{directory / MANIFEST}: refusing file names {bad}")
     return names
+
+
+def open_store(settings: Settings) -> LocalStore | S3Store:
+    """The configured store: ``TWOTOWER_ARTIFACT_STORE`` (a directory or ``s3://bucket/prefix``)."""
+    where = settings.artifact_store
+    if not where:
+        return LocalStore((settings.data_dir / "artifacts").expanduser().absolute())
+    if where.startswith("s3://"):
+        bucket, _, prefix = where[len("s3://") :].partition("/")
+        if not bucket:
+            raise ConfigError(f"TWOTOWER_ARTIFACT_STORE={where!r}: expected s3://bucket/prefix")
+        from botocore.config import Config
+
+        return S3Store(
+            bucket, prefix, endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+        )  # fmt: skip
+    if "://" in where:
+        raise ConfigError(f"TWOTOWER_ARTIFACT_STORE={where!r}: use a directory or s3://bucket/prefix")
+    return LocalStore(Path(where).expanduser().absolute())

@@ -11,8 +11,8 @@ import psycopg
 
 from twotower.errors import InputError
 from twotower.features.catalog import Catalog, load_catalog
+from twotower.features.decisions import DecisionLog, load_decision_log
 from twotower.features.pipeline import FeaturePipeline, ItemFeatures
-from twotower.train.data import DecisionLog, load_decision_log
 from twotower.train.split import Split, temporal_split
 
 __all__ = ["Prepared", "prepare"]

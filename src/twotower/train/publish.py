@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from twotower.db import Database
 from twotower.errors import InputError
+from twotower.registry.generation import write_embeddings
 from twotower.train.scorer import TwoTowerScorer
 
 if TYPE_CHECKING:
@@ -47,16 +47,7 @@ def publish_embeddings(db: Database, result: TrainResult) -> tuple[int, int]:
         ).fetchone()  # fmt: skip
         if row is None:
             raise InputError(f"model version {result.version} already exists in the database (versions are immutable)")
-        for table, key, ids, vectors in (
-            ("video_embeddings", "video_id", prepared.catalog.ids, items),
-            ("user_embeddings", "user_id", prepared.log.user_ids, users),
-        ):
-            copy_sql = sql.SQL("COPY {} (model_version, {}, embedding) FROM STDIN WITH (FORMAT BINARY)").format(
-                sql.Identifier(table), sql.Identifier(key)
-            )
-            with conn.cursor().copy(copy_sql) as copy:
-                copy.set_types(["text", "uuid", "vector"])
-                for rid, vec in zip(ids, vectors, strict=True):
-                    copy.write_row((result.version, rid, vec))
+        write_embeddings(conn, "video_embeddings", "video_id", result.version, prepared.catalog.ids, items)
+        write_embeddings(conn, "user_embeddings", "user_id", result.version, prepared.log.user_ids, users)
         conn.execute("UPDATE model_versions SET status = 'ready' WHERE version = %s", (result.version,))
     return len(items), len(users)

@@ -16,6 +16,7 @@ import torch
 
 from twotower.db import Database
 from twotower.errors import InputError
+from twotower.features.examples import Histories
 from twotower.features.history import STATS_WIDTH, HistoryConfig
 from twotower.model.config import TowerConfig
 from twotower.model.towers import TwoTowerModel
@@ -23,7 +24,6 @@ from twotower.model.weights import save_model
 from twotower.paths import writable_directory
 from twotower.train.checkpoint import load_checkpoint, save_checkpoint
 from twotower.train.distributed import World
-from twotower.train.examples import Histories
 from twotower.train.prepare import Prepared, prepare
 from twotower.train.tables import FeatureTables
 from twotower.train.trainer import EpochStats, TrainConfig, Trainer

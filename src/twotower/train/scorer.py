@@ -6,11 +6,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from twotower.features.decisions import DecisionLog
+from twotower.features.examples import Histories
 from twotower.features.history import HistoryConfig
 from twotower.features.pipeline import ItemFeatures
 from twotower.model.towers import TwoTowerModel
-from twotower.train.data import DecisionLog
-from twotower.train.examples import Histories
 from twotower.train.split import Split
 from twotower.train.tables import FeatureTables
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from twotower.train.data import DecisionLog
+from twotower.features.decisions import DecisionLog
 
 __all__ = ["Split", "temporal_split"]
 

@@ -7,9 +7,9 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from twotower.features.examples import UserBatch
 from twotower.features.pipeline import ItemFeatures
 from twotower.model.towers import TwoTowerModel
-from twotower.train.examples import UserBatch
 
 __all__ = ["FeatureTables"]
 

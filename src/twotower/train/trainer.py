@@ -15,10 +15,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from twotower.features.examples import Histories
 from twotower.model.config import TowerConfig
 from twotower.model.loss import retrieval_loss
 from twotower.model.towers import TwoTowerModel
-from twotower.train.examples import Histories
 from twotower.train.tables import FeatureTables
 
 __all__ = ["EpochStats", "TrainConfig", "Trainer", "recall_at_k"]

@@ -1,4 +1,4 @@
-"""Training examples and user histories as index arrays (numpy), gathered into tensors per batch.
+"""Training examples and user histories as index arrays (numpy only: training, batch jobs and serving share it).
 
 Every training like is one example: the user's history is what they did *before* it (most recent first),
 exactly what the API will know when it computes their embedding at request time.
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from twotower.features.decisions import DecisionLog
 from twotower.features.history import HistoryConfig, user_stats
-from twotower.train.data import DecisionLog
 
 __all__ = ["Histories", "UserBatch"]
 
@@ -26,6 +26,15 @@ class UserBatch:
     nope_rows: npt.NDArray[np.int64]  # [B, Hn]
     nope_mask: npt.NDArray[np.float32]
     stats: npt.NDArray[np.float32]  # [B, S]
+
+    def __len__(self) -> int:
+        return int(self.like_rows.shape[0])
+
+    def slice(self, start: int, stop: int) -> UserBatch:
+        return UserBatch(
+            self.like_rows[start:stop], self.like_mask[start:stop], self.nope_rows[start:stop],
+            self.nope_mask[start:stop], self.stats[start:stop],
+        )  # fmt: skip
 
 
 def _sequences(

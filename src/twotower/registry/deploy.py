@@ -1,0 +1,408 @@
+"""``twotower deploy``: train → export → validate → quality gate → upload → build generation → promote.
+
+Every stage before the promote works beside the active version and touches none of its rows, so a failure
+anywhere leaves it serving, untouched; the failed version is marked ``failed`` and its partial rows dropped.
+Deploys are serialised with a Postgres advisory lock held for the whole run. Imports torch (training side).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from twotower.db import Database
+from twotower.errors import InputError, TwoTowerError
+from twotower.evaluation import LinearScorer, evaluate
+from twotower.export import export_model, validate_model
+from twotower.features.pipeline import FeaturePipeline
+from twotower.inference.towers import OnnxTowers
+from twotower.model.weights import load_model
+from twotower.registry.generation import GenerationStats, build_generation
+from twotower.registry.store import ArtifactStore
+from twotower.registry.versions import (
+    active_version,
+    drop_generation,
+    fail_stale_builds,
+    get_version,
+    promote,
+    prune_generations,
+)
+from twotower.train.prepare import prepare
+from twotower.train.run import TrainOptions, train
+from twotower.train.scorer import TwoTowerScorer
+
+__all__ = [
+    "STAGES",
+    "DeployFailed",
+    "DeployInProgress",
+    "DeployOptions",
+    "DeployResult",
+    "GateResult",
+    "QualityGateFailed",
+    "deploy",
+    "deploy_lock",
+]
+
+DEPLOY_LOCK = 0x7477_0001
+STAGES = ("train", "export", "validate", "gate", "upload", "build", "promote", "prune")
+GATE_METRIC = "recall@20"
+
+
+class DeployInProgress(TwoTowerError):
+    """Another deploy holds the lock."""
+
+    code = "deploy_in_progress"
+    exit_code = 75  # EX_TEMPFAIL: try again later
+    http_status = 409
+
+
+class QualityGateFailed(TwoTowerError):
+    code = "quality_gate_failed"
+    exit_code = 65
+    http_status = 422
+
+
+class DeployFailed(TwoTowerError):
+    """A stage failed; the active version was left serving. ``exit_code`` is the cause's."""
+
+    code = "deploy_failed"
+
+    def __init__(self, message: str, stage: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.cause = cause
+        self.exit_code = getattr(cause, "exit_code", 70)
+
+
+@dataclass
+class DeployOptions:
+    train: TrainOptions = field(default_factory=TrainOptions)
+    model_dir: Path | None = None  # deploy a model trained before (the train stage is skipped)
+    from_store: str | None = None  # re-activate an archived version: rebuild its generation from the store
+    gate: bool = True
+    tolerance: float = 0.02  # relative Recall@20 drop vs the active version that is still accepted
+    keep_generations: int = 2
+    wait: bool = False  # wait for a running deploy instead of exiting
+    lock_timeout: float = 0.0  # with wait: give up after this many seconds (0: wait for ever)
+    cache_dir: Path = Path(".twotower/models")  # where versions are fetched from the store to be loaded
+
+
+@dataclass
+class GateResult:
+    metric: str
+    model: float
+    linear: float
+    active_version: str | None
+    active: float | None
+    tolerance: float
+    passed: bool
+    reasons: list[str]
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class DeployResult:
+    version: str
+    previous: str | None
+    gate: GateResult | None
+    generation: GenerationStats
+    pruned: list[str]
+    cleaned: list[str]
+    seconds: dict[str, float]
+    restored: str | None = None  # the artifact URI an archived version was rebuilt from
+
+
+@contextmanager
+def deploy_lock(db: Database, *, wait: bool = False, timeout: float = 0.0) -> Iterator[psycopg.Connection[Any]]:
+    """Hold the deploy lock on a dedicated autocommit connection (released when it closes, even on a crash)."""
+    with db.direct(autocommit=True) as conn:
+        conn.execute("SELECT set_config('application_name', 'twotower deploy', false)")
+        # polled rather than blocking in pg_advisory_lock: a waiting statement holds a snapshot, and the running
+        # deploy's CREATE INDEX CONCURRENTLY would wait for that snapshot, a deadlock Postgres cannot see
+        deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
+        while True:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (DEPLOY_LOCK,)).fetchone()
+            if row and row[0]:
+                break
+            if not wait:
+                raise DeployInProgress(_holder(conn))
+            if time.monotonic() >= deadline:
+                raise DeployInProgress(f"another deploy is still running after waiting {timeout:g} s; try again later")
+            time.sleep(0.5)
+        try:
+            yield conn
+        finally:
+            with suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(%s)", (DEPLOY_LOCK,))
+
+
+def _holder(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute(
+        "SELECT a.pid, a.backend_start, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s",
+        (DEPLOY_LOCK >> 32, DEPLOY_LOCK & 0xFFFFFFFF),
+    ).fetchone()
+    who = f" (database pid {row[0]}, running since {row[1]:%Y-%m-%d %H:%M:%S %Z})" if row else ""
+    return f"another deploy is running{who}; wait for it, or run with --wait to queue behind it"
+
+
+def _recall(result: Any) -> float:
+    return float(result.metrics["all"][GATE_METRIC])
+
+
+def _active_model_dir(db: Database, store: ArtifactStore, version: str, cache_dir: Path) -> Path | None:
+    """The active version's artifacts: from the store (checksums verified), else its recorded directory."""
+    if store.exists(version):
+        return fetch(store, version, cache_dir)
+    with db.connection() as conn:
+        uri = get_version(conn, version).artifact_uri
+    if uri and (Path(uri) / "model.safetensors").is_file() and (Path(uri) / "features.json").is_file():
+        return Path(uri)
+    return None
+
+
+def fetch(store: ArtifactStore, version: str, cache_dir: Path) -> Path:
+    """A verified local copy of a stored version (re-verified when already cached)."""
+    from twotower.registry.store import ArtifactError, verify_directory
+
+    target = cache_dir / version
+    if (target / "manifest.json").is_file():
+        with suppress(ArtifactError):
+            verify_directory(target)
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+    staging = cache_dir / f".{version}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    store.get(version, staging)
+    staging.rename(target)
+    return target
+
+
+def quality_gate(db: Database, model_dir: Path, store: ArtifactStore, tolerance: float, cache_dir: Path) -> GateResult:
+    """Recall@20 on the temporal split's test period: the model vs the linear baseline and the active model."""
+    with db.direct() as conn:
+        prepared = prepare(conn)
+        active = active_version(conn)
+    pipeline = FeaturePipeline.load(model_dir / "features.json")
+    features = pipeline.transform(prepared.catalog)
+    results = {}
+    for name, scorer in (
+        ("model", TwoTowerScorer(load_model(model_dir), features)),
+        ("linear", LinearScorer(pipeline.content_matrix(features))),
+    ):
+        scorer.fit(prepared.split)
+        results[name] = _recall(evaluate(scorer, prepared.split))
+    active_recall: float | None = None
+    note = None
+    if active is not None:
+        active_dir = _active_model_dir(db, store, active, cache_dir)
+        if active_dir is None:
+            note = f"the active version {active} has no artifacts to evaluate: regression check skipped"
+        else:
+            active_pipeline = FeaturePipeline.load(active_dir / "features.json")
+            scorer = TwoTowerScorer(load_model(active_dir), active_pipeline.transform(prepared.catalog))
+            scorer.fit(prepared.split)
+            active_recall = _recall(evaluate(scorer, prepared.split))
+    reasons = []
+    model, linear = results["model"], results["linear"]
+    if math.isnan(model):
+        reasons.append("no test users in the temporal split: not enough swipes to measure the model")
+    elif not model > linear:
+        reasons.append(f"Recall@20 {model:.4f} does not beat the linear model's {linear:.4f}")
+    if active_recall is not None and not math.isnan(model) and model < active_recall * (1 - tolerance):
+        reasons.append(
+            f"Recall@20 {model:.4f} regresses vs the active version {active} ({active_recall:.4f}) by more than "
+            f"{tolerance:.0%}"
+        )
+    return GateResult(GATE_METRIC, model, linear, active, active_recall, tolerance, not reasons, reasons, note)
+
+
+def deploy(
+    db: Database,
+    store: ArtifactStore,
+    options: DeployOptions,
+    *,
+    on_stage: Callable[[str], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+    on_chunk: Callable[[str, int], None] | None = None,
+) -> DeployResult:
+    """Run a whole deploy under the deploy lock. ``on_stage(name)`` is called as each stage starts."""
+    seconds: dict[str, float] = {}
+    say = on_progress or (lambda _: None)
+    with deploy_lock(db, wait=options.wait, timeout=options.lock_timeout) as lock:
+        cleaned = fail_stale_builds(lock, "interrupted: the deploy building it stopped before it finished")
+        if options.from_store is not None:
+            return _restore(db, store, options, lock, cleaned, on_stage, say, on_chunk)
+        stage = "train"
+        version: str | None = None
+        registered = False
+        try:
+            started = time.perf_counter()
+            if on_stage:
+                on_stage(stage)
+            if options.model_dir is None:
+                model_dir = train(db, options.train).directory
+            else:
+                model_dir = options.model_dir
+                if not (model_dir / "tower_config.json").is_file():
+                    raise InputError(f"{model_dir}: not a model directory (no tower_config.json)")
+            version = _version_of(model_dir)
+            _check_new(db, store, version)
+            seconds[stage] = time.perf_counter() - started
+
+            def step(name: str) -> None:
+                nonlocal stage, started
+                seconds[stage] = time.perf_counter() - started
+                stage, started = name, time.perf_counter()
+                if on_stage:
+                    on_stage(name)
+
+            step("export")
+            manifest = _exported(model_dir) or export_model(model_dir)
+            step("validate")
+            report = validate_model(db, model_dir)
+            if not report.ok:
+                bad = ", ".join(c.name for c in report.checks if not c.ok) or "top-20 lists differ"
+                raise InputError(f"the ONNX towers do not match PyTorch within tolerance ({bad})")
+            step("gate")
+            gate = None
+            if options.gate:
+                gate = quality_gate(db, model_dir, store, options.tolerance, options.cache_dir)
+                if gate.note:
+                    say(gate.note)
+                if not gate.passed:
+                    raise QualityGateFailed("quality gate: " + "; ".join(gate.reasons))
+            step("upload")
+            uri = store.put(version, model_dir)
+            with db.connection() as conn:
+                conn.execute(
+                    "INSERT INTO model_versions (version, status, embedding_dim, artifact_uri, manifest, metrics) "
+                    "VALUES (%s, 'registered', %s, %s, %s, %s)",
+                    (version, manifest["embedding_dim"], uri, Jsonb(manifest),
+                     Jsonb({"gate": gate.to_json() if gate else None, **manifest.get("metrics", {})})),
+                )  # fmt: skip
+            registered = True
+            step("build")
+            towers = OnnxTowers(fetch(store, version, options.cache_dir))  # what serving will load, verified
+            generation = build_generation(db, towers, on_progress=say, on_chunk=on_chunk)
+            step("promote")
+            with db.direct() as conn:
+                previous = promote(conn, version)
+            seconds[stage] = time.perf_counter() - started
+        except BaseException as exc:
+            if registered and version is not None:
+                _mark_failed(lock, version, stage, exc)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            with db.connection() as conn:
+                serving = active_version(conn)
+            still = f"the active version {serving} is still serving" if serving else "no version is active"
+            cause = exc.message if isinstance(exc, TwoTowerError) else f"{type(exc).__name__}: {exc}"
+            raise DeployFailed(f"deploy failed at {stage}: {cause} ({still})", stage, exc) from exc
+        # promoted: from here on a failure is only a warning (the new version is serving)
+        started = time.perf_counter()
+        try:
+            if on_stage:
+                on_stage("prune")
+            pruned = prune_generations(lock, options.keep_generations)
+        except (psycopg.Error, TwoTowerError) as exc:
+            say(f"warning: pruning old generations failed ({exc}); they stay until the next deploy")
+            pruned = []
+        seconds["prune"] = time.perf_counter() - started
+    return DeployResult(version, previous, gate, generation, pruned, cleaned, seconds)
+
+
+def _restore(
+    db: Database,
+    store: ArtifactStore,
+    options: DeployOptions,
+    lock: psycopg.Connection[Any],
+    cleaned: list[str],
+    on_stage: Callable[[str], None] | None,
+    say: Callable[[str], None],
+    on_chunk: Callable[[str, int], None] | None,
+) -> DeployResult:
+    """Rebuild an archived version's generation from its (verified) stored artifacts and promote it."""
+    version = str(options.from_store)
+    with db.connection() as conn:
+        status = get_version(conn, version).status
+        if status != "archived":
+            raise InputError(f"version {version} is {status}, not archived: `twotower rollback {version}` if it "
+                             "has a generation, else deploy a new version")  # fmt: skip
+        conn.execute("UPDATE model_versions SET status = 'registered', error = NULL WHERE version = %s", (version,))
+    seconds: dict[str, float] = {}
+    stage, started = "build", time.perf_counter()
+    try:
+        if on_stage:
+            on_stage(stage)
+        towers = OnnxTowers(fetch(store, version, options.cache_dir))
+        generation = build_generation(db, towers, on_progress=say, on_chunk=on_chunk)
+        seconds[stage] = time.perf_counter() - started
+        stage, started = "promote", time.perf_counter()
+        if on_stage:
+            on_stage(stage)
+        with db.direct() as conn:
+            previous = promote(conn, version)
+        seconds[stage] = time.perf_counter() - started
+    except BaseException as exc:
+        with suppress(psycopg.Error):  # back to archived: the artifacts are still fine, only the rebuild failed
+            lock.execute("UPDATE model_versions SET status = 'archived' WHERE version = %s", (version,))
+            drop_generation(lock, version)
+        if isinstance(exc, TwoTowerError):
+            raise DeployFailed(f"rebuilding {version} failed at {stage}: {exc.message}", stage, exc) from exc
+        raise
+    pruned = prune_generations(lock, options.keep_generations)
+    return DeployResult(version, previous, None, generation, pruned, cleaned, seconds, restored=store.uri(version))
+
+
+def _exported(model_dir: Path) -> dict[str, Any] | None:
+    """The manifest of an earlier export of exactly these weights (the export is deterministic), else None."""
+    from twotower.registry.store import ArtifactError, sha256, verify_directory
+
+    try:
+        manifest = verify_directory(model_dir)
+    except ArtifactError:
+        return None
+    names = set(manifest.get("checksums", {}))
+    if not {"model.safetensors", "item_tower.onnx", "user_tower.onnx", "features.json"} <= names:
+        return None
+    if manifest.get("version") != _version_of(model_dir):
+        return None
+    return manifest if manifest["checksums"]["model.safetensors"] == sha256(model_dir / "model.safetensors") else None
+
+
+def _version_of(model_dir: Path) -> str:
+    try:
+        return str(json.loads((model_dir / "training.json").read_text())["version"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{model_dir}: no readable training.json ({exc})") from None
+
+
+def _check_new(db: Database, store: ArtifactStore, version: str) -> None:
+    with db.connection() as conn:
+        row = conn.execute("SELECT status FROM model_versions WHERE version = %s", (version,)).fetchone()
+    if row is not None:
+        raise InputError(f"version {version} is already registered ({row[0]}); versions are immutable")
+    if store.exists(version):
+        raise InputError(f"version {version} is already in the artifact store; versions are immutable")
+
+
+def _mark_failed(conn: psycopg.Connection[Any], version: str, stage: str, exc: BaseException) -> None:
+    """Best effort: the version is marked failed and its partial generation dropped (the next deploy retries)."""
+    reason = f"{stage}: {exc.message if isinstance(exc, TwoTowerError) else type(exc).__name__}"[:1000]
+    with suppress(psycopg.Error):
+        conn.execute("UPDATE model_versions SET status = 'failed', error = %s WHERE version = %s", (reason, version))
+        drop_generation(conn, version)

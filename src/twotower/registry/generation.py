@@ -1,0 +1,115 @@
+"""Building a version's embedding generation with its ONNX towers, next to the one that is serving.
+
+Rows are written with binary COPY in one transaction (a crash leaves none behind), then the generation gets a
+partial HNSW index of its own, built concurrently so the serving generation is never blocked.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg import sql
+
+from twotower.db import Database
+from twotower.features.catalog import load_catalog
+from twotower.features.decisions import load_decision_log
+from twotower.features.examples import Histories
+from twotower.inference.towers import OnnxTowers
+from twotower.registry.versions import hnsw_index_name
+
+__all__ = ["GenerationStats", "build_generation", "create_generation_index", "write_embeddings"]
+
+CHUNK = 10_000
+
+
+@dataclass
+class GenerationStats:
+    videos: int
+    users: int
+    seconds: float
+
+
+def write_embeddings(
+    conn: psycopg.Connection[Any],
+    table: str,
+    key: str,
+    version: str,
+    ids: Sequence[uuid.UUID],
+    vectors: npt.NDArray[np.float32],
+    on_chunk: Callable[[str, int], None] | None = None,
+) -> None:
+    """Binary COPY of ``(version, id, vector)`` rows, in chunks (``on_chunk(table, rows_so_far)`` after each)."""
+    copy_sql = sql.SQL("COPY {} (model_version, {}, embedding) FROM STDIN WITH (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.Identifier(key)
+    )
+    for start in range(0, len(ids), CHUNK):
+        with conn.cursor().copy(copy_sql) as copy:
+            copy.set_types(["text", "uuid", "vector"])
+            for rid, vec in zip(ids[start : start + CHUNK], vectors[start : start + CHUNK], strict=True):
+                copy.write_row((version, rid, vec))
+        if on_chunk is not None:
+            on_chunk(table, min(start + CHUNK, len(ids)))
+
+
+def create_generation_index(conn: psycopg.Connection[Any], version: str, dim: int) -> None:
+    """The generation's partial HNSW index (inner product: the towers' outputs are unit vectors).
+
+    ``conn`` must be in autocommit mode (``CREATE INDEX CONCURRENTLY``). An invalid leftover from a crashed build
+    is dropped first.
+    """
+    name = sql.Identifier(hnsw_index_name(version))
+    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(name))
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX CONCURRENTLY {} ON video_embeddings USING hnsw ((embedding::vector({})) vector_ip_ops) "
+            "WITH (m = 16, ef_construction = 64) WHERE model_version = {}"
+        ).format(name, sql.Literal(dim), sql.Literal(version))
+    )
+    conn.execute("ANALYZE video_embeddings")
+
+
+def build_generation(
+    db: Database,
+    towers: OnnxTowers,
+    *,
+    on_progress: Callable[[str], None] | None = None,
+    on_chunk: Callable[[str, int], None] | None = None,
+) -> GenerationStats:
+    """Embed every video and every user with ``towers`` and store them as generation ``towers.version``.
+
+    The version must be registered (status 'registered' or 'building'); it ends 'ready'. Users are embedded
+    from all their decisions: what they look like now.
+    """
+    started = time.perf_counter()
+    say = on_progress or (lambda _: None)
+    version = towers.version
+    with db.direct() as conn:
+        catalog = load_catalog(conn)
+        log = load_decision_log(conn, catalog.ids)
+    say(f"embedding {len(catalog):,} videos")
+    features = towers.pipeline.transform(catalog)
+    items = towers.embed_items(features)
+    say(f"embedding {log.n_users:,} users")
+    hist = Histories(log, np.ones(len(log), dtype=bool), len(catalog), towers.history)
+    users = towers.embed_users(features.with_padding_row(), hist.batch(np.arange(log.n_users, dtype=np.int64)))
+    with db.direct(autocommit=True) as conn:
+        conn.execute("UPDATE model_versions SET status = 'building' WHERE version = %s", (version,))
+        say("writing embeddings")
+        with conn.transaction():
+            write_embeddings(conn, "video_embeddings", "video_id", version, catalog.ids, items, on_chunk)
+            write_embeddings(conn, "user_embeddings", "user_id", version, log.user_ids, users, on_chunk)
+        say("building the HNSW index")
+        create_generation_index(conn, version, towers.dim)
+        conn.execute(
+            "UPDATE model_versions SET status = 'ready', generation_built_at = now(), videos_embedded = %s, "
+            "users_embedded = %s WHERE version = %s",
+            (len(catalog), log.n_users, version),
+        )
+    return GenerationStats(len(catalog), log.n_users, time.perf_counter() - started)
