@@ -53,8 +53,18 @@ class Settings(BaseSettings):
     )
 
     # --- auth (used by the serving API) ----------------------------------------------------------------
-    jwt_secret: SecretStr | None = None
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret (Supabase: the project's JWT secret).")
     jwt_audience: str = "authenticated"
+    jwt_jwks_url: str | None = Field(default=None, description="JWKS URL for RS256/ES256 tokens.")
+    jwt_issuer: str | None = Field(default=None, description="When set, tokens must carry this `iss`.")
+
+    # --- serving ---------------------------------------------------------------------------------------
+    serve_db_timeout: float = Field(default=1.5, gt=0, le=30, description="Wait for a DB connection, then 503.")
+    serve_statement_timeout_ms: int = Field(default=5000, ge=100, le=600_000)
+    serve_model_poll_seconds: float = Field(default=30.0, gt=0, le=3600, description="Safety-net model check.")
+    serve_max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    serve_ef_search: int = Field(default=100, ge=10, le=1000, description="hnsw.ef_search for recommendations.")
+    serve_onnx_threads: int = Field(default=1, ge=0, le=64, description="ONNX Runtime threads per worker.")
 
     @field_validator("database_url", mode="before")
     @classmethod

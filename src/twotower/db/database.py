@@ -51,6 +51,7 @@ class Database:
         self.settings = settings
         self.embedded = embedded
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self.session: dict[str, str] = {}  # settings applied to every pooled connection (set before first use)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     @classmethod
@@ -131,7 +132,7 @@ class Database:
                 min_size=self.settings.db_pool_min_size,
                 max_size=self.settings.db_pool_max_size,
                 kwargs=self._connect_kwargs(),
-                configure=_configure,
+                configure=self._configure_pooled,
                 open=False,
                 name="twotower",
             )
@@ -139,16 +140,21 @@ class Database:
             self._pool = pool
         return self._pool
 
+    def _configure_pooled(self, conn: psycopg.Connection[Any]) -> None:
+        _configure(conn)
+        for name, value in self.session.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        conn.commit()
+
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection; the transaction commits on success and rolls back on error."""
+        wait = self.settings.db_connect_timeout if timeout is None else timeout
         try:
-            with self.pool.connection(timeout=self.settings.db_connect_timeout) as conn:
+            with self.pool.connection(timeout=wait) as conn:
                 yield conn
         except PoolTimeout:
-            raise DatabaseUnavailable(
-                f"no database connection within {self.settings.db_connect_timeout:g}s ({redact(self.conninfo)})"
-            ) from None
+            raise DatabaseUnavailable(f"no database connection within {wait:g}s ({redact(self.conninfo)})") from None
 
 
 def _first_line(exc: BaseException) -> str:

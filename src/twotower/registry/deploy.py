@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -28,7 +27,7 @@ from twotower.features.pipeline import FeaturePipeline
 from twotower.inference.towers import OnnxTowers
 from twotower.model.weights import load_model
 from twotower.registry.generation import GenerationStats, build_generation
-from twotower.registry.store import ArtifactStore
+from twotower.registry.store import ArtifactStore, fetch
 from twotower.registry.versions import (
     active_version,
     drop_generation,
@@ -172,23 +171,6 @@ def _active_model_dir(db: Database, store: ArtifactStore, version: str, cache_di
     if uri and (Path(uri) / "model.safetensors").is_file() and (Path(uri) / "features.json").is_file():
         return Path(uri)
     return None
-
-
-def fetch(store: ArtifactStore, version: str, cache_dir: Path) -> Path:
-    """A verified local copy of a stored version (re-verified when already cached)."""
-    from twotower.registry.store import ArtifactError, verify_directory
-
-    target = cache_dir / version
-    if (target / "manifest.json").is_file():
-        with suppress(ArtifactError):
-            verify_directory(target)
-            return target
-        shutil.rmtree(target, ignore_errors=True)
-    staging = cache_dir / f".{version}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    store.get(version, staging)
-    staging.rename(target)
-    return target
 
 
 def quality_gate(db: Database, model_dir: Path, store: ArtifactStore, tolerance: float, cache_dir: Path) -> GateResult:

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +22,9 @@ from twotower.errors import ConfigError, InputError, NotFound, TwoTowerError
 if TYPE_CHECKING:
     from twotower.settings import Settings
 
-__all__ = ["ArtifactError", "ArtifactStore", "LocalStore", "S3Store", "open_store", "sha256", "verify_directory"]
+__all__ = [
+    "ArtifactError", "ArtifactStore", "LocalStore", "S3Store", "fetch", "open_store", "sha256", "verify_directory",
+]  # fmt: skip
 
 MANIFEST = "manifest.json"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -230,3 +233,24 @@ def open_store(settings: Settings) -> LocalStore | S3Store:
     if "://" in where:
         raise ConfigError(f"TWOTOWER_ARTIFACT_STORE={where!r}: use a directory or s3://bucket/prefix")
     return LocalStore(Path(where).expanduser().absolute())
+
+
+def fetch(store: ArtifactStore, version: str, cache_dir: Path) -> Path:
+    """A verified local copy of a stored version (re-verified when already cached)."""
+    target = cache_dir / version
+    if (target / "manifest.json").is_file():
+        with suppress(ArtifactError):
+            verify_directory(target)
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=cache_dir))  # several processes may fetch at once
+    try:
+        store.get(version, staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process put it there first: theirs is as good (verified) as ours
+            verify_directory(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

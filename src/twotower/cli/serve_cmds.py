@@ -1,0 +1,28 @@
+"""``twotower serve``."""
+
+from __future__ import annotations
+
+import typer
+
+from twotower.cli.console import out
+from twotower.errors import ConfigError
+from twotower.settings import get_settings
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: all)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Worker processes (each loads the model)."),
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: info, warning, error."),
+) -> None:
+    """Serve the recommendation API (FastAPI on uvicorn; hot-reloads the model on every deploy)."""
+    import uvicorn
+
+    settings = get_settings()
+    if settings.jwt_secret is None and settings.jwt_jwks_url is None:
+        raise ConfigError("set TWOTOWER_JWT_SECRET (HS256) and/or TWOTOWER_JWT_JWKS_URL (RS256/ES256) to serve")
+    if log_level not in ("critical", "error", "warning", "info", "debug"):
+        raise ConfigError(f"--log-level {log_level!r}: use critical, error, warning, info or debug")
+    out.print(f"serving on http://{host}:{port} ({workers} worker(s)); docs at /docs")
+    uvicorn.run("twotower.serve.factory:app", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, access_log=False)  # fmt: skip

@@ -1,0 +1,134 @@
+"""Request and response bodies of the serving API (pydantic: validated, documented in the OpenAPI schema)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+MAX_LIMIT = 100
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FiltersIn(Strict):
+    exclude_tags: list[Name] = Field(default_factory=list, max_length=100, description="Skip videos with any of these.")
+    include_tags: list[Name] = Field(default_factory=list, max_length=100, description="Only videos with one of these.")
+    makers: list[Name] = Field(default_factory=list, max_length=100, description="Only videos from these makers.")
+    max_price: float | None = Field(default=None, ge=0, le=1e9)
+    released_after: datetime | None = None
+
+
+class RecommendationsIn(Strict):
+    limit: int = Field(default=20, ge=1, le=MAX_LIMIT, description="How many videos (exactly this many if available).")
+    exclude_liked: bool = Field(default=True, description="Also exclude videos the user liked (nopes always are).")
+    filters: FiltersIn = Field(default_factory=FiltersIn)
+
+
+class EdgeRecommendationsIn(BaseModel):
+    """The app's edge-function request: the same two fields (other fields are ignored, as the function did)."""
+
+    model_config = ConfigDict(extra="ignore")
+    limit: int = Field(default=20, ge=1, le=MAX_LIMIT)
+    exclude_liked: bool = True
+
+
+class VideoOut(BaseModel):
+    id: uuid.UUID
+    title: str
+    thumbnail_url: str | None = None
+    sample_video_url: str | None = None
+    product_url: str | None = None
+    maker: str | None = None
+    price: float | None = None
+    duration_seconds: int | None = None
+    product_released_at: datetime | None = None
+    performers: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    similarity_score: float
+
+
+class RecommendationsOut(BaseModel):
+    recommendations: list[VideoOut]
+    total_count: int
+    algorithm: Literal["two_tower", "linear", "popularity"]
+    model_version: str | None
+
+
+class EdgeVideoOut(BaseModel):
+    id: uuid.UUID
+    title: str
+    thumbnail_url: str | None = None
+    maker: str | None = None
+    price: float | None = None
+    performers: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    similarity_score: float
+
+
+class EdgeRecommendationsOut(BaseModel):
+    recommendations: list[EdgeVideoOut]
+    total_count: int
+    algorithm: str
+
+
+class DecisionIn(Strict):
+    video_id: uuid.UUID
+    decision_type: Literal["like", "nope"]
+
+
+class DecisionOut(BaseModel):
+    video_id: uuid.UUID
+    decision_type: Literal["like", "nope"]
+    created_at: datetime
+
+
+class EmbeddingOut(BaseModel):
+    model_version: str
+    dimension: int
+    embedding: list[float]
+
+
+class ItemIn(Strict):
+    id: uuid.UUID | None = Field(default=None, description="A catalog video's id: its learned id embedding is used.")
+    title: str = Field(default="", max_length=1000)
+    tags: list[Name] = Field(default_factory=list, max_length=200)
+    performers: list[Name] = Field(default_factory=list, max_length=100)
+    maker: Name | None = None
+    label: Name | None = None
+    series: Name | None = None
+    director: Name | None = None
+    price: float | None = Field(default=None, ge=0, le=1e9)
+    duration_seconds: int | None = Field(default=None, ge=0, le=10**7)
+    product_released_at: datetime | None = None
+    review_count: int | None = Field(default=None, ge=0, le=10**9)
+    review_average: float | None = Field(default=None, ge=0, le=5)
+
+
+class ItemsIn(Strict):
+    videos: list[ItemIn] = Field(min_length=1, max_length=1000)
+
+
+class ItemsOut(BaseModel):
+    model_version: str
+    dimension: int
+    embeddings: list[list[float]]
+
+
+class ModelOut(BaseModel):
+    version: str
+    status: str
+    embedding_dim: int
+    created_at: datetime
+    activated_at: datetime | None
+    videos_embedded: int | None
+
+
+class ErrorOut(BaseModel):
+    error: str
+    message: str
