@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     serve_statement_timeout_ms: int = Field(default=5000, ge=100, le=600_000)
     serve_model_poll_seconds: float = Field(default=30.0, gt=0, le=3600, description="Safety-net model check.")
     serve_max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
-    serve_ef_search: int = Field(default=100, ge=10, le=1000, description="hnsw.ef_search for recommendations.")
+    serve_ef_search: int = Field(default=40, ge=10, le=1000, description="hnsw.ef_search for recommendations.")
     serve_onnx_threads: int = Field(default=1, ge=0, le=64, description="ONNX Runtime threads per worker.")
 
     @field_validator("database_url", mode="before")

@@ -128,7 +128,7 @@ def test_auth_rejects_bad_tokens(served: Served, keys: Keys) -> None:
         "wrong audience": bearer(user, aud="someone-else"),
         "no audience": {
             "Authorization": "Bearer " + jwt.encode({"sub": str(user), "exp": int(time.time()) + 60}, SECRET)
-        },  # fmt: skip
+        },
         "alg none": {"Authorization": f"Bearer {unsigned}"},
         "forged signature": bearer(user, secret="another-secret-0123456789abcdef0123456789"),
         # HS256 signed with the RSA public key as the secret: must not verify as RS256 nor HS256

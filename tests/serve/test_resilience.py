@@ -95,7 +95,7 @@ def test_schemathesis_finds_no_server_error(served: Served) -> None:
                 response = case.call(base_url=served.url, timeout=30)
                 if response.status_code >= 500:
                     problems.append(
-                        f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:200]}"
+                        f"{case.method} {case.formatted_path} {case.body!r}: {response.status_code} {response.text[:100]}"
                     )
                 elif response.status_code >= 400 and set(response.json()) != {"error", "message"}:
                     problems.append(f"{case.method} {case.formatted_path}: error body {response.text[:200]}")

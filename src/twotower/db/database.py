@@ -52,6 +52,7 @@ class Database:
         self.embedded = embedded
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self.session: dict[str, str] = {}  # settings applied to every pooled connection (set before first use)
+        self.autocommit = False  # pooled connections in autocommit mode (set before first use)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     @classmethod
@@ -131,7 +132,7 @@ class Database:
                 self.conninfo,
                 min_size=self.settings.db_pool_min_size,
                 max_size=self.settings.db_pool_max_size,
-                kwargs=self._connect_kwargs(),
+                kwargs={**self._connect_kwargs(), "autocommit": self.autocommit},
                 configure=self._configure_pooled,
                 open=False,
                 name="twotower",

@@ -128,10 +128,13 @@ class Service:
     def start(self) -> None:
         settings = self.settings
         self.db = Database.open(settings, migrate=False)
+        self.db.autocommit = True  # one statement per round trip, no COMMIT round trip
         self.db.session = {
             "statement_timeout": str(settings.serve_statement_timeout_ms),
             "hnsw.iterative_scan": "relaxed_order",
             "hnsw.ef_search": str(settings.serve_ef_search),
+            # the statements are the same for every request (the version is a literal): plan them once
+            "plan_cache_mode": "force_generic_plan",
         }
         cache = (settings.data_dir / "models").expanduser().absolute()
         self.holder = ModelHolder(self.db, open_store(settings), cache, poll_seconds=settings.serve_model_poll_seconds,
@@ -216,8 +219,8 @@ def create_app(settings: Settings) -> FastAPI:
                 cfg = model.towers.history
                 history = load_history(conn, user, cfg.max_likes, cfg.max_nopes)
                 if not history.empty:
-                    rows = rec.two_tower(conn, model.version, model.towers, history, user, limit, exclude_liked,
-                                         filters)  # fmt: skip
+                    rows = rec.two_tower(conn, model.version, model.towers, model.items, history, user, limit,
+                                         exclude_liked, filters)  # fmt: skip
                     return _answer(rows, "two_tower", model.version)
                 return _answer(rec.popular(conn, user, limit, exclude_liked, filters), "popularity", model.version)
             has_likes = conn.execute(
@@ -234,9 +237,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v1/recommendations", response_model=s.RecommendationsOut, responses=_RESPONSES,
               tags=["recommendations"])  # fmt: skip
-    def recommendations(body: s.RecommendationsIn, caller: Caller) -> s.RecommendationsOut:
+    def recommendations(body: s.RecommendationsIn, caller: Caller) -> Response:
         """Videos for the caller, from their decisions so far: exactly ``limit`` unseen ones when that many exist."""
-        return recommend(caller, body.limit, body.exclude_liked, _filters(body.filters))
+        answer = recommend(caller, body.limit, body.exclude_liked, _filters(body.filters))
+        return Response(answer.model_dump_json(), media_type="application/json")  # built and validated once
 
     @app.post("/functions/v1/two_tower_recommendations", response_model=s.EdgeRecommendationsOut,
               responses=_RESPONSES, tags=["recommendations"])  # fmt: skip
@@ -306,7 +310,8 @@ def create_app(settings: Settings) -> FastAPI:
 
         def work(conn: psycopg.Connection[Any]) -> s.EmbeddingOut:
             cfg = model.towers.history
-            vector = user_embedding(model.towers, load_history(conn, user, cfg.max_likes, cfg.max_nopes))
+            history = load_history(conn, user, cfg.max_likes, cfg.max_nopes)
+            vector = user_embedding(model.towers, model.items, conn, history)
             conn.execute(
                 "INSERT INTO user_embeddings (model_version, user_id, embedding) VALUES (%s, %s, %s) "
                 "ON CONFLICT (model_version, user_id) DO UPDATE SET embedding = EXCLUDED.embedding, updated_at = now()",
@@ -423,6 +428,10 @@ def _errors(app: FastAPI) -> None:
     async def _pool(request: Request, exc: PoolTimeout) -> JSONResponse:
         return _error(503, "database_unavailable", "the database is unavailable; retry shortly", {"Retry-After": "1"})
 
+    @app.exception_handler(psycopg.DataError)
+    async def _data(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        return _error(422, "invalid_request", f"the database refused a value: {' '.join(str(exc).split())[:200]}")
+
     @app.exception_handler(psycopg.errors.QueryCanceled)
     async def _slow(request: Request, exc: psycopg.errors.QueryCanceled) -> JSONResponse:
         return _error(503, "timeout", "the query took too long; retry shortly", {"Retry-After": "1"})
@@ -434,12 +443,30 @@ def _errors(app: FastAPI) -> None:
 
 
 def _observe(app: FastAPI, service: Service) -> None:
-    @app.middleware("http")
-    async def _measure(request: Request, call_next: Callable[[Request], Any]) -> Response:
+    app.add_middleware(Measure, metrics=service.metrics)
+
+
+class Measure:
+    """Request count and latency per route template (a plain ASGI middleware: no per-request task overhead)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        service.metrics.latency.labels(path).observe(time.perf_counter() - started)
-        service.metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        return response
+        status = [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()

@@ -23,9 +23,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from twotower.features.catalog import Catalog
 from twotower.features.examples import UserBatch
 from twotower.features.history import user_stats
+from twotower.inference.items import ItemIndex
 from twotower.inference.towers import OnnxTowers
 
 __all__ = ["Algorithm", "Filters", "History", "PopularityCache", "Recommendation", "Recommender", "load_history"]
@@ -53,13 +53,8 @@ WITH counts AS (
     (SELECT video_id, decision_type, created_at FROM user_video_decisions
      WHERE user_id = %(user)s AND decision_type = 'nope' ORDER BY created_at DESC LIMIT %(max_nopes)s)
 )
-SELECT c.likes, c.nopes, r.decision_type, v.id, v.title, v.price, v.duration_seconds, v.maker, v.label, v.series,
-       v.director, v.product_released_at, v.review_count, v.review_average, v.is_active,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM video_tags vt JOIN tags t ON t.id = vt.tag_id
-                 WHERE vt.video_id = v.id), '{}') AS tags,
-       COALESCE((SELECT array_agg(p.name ORDER BY p.name) FROM video_performers vp
-                 JOIN performers p ON p.id = vp.performer_id WHERE vp.video_id = v.id), '{}') AS performers
-FROM counts c LEFT JOIN recent r ON true LEFT JOIN videos v ON v.id = r.video_id
+SELECT c.likes, c.nopes, r.decision_type, r.video_id
+FROM counts c LEFT JOIN recent r ON true
 ORDER BY r.created_at DESC NULLS LAST
 """
 
@@ -75,8 +70,8 @@ class Filters:
 
 @dataclass
 class History:
-    likes: list[dict[str, Any]] = field(default_factory=list)  # most recent first, with video features
-    nopes: list[dict[str, Any]] = field(default_factory=list)
+    likes: list[uuid.UUID] = field(default_factory=list)  # most recent first
+    nopes: list[uuid.UUID] = field(default_factory=list)
     n_likes: int = 0
     n_nopes: int = 0
 
@@ -93,24 +88,24 @@ class Recommendation:
 
 
 def load_history(conn: psycopg.Connection[Any], user: uuid.UUID, max_likes: int, max_nopes: int) -> History:
-    """Round trip 1: the user's most recent likes and nopes with their videos' features, and their totals."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(_HISTORY, {"user": user, "max_likes": max_likes, "max_nopes": max_nopes})
-        rows = cur.fetchall()
+    """Round trip 1: the user's most recent likes and nopes, and their totals."""
+    rows = conn.execute(_HISTORY, {"user": user, "max_likes": max_likes, "max_nopes": max_nopes}).fetchall()
     history = History()
-    for row in rows:
-        history.n_likes, history.n_nopes = int(row["likes"]), int(row["nopes"])
-        if row["decision_type"] == "like":
-            history.likes.append(row)
-        elif row["decision_type"] == "nope":
-            history.nopes.append(row)
+    for likes, nopes, kind, video in rows:
+        history.n_likes, history.n_nopes = int(likes), int(nopes)
+        if kind == "like":
+            history.likes.append(video)
+        elif kind == "nope":
+            history.nopes.append(video)
     return history
 
 
-def user_embedding(towers: OnnxTowers, history: History) -> npt.NDArray[np.float32]:
+def user_embedding(
+    towers: OnnxTowers, items: ItemIndex, conn: psycopg.Connection[Any], history: History
+) -> npt.NDArray[np.float32]:
     """The user tower on this history (the same inputs as training: most recent first, stats over all)."""
     likes, nopes = history.likes, history.nopes
-    table = towers.pipeline.transform(Catalog.from_rows(likes + nopes)).with_padding_row()
+    table = items.gather(conn, towers.pipeline, likes + nopes)
     pad = len(likes) + len(nopes)
 
     def window(start: int, n: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
@@ -121,8 +116,8 @@ def user_embedding(towers: OnnxTowers, history: History) -> npt.NDArray[np.float
     like_rows, like_mask = window(0, len(likes))
     nope_rows, nope_mask = window(len(likes), len(nopes))
     stats = user_stats(np.array([history.n_likes]), np.array([history.n_nopes]))
-    vectors = towers.embed_users(table, UserBatch(like_rows, like_mask, nope_rows, nope_mask, stats))
-    return vectors[0]
+    batch = UserBatch(like_rows, like_mask, nope_rows, nope_mask, stats)
+    return np.asarray(towers.embed_users(table, batch)[0], dtype=np.float32)
 
 
 def _conditions(filters: Filters, user: uuid.UUID | None, exclude_liked: bool) -> sql.Composable:
@@ -289,10 +284,10 @@ class Recommender:
             return cur.fetchall()
 
     def two_tower(
-        self, conn: psycopg.Connection[Any], version: str, towers: OnnxTowers, history: History, user: uuid.UUID,
-        limit: int, exclude_liked: bool, filters: Filters,
+        self, conn: psycopg.Connection[Any], version: str, towers: OnnxTowers, items: ItemIndex, history: History,
+        user: uuid.UUID, limit: int, exclude_liked: bool, filters: Filters,
     ) -> list[dict[str, Any]]:  # fmt: skip
-        vector = user_embedding(towers, history)
+        vector = user_embedding(towers, items, conn, history)
         where = _conditions(filters, user, exclude_liked)
         params = {**_params(filters, user, limit), "q": vector}
         return self._rows(conn, ann_query(version, towers.dim, where, sql.SQL("%(q)s")), params)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from psycopg import sql
 
 from twotower.db import Database
 from twotower.errors import TwoTowerError
+from twotower.inference.items import ItemIndex, catalog_stamp
 from twotower.inference.towers import OnnxTowers
 from twotower.registry.store import ArtifactStore, fetch
 from twotower.registry.versions import NOTIFY_CHANNEL, active_version
@@ -33,6 +34,7 @@ log = logging.getLogger("twotower.serve")
 class LoadedModel:
     version: str
     towers: OnnxTowers
+    items: ItemIndex
     loaded_at: float
 
 
@@ -58,9 +60,14 @@ class ModelHolder:
         with self._lock:
             with self.db.connection(timeout=5) as conn:
                 version = active_version(conn)
-            current = self.current.version if self.current else None
-            if version == current:
-                return False
+                current = self.current.version if self.current else None
+                if version == current and self.current is not None:
+                    if catalog_stamp(conn) != self.current.items.stamp:  # videos added or changed: re-encode
+                        items = ItemIndex.load(conn, self.current.towers.pipeline)
+                        self.current = replace(self.current, items=items)
+                    return False
+                if version == current:
+                    return False
             if version is None:
                 log.warning("no active model version: answering with the fallbacks")
                 self.current = None
@@ -69,11 +76,13 @@ class ModelHolder:
                 return False
             try:
                 towers = OnnxTowers(fetch(self.store, version, self.cache_dir), threads=self.threads)
+                with self.db.connection(timeout=30) as conn:
+                    items = ItemIndex.load(conn, towers.pipeline)
             except TwoTowerError as exc:
                 self.failed_version, self.last_error = version, exc.message
                 log.error("cannot load model %s: %s (keeping %s)", version, exc.message, current or "the fallbacks")
                 return False
-            self.current = LoadedModel(version, towers, time.time())
+            self.current = LoadedModel(version, towers, items, time.time())
             self.failed_version, self.last_error = None, None
             self.reloads += 1
             log.info("model %s loaded (was %s)", version, current)

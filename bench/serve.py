@@ -1,0 +1,253 @@
+"""Serving latency, throughput and memory on the 100k videos / 10k users / 1M decisions synthetic set.
+
+    .venv/bin/python bench/serve.py [--clients 32] [--seconds 30] [--workers 2] [--small]
+
+Generates the data, trains one epoch, deploys it (ONNX generation + HNSW index), starts `twotower serve` as its
+own processes, and drives POST /v1/recommendations (limit 20) from --clients concurrent keep-alive clients as
+random existing users. Prints p50/p99 latency, requests/s, errors and the server's RSS against SPEC's targets,
+plus the user-tower and 1,000-item-tower timings under ONNX Runtime (one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import embedded_database, machine, write
+
+from twotower.registry import LocalStore
+from twotower.registry.deploy import DeployOptions, deploy
+from twotower.synth import SynthConfig, generate
+from twotower.train.run import TrainOptions, train
+
+TARGETS = {"p50_ms": 10.0, "p99_ms": 50.0, "requests_per_second": 200.0, "rss_mb": 500.0,
+           "user_tower_ms": 1.0, "item_tower_1000_ms": 20.0}  # fmt: skip
+SECRET = "bench-secret-0123456789abcdef0123456789"
+
+
+def _rss_mb(pid: int) -> float:
+    """RSS of a process and its children (uvicorn's workers), from /proc."""
+    total = 0
+    pids = [pid]
+    try:
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def _tower_timings(model_dir: Path, db: Any) -> dict[str, float]:
+    import numpy as np
+
+    from twotower.features.catalog import load_catalog
+    from twotower.inference import OnnxTowers
+    from twotower.serve.recommend import load_history, user_embedding
+
+    towers = OnnxTowers(model_dir, threads=1)
+    from twotower.inference.items import ItemIndex
+
+    with db.direct() as conn:
+        catalog = load_catalog(conn)
+        items = ItemIndex.load(conn, towers.pipeline)
+        user = conn.execute("SELECT user_id FROM user_video_decisions GROUP BY 1 ORDER BY count(*) DESC LIMIT 1")
+        history = load_history(conn, user.fetchone()[0], towers.history.max_likes, towers.history.max_nopes)
+    features = towers.pipeline.transform(catalog).take(np.arange(1000))
+    item_runs, user_runs, feature_runs = [], [], []
+    for _ in range(50):
+        started = time.perf_counter()
+        towers.embed_items(features)
+        item_runs.append(time.perf_counter() - started)
+    table = towers.pipeline.transform(catalog).take(np.arange(70)).with_padding_row()
+    from twotower.features.examples import UserBatch
+    from twotower.features.history import user_stats
+
+    batch = UserBatch(np.arange(50)[None, :], np.ones((1, 50), np.float32), np.arange(50, 70)[None, :],
+                      np.ones((1, 20), np.float32), user_stats(np.array([50]), np.array([20])))  # fmt: skip
+    for _ in range(500):
+        started = time.perf_counter()
+        towers.embed_users(table, batch)
+        user_runs.append(time.perf_counter() - started)
+    with db.direct() as conn:
+        for _ in range(200):
+            started = time.perf_counter()
+            user_embedding(towers, items, conn, history)  # every video known: no database access
+            feature_runs.append(time.perf_counter() - started)
+    return {
+        "user_tower_ms": 1000 * statistics.median(user_runs),
+        "user_tower_with_features_ms": 1000 * statistics.median(feature_runs),
+        "item_tower_1000_ms": 1000 * statistics.median(item_runs),
+    }
+
+
+async def _drive(
+    port: int, tokens: list[str], clients: int, seconds: float, rate: float | None = None
+) -> tuple[list[float], int, int]:
+    """``clients`` keep-alive connections. Closed loop (``rate`` None): each sends its next request as soon as
+    the previous answer is in, which measures the saturation throughput. Open loop: together they offer
+    ``rate`` requests/s (Poisson arrivals per client), which measures the latency at that load.
+
+    A minimal HTTP/1.1 client on asyncio streams: on a 2-core machine the load generator shares the CPU with
+    the server and Postgres, and a full-featured client (httpx) would cost more CPU per request than the server.
+    """
+    import json
+
+    latencies: list[float] = []
+    errors = 0
+    short = 0
+    deadline = time.perf_counter() + seconds
+    body = b'{"limit": 20}'
+
+    async def one(rng: random.Random) -> None:
+        nonlocal errors, short
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        next_at = time.perf_counter()
+        try:
+            while time.perf_counter() < deadline:
+                if rate is not None:
+                    next_at += rng.expovariate(rate / clients)
+                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                request = (
+                    f"POST /v1/recommendations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    f"Authorization: Bearer {rng.choice(tokens)}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode() + body
+                started = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
+                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))  # fmt: skip
+                payload = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    errors += 1
+                elif json.loads(payload)["total_count"] != 20:
+                    short += 1
+        except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
+            errors += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one(random.Random(i)) for i in range(clients)))
+    return latencies, errors, short
+
+
+def main(argv: list[str] | None = None) -> int:
+    import jwt
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--small", action="store_true", help="10k/1k/100k instead of 100k/10k/1M (a smoke run)")
+    args = parser.parse_args(argv)
+    size = (10_000, 1_000, 100_000) if args.small else (100_000, 10_000, 1_000_000)
+    report: dict[str, Any] = {
+        "machine": machine(), "data": dict(zip(("videos", "users", "decisions"), size, strict=True)),
+        "clients": args.clients, "workers": args.workers, "targets": TARGETS,
+    }  # fmt: skip
+    with embedded_database("tt-bench-serve-") as db, tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        started = time.perf_counter()
+        with db.direct() as conn, conn.transaction():
+            generate(conn, SynthConfig(videos=size[0], users=size[1], decisions=size[2], seed=0))
+            users = [r[0] for r in conn.execute("SELECT DISTINCT user_id FROM user_video_decisions").fetchall()]
+        print(f"synthetic data in {time.perf_counter() - started:.0f}s; training one epoch ...", flush=True)
+        result = train(db, TrainOptions(epochs=1, batch_size=2048, output_dir=data / "trained", refit=False,
+                                        version="bench"))  # fmt: skip
+        started = time.perf_counter()
+        deployed = deploy(db, LocalStore(data / "store"),
+                          DeployOptions(model_dir=result.directory, gate=False, cache_dir=data / "models"))  # fmt: skip
+        report["deploy_seconds"] = {k: round(v, 2) for k, v in deployed.seconds.items()}
+        print(f"deployed in {time.perf_counter() - started:.0f}s ({report['deploy_seconds']})", flush=True)
+        report["towers"] = _tower_timings(data / "models" / "bench", db)
+
+        port = 18000 + os.getpid() % 1000
+        env = {**os.environ, "DATABASE_URL": db.conninfo, "TWOTOWER_DATA_DIR": str(data),
+               "TWOTOWER_ARTIFACT_STORE": str(data / "store"), "TWOTOWER_JWT_SECRET": SECRET,
+               "TWOTOWER_DB_POOL_MAX_SIZE": "20"}  # fmt: skip
+        server = subprocess.Popen(
+            [sys.executable, "-m", "twotower", "serve", "--port", str(port), "--workers", str(args.workers)], env=env
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_ready(base)
+            exp = int(time.time()) + 7200
+            tokens = [jwt.encode({"sub": str(u), "aud": "authenticated", "exp": exp}, SECRET) for u in users]
+            asyncio.run(_drive(port, tokens, args.clients, 3.0))  # warm-up
+            runs = {}
+            for name, rate in (("saturation", None), ("at_target_rate", TARGETS["requests_per_second"])):
+                latencies, errors, short = asyncio.run(_drive(port, tokens, args.clients, args.seconds, rate))
+                ordered = sorted(latencies)
+                runs[name] = {
+                    "offered_rate": rate, "requests": len(latencies), "errors": errors, "short_answers": short,
+                    "p50_ms": 1000 * ordered[len(ordered) // 2], "p99_ms": 1000 * ordered[int(len(ordered) * 0.99)],
+                    "requests_per_second": len(latencies) / args.seconds,
+                }  # fmt: skip
+            rss = _rss_mb(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    report["serve"] = {**runs, "rss_mb": rss}
+    t = report["towers"]
+    sat, paced = runs["saturation"], runs["at_target_rate"]
+    print(
+        f"/v1/recommendations (limit 20), {args.clients} clients, {args.workers} workers, {args.seconds:.0f}s per run:"
+    )
+    measured = {
+        "p50_ms": paced["p50_ms"], "p99_ms": paced["p99_ms"], "requests_per_second": sat["requests_per_second"],
+        "rss_mb": rss, "user_tower_ms": t["user_tower_ms"], "item_tower_1000_ms": t["item_tower_1000_ms"],
+    }  # fmt: skip
+    for key, value in measured.items():
+        better = value >= TARGETS[key] if key == "requests_per_second" else value <= TARGETS[key]
+        sign = ">=" if key == "requests_per_second" else "<="
+        print(f"  {key:<22} {value:>9.2f}   target {sign} {TARGETS[key]:g}   {'ok' if better else 'MISSED'}")
+    print(
+        f"  latency at {TARGETS['requests_per_second']:g} req/s offered; throughput at saturation "
+        f"(where p50 {sat['p50_ms']:.0f} ms, p99 {sat['p99_ms']:.0f} ms: queueing behind {args.clients} clients)"
+    )
+    errors = sat["errors"] + paced["errors"]
+    short = sat["short_answers"] + paced["short_answers"]
+    print(
+        f"  errors {errors}, short answers {short}; user tower incl. feature lookup "
+        f"{t['user_tower_with_features_ms']:.2f} ms"
+    )
+    write("serve_small" if args.small else "serve", report)
+    return 0
+
+
+def _wait_ready(base: str, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the server did not become ready")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
