@@ -21,7 +21,8 @@ DEMO_ENV := TWOTOWER_DATA_DIR=.twotower/demo
 demo: $(STAMP)
 	$(DEMO_ENV) $(BIN)/twotower db upgrade
 	$(DEMO_ENV) $(BIN)/twotower synth --videos 3000 --users 600 --decisions 50000 --seed 0
-	$(DEMO_ENV) $(BIN)/twotower train --epochs 5 --output-dir .twotower/demo/models --version demo-$$(date +%Y%m%d%H%M%S)
+	$(DEMO_ENV) $(BIN)/twotower deploy --epochs 5 --output-dir .twotower/demo/models --version demo-$$(date +%Y%m%d%H%M%S)
+	$(DEMO_ENV) $(BIN)/twotower models list
 	$(DEMO_ENV) $(BIN)/twotower evaluate --models .twotower/demo/models
 
 test: $(STAMP)

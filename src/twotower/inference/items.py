@@ -35,11 +35,19 @@ class ItemIndex:
     stamp: tuple[int, datetime | None]
 
     @classmethod
-    def load(cls, conn: psycopg.Connection[Any], pipeline: FeaturePipeline) -> ItemIndex:
+    def load(cls, conn: psycopg.Connection[Any], pipeline: FeaturePipeline, chunk: int = 20_000) -> ItemIndex:
+        """Read and encode every video, ``chunk`` at a time (the metadata of 100k videos as Python objects would
+        cost several times the encoded arrays)."""
         stamp = catalog_stamp(conn)  # read first: an update racing the load makes the next check reload
-        catalog = load_catalog(conn)
-        table = pipeline.transform(catalog).with_padding_row()
-        return cls(table, {vid: i for i, vid in enumerate(catalog.ids)}, stamp)
+        ids = [r[0] for r in conn.execute("SELECT id FROM videos ORDER BY source, external_id").fetchall()]
+        parts = [pipeline.transform(load_catalog(conn, ids[i : i + chunk])) for i in range(0, len(ids), chunk)]
+        names = ("item_id", "tags", "performers", "categorical", "numeric")
+        if parts:
+            table = ItemFeatures(*(np.concatenate([getattr(p, n) for p in parts]) for n in names))
+        else:
+            table = pipeline.transform(load_catalog(conn, []))
+        _release_memory()
+        return cls(table.with_padding_row(), {vid: i for i, vid in enumerate(ids)}, stamp)
 
     @property
     def pad(self) -> int:
@@ -64,3 +72,15 @@ class ItemIndex:
                         getattr(known, name)[i] = getattr(fresh, name)[j]
         return ItemFeatures(*(np.concatenate([getattr(known, n), getattr(self.table, n)[-1:]]) for n in (
             "item_id", "tags", "performers", "categorical", "numeric")))  # fmt: skip
+
+
+def _release_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise, and RSS stays at the loading peak)."""
+    import ctypes
+    import ctypes.util
+    from contextlib import suppress
+
+    name = ctypes.util.find_library("c")
+    if name:
+        with suppress(OSError, AttributeError):  # not glibc
+            ctypes.CDLL(name).malloc_trim(0)

@@ -271,7 +271,7 @@ def create_app(settings: Settings) -> FastAPI:
             if known is None:
                 raise NotFound(f"video {video_id} has no embedding in model {model.version}")
             vector = sql.SQL("SELECT embedding FROM video_embeddings WHERE model_version = {} AND video_id = %(video)s")
-            query = ann_query(model.version, model.towers.dim, where, vector.format(sql.Literal(model.version)))
+            query = ann_query(model.version, model.towers.dim, where, vector.format(sql.Literal(model.version)), limit)
             with conn.cursor(row_factory=dict_row) as cur:
                 cur.execute(query, {"video": video_id, "limit": limit})
                 return cur.fetchall()

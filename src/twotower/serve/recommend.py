@@ -154,9 +154,12 @@ def _params(filters: Filters, user: uuid.UUID | None, limit: int) -> dict[str, A
     }  # fmt: skip
 
 
-def ann_query(version: str, dim: int, where: sql.Composable, query_vector: sql.Composable) -> sql.Composed:
+def ann_query(version: str, dim: int, where: sql.Composable, query_vector: sql.Composable, limit: int) -> sql.Composed:
     """Round trip 2: top ``limit`` of the generation by inner product, with an exact backfill if the index
-    scan ran out (the backfill is a one-time-filtered branch: it costs nothing when the ANN part is full)."""
+    scan ran out (the backfill is a one-time-filtered branch: it costs nothing when the ANN part is full).
+
+    The version and the limit are literals (a validated name, an int ≤ 100): the statement is prepared once
+    per (version, limit), and its plan knows the limit, which decides between the HNSW index and a scan."""
     distance = sql.SQL("e.embedding::vector({d}) <#> ({q})::vector({d})").format(d=sql.Literal(dim), q=query_vector)
     return sql.SQL("""
 WITH ann AS MATERIALIZED (
@@ -164,21 +167,23 @@ WITH ann AS MATERIALIZED (
     FROM video_embeddings e JOIN videos v ON v.id = e.video_id
     WHERE e.model_version = {version} AND {where}
     ORDER BY {distance}
-    LIMIT %(limit)s
+    LIMIT {limit}
 ), backfill AS MATERIALIZED (
     SELECT e.video_id, ({distance}) + 0 AS distance
     FROM video_embeddings e JOIN videos v ON v.id = e.video_id
     WHERE (SELECT count(*) FROM ann) < %(limit)s AND e.model_version = {version} AND {where}
       AND e.video_id NOT IN (SELECT video_id FROM ann)
     ORDER BY 2
-    LIMIT %(limit)s
+    LIMIT {limit}
 ), picked AS (
-    SELECT * FROM ann UNION ALL SELECT * FROM backfill ORDER BY distance LIMIT %(limit)s
+    SELECT * FROM ann UNION ALL SELECT * FROM backfill ORDER BY distance LIMIT {limit}
 )
 SELECT {meta}, -p.distance AS similarity_score
 FROM picked p JOIN videos v ON v.id = p.video_id
 ORDER BY p.distance
-""").format(distance=distance, version=sql.Literal(version), where=where, meta=_META)  # fmt: skip
+""").format(
+        distance=distance, version=sql.Literal(version), where=where, meta=_META, limit=sql.Literal(int(limit))
+    )  # fmt: skip
 
 
 class PopularityCache:
@@ -290,7 +295,7 @@ class Recommender:
         vector = user_embedding(towers, items, conn, history)
         where = _conditions(filters, user, exclude_liked)
         params = {**_params(filters, user, limit), "q": vector}
-        return self._rows(conn, ann_query(version, towers.dim, where, sql.SQL("%(q)s")), params)
+        return self._rows(conn, ann_query(version, towers.dim, where, sql.SQL("%(q)s"), limit), params)
 
     def listed(
         self, conn: psycopg.Connection[Any], candidates: list[tuple[uuid.UUID, float]], user: uuid.UUID | None,
