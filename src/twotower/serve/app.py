@@ -138,12 +138,16 @@ class Service:
         }
         cache = (settings.data_dir / "models").expanduser().absolute()
         self.holder = ModelHolder(self.db, open_store(settings), cache, poll_seconds=settings.serve_model_poll_seconds,
-                                  threads=settings.serve_onnx_threads)  # fmt: skip
+                                  threads=settings.serve_onnx_threads, on_poll=self._poll)  # fmt: skip
         try:
             self.holder.refresh()
         except (TwoTowerError, psycopg.Error) as exc:
             log.warning("no model loaded at start-up (%s): the watcher keeps trying", exc)
         self.holder.start()
+
+    def _poll(self, conn: psycopg.Connection[Any]) -> None:
+        if self.popularity.stale():
+            self.popularity.refresh(conn)
 
     def stop(self) -> None:
         if self.holder is not None:

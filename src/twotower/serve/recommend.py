@@ -309,7 +309,7 @@ class Recommender:
     def popular(
         self, conn: psycopg.Connection[Any], user: uuid.UUID | None, limit: int, exclude_liked: bool, filters: Filters
     ) -> list[dict[str, Any]]:
-        if self.popularity.stale():
+        if not self.popularity.loaded_at:  # first use; afterwards the server's watcher refreshes it
             self.popularity.refresh(conn)
         candidates = self.popularity.candidates(3 * limit, self.rng)
         return self.listed(conn, candidates, user, limit, exclude_liked, filters)

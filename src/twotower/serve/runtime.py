@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,10 @@ class LoadedModel:
 
 
 class ModelHolder:
-    def __init__(self, db: Database, store: ArtifactStore, cache_dir: Path, *, poll_seconds: float = 30.0,
-                 threads: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self, db: Database, store: ArtifactStore, cache_dir: Path, *, poll_seconds: float = 30.0, threads: int = 1,
+        on_poll: Callable[[psycopg.Connection[Any]], None] | None = None,
+    ) -> None:  # fmt: skip
         self.db = db
         self.store = store
         self.cache_dir = cache_dir
@@ -53,6 +56,7 @@ class ModelHolder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.reloads = 0
+        self.on_poll = on_poll  # other periodic work of the server (the popularity cache), off the request path
 
     # -- loading ---------------------------------------------------------------------------------------------
     def refresh(self) -> bool:
@@ -101,6 +105,9 @@ class ModelHolder:
     def _safe_refresh(self) -> None:
         try:
             self.refresh()
+            if self.on_poll is not None:
+                with self.db.connection(timeout=5) as conn:
+                    self.on_poll(conn)
         except (TwoTowerError, psycopg.Error) as exc:
             log.warning("model check failed: %s", exc)
 
