@@ -47,6 +47,19 @@ def _create_db(pg_server: str, template: str | None) -> str:
     return name
 
 
+def seed_template(pg_server: str, template: str, name: str, config: object) -> str:
+    """A database ``name`` copied from ``template`` and filled by the synthetic generator (tests copy it)."""
+    from twotower.synth import SynthConfig, generate
+
+    assert isinstance(config, SynthConfig)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    with psycopg.connect(make_conninfo(pg_server, dbname=name)) as conn, conn.transaction():
+        generate(conn, config)
+    return name
+
+
 def _drop_db(pg_server: str, name: str) -> None:
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

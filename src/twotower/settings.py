@@ -46,7 +46,11 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, Supabase Storage, ...).")
     s3_region: str | None = None
     keep_generations: int = Field(
-        default=2, ge=0, le=100, description="Retired versions whose embeddings are kept for instant rollback."
+        default=2,
+        ge=1,
+        le=100,
+        description="Retired versions whose embeddings are kept for instant rollback (at least the previous one: "
+        "servers still answer with it until they have swapped).",
     )
     deploy_tolerance: float = Field(
         default=0.02, ge=0, le=1, description="Relative Recall@20 drop vs the active model a deploy may have."

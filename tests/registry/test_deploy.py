@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import _create_db, _drop_db
+from tests.conftest import _create_db, _drop_db, seed_template
 from twotower.db import Database
 from twotower.export import export_model
 from twotower.registry import ArtifactError, LocalStore, S3Store
@@ -36,7 +36,7 @@ from twotower.registry.deploy import (
 )
 from twotower.registry.versions import NOTIFY_CHANNEL, RollbackRefused, hnsw_index_name, rollback
 from twotower.settings import Settings
-from twotower.synth import SynthConfig, generate
+from twotower.synth import SynthConfig
 from twotower.train.run import TrainOptions, train
 
 SEEDED = "tt_deploy_seed"
@@ -45,12 +45,8 @@ SEEDED = "tt_deploy_seed"
 @pytest.fixture(scope="module")
 def seeded(pg_server: str, template_db: str) -> Iterator[str]:
     """A template database with a synthetic catalog and swipes (each test gets its own copy)."""
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {SEEDED}")
-        conn.execute(f"CREATE DATABASE {SEEDED} TEMPLATE {template_db}")
-    with psycopg.connect(make_conninfo(pg_server, dbname=SEEDED)) as conn, conn.transaction():
-        generate(conn, SynthConfig(videos=800, users=200, decisions=12_000, seed=5, tastes=6))
-    yield SEEDED
+    yield seed_template(pg_server, template_db, SEEDED, SynthConfig(videos=800, users=200, decisions=12_000, seed=5,
+                                                                     tastes=6))  # fmt: skip
     _drop_db(pg_server, SEEDED)
 
 
@@ -168,17 +164,20 @@ def test_keep_generations_prunes_and_from_store_restores(
     db: Database, url: str, models: dict[str, Path], tmp_path: Path
 ) -> None:
     store = LocalStore(tmp_path / "store")
-    _deploy(db, store, _copy(models, "a", tmp_path), tmp_path, keep_generations=0)
-    result = _deploy(db, store, _copy(models, "b", tmp_path), tmp_path, keep_generations=0)
-    assert result.pruned == ["a"]
+    _deploy(db, store, _copy(models, "a", tmp_path), tmp_path, keep_generations=1)
+    assert _deploy(db, store, _copy(models, "b", tmp_path), tmp_path, keep_generations=1).pruned == []
+    result = _deploy(db, store, _copy(models, "bad", tmp_path), tmp_path, keep_generations=1, gate=False)
+    assert result.pruned == ["a"]  # "b", the previous one, keeps its generation
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM video_embeddings WHERE model_version = 'a'").fetchone() == (0,)
         assert conn.execute("SELECT status FROM model_versions WHERE version = 'a'").fetchone() == ("archived",)
         with pytest.raises(RollbackRefused, match=r"generation was pruned.*--from-store a"):
-            rollback(conn)
-    _intact(url, "b")
+            rollback(conn, "a")
+    state = _state(url)
+    assert state["version"] == "bad" and state["videos"] == 800
     restored = deploy(db, store, DeployOptions(from_store="a", keep_generations=1, cache_dir=tmp_path / "cache"))
-    assert restored.version == "a" and restored.previous == "b" and restored.restored
+    assert restored.version == "a" and restored.previous == "bad" and restored.restored
+    assert restored.pruned == ["b"]
     _intact(url, "a")
 
 

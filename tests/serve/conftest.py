@@ -13,20 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-import psycopg
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import _create_db, _drop_db, free_port
+from tests.conftest import _create_db, _drop_db, free_port, seed_template
 from twotower.db import Database
 from twotower.export import export_model
 from twotower.registry import LocalStore
 from twotower.registry.deploy import DeployOptions, deploy
 from twotower.serve import create_app
 from twotower.settings import Settings
-from twotower.synth import SynthConfig, generate
+from twotower.synth import SynthConfig
 from twotower.train.run import TrainOptions, train
 
 SECRET = "serve-tests-secret-0123456789abcdef0123"
@@ -103,12 +102,8 @@ class Served:
 
 @pytest.fixture(scope="package")
 def seeded(pg_server: str, template_db: str) -> Iterator[str]:
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {SEEDED}")
-        conn.execute(f"CREATE DATABASE {SEEDED} TEMPLATE {template_db}")
-    with psycopg.connect(make_conninfo(pg_server, dbname=SEEDED)) as conn, conn.transaction():
-        generate(conn, SynthConfig(videos=1000, users=300, decisions=20_000, seed=11, tastes=6))
-    yield SEEDED
+    config = SynthConfig(videos=1000, users=300, decisions=20_000, seed=11, tastes=6)
+    yield seed_template(pg_server, template_db, SEEDED, config)
     _drop_db(pg_server, SEEDED)
 
 

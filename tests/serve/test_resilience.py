@@ -94,9 +94,8 @@ def test_schemathesis_finds_no_server_error(served: Served) -> None:
                 case.headers = {**(case.headers or {}), **headers}
                 response = case.call(base_url=served.url, timeout=30)
                 if response.status_code >= 500:
-                    problems.append(
-                        f"{case.method} {case.formatted_path} {case.body!r}: {response.status_code} {response.text[:100]}"
-                    )
+                    where = f"{case.method} {case.formatted_path} {case.body!r}"
+                    problems.append(f"{where}: {response.status_code} {response.text[:100]}")
                 elif response.status_code >= 400 and set(response.json()) != {"error", "message"}:
                     problems.append(f"{case.method} {case.formatted_path}: error body {response.text[:200]}")
 

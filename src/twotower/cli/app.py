@@ -12,7 +12,16 @@ import psycopg
 import typer
 
 from twotower import __version__
-from twotower.cli import db_cmds, deploy_cmds, export_cmds, ingest_cmds, serve_cmds, synth_cmds, train_cmds
+from twotower.cli import (
+    db_cmds,
+    deploy_cmds,
+    export_cmds,
+    ingest_cmds,
+    jobs_cmds,
+    serve_cmds,
+    synth_cmds,
+    train_cmds,
+)  # fmt: skip
 from twotower.cli.console import err
 from twotower.errors import ImportRejected, TwoTowerError
 
@@ -39,6 +48,7 @@ app.command("deploy")(deploy_cmds.deploy)
 app.command("rollback")(deploy_cmds.rollback)
 app.add_typer(deploy_cmds.models_app, name="models")
 app.command("serve")(serve_cmds.serve)
+app.command("batch-update")(jobs_cmds.batch_update)
 
 
 def _version(value: bool) -> None:

@@ -58,7 +58,7 @@ def deploy(
     keep: int | None = typer.Option(
         None,
         "--keep",
-        min=0,
+        min=1,
         help="Old generations kept for instant rollback (default: TWOTOWER_KEEP_GENERATIONS, 2)",
         show_default=False,
     ),

@@ -45,7 +45,10 @@ class Catalog:
             for i, r in enumerate(rows):
                 value = r.get(key)
                 if isinstance(value, datetime):
-                    out[i] = value.timestamp()
+                    try:
+                        out[i] = value.timestamp()
+                    except (OverflowError, ValueError, OSError):  # year 1 or 9999 in local time
+                        out[i] = np.nan
                 elif value is not None:
                     try:
                         out[i] = float(value)

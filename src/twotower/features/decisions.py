@@ -31,16 +31,25 @@ class DecisionLog:
         return len(self.user_ids)
 
 
-def load_decision_log(conn: psycopg.Connection[Any], video_ids: list[uuid.UUID]) -> DecisionLog:
-    """Decisions on the given videos (the catalog order), as arrays sorted by user then time."""
+def load_decision_log(
+    conn: psycopg.Connection[Any], video_ids: list[uuid.UUID], user_range: tuple[str, str] | None = None
+) -> DecisionLog:
+    """Decisions on the given videos (the catalog order), as arrays sorted by user then time; only those of
+    the users in the inclusive id range ``user_range`` when given."""
+    from psycopg import sql
+
     index = {vid: i for i, vid in enumerate(video_ids)}
+    where = sql.SQL("WHERE d.user_id BETWEEN %s AND %s" if user_range is not None else "")
     with conn.cursor(binary=True) as cur:
         # ties in time are broken by the video's natural key, not its (random) UUID: the same data gives
         # the same split in every database it is imported into
         cur.execute(
-            "SELECT d.user_id, d.video_id, d.decision_type = 'like', extract(epoch FROM d.created_at)::float8 "
-            "FROM user_video_decisions d JOIN videos v ON v.id = d.video_id "
-            "ORDER BY d.user_id, d.created_at, v.source, v.external_id"
+            sql.SQL(
+                "SELECT d.user_id, d.video_id, d.decision_type = 'like', extract(epoch FROM d.created_at)::float8 "
+                "FROM user_video_decisions d JOIN videos v ON v.id = d.video_id {} "
+                "ORDER BY d.user_id, d.created_at, v.source, v.external_id"
+            ).format(where),
+            user_range,
         )
         rows = cur.fetchall()
     users: dict[uuid.UUID, int] = {}

@@ -90,7 +90,7 @@ class DeployOptions:
     from_store: str | None = None  # re-activate an archived version: rebuild its generation from the store
     gate: bool = True
     tolerance: float = 0.02  # relative Recall@20 drop vs the active version that is still accepted
-    keep_generations: int = 2
+    keep_generations: int = 2  # >= 1: the previous version's generation serves until every server has swapped
     wait: bool = False  # wait for a running deploy instead of exiting
     lock_timeout: float = 0.0  # with wait: give up after this many seconds (0: wait for ever)
     cache_dir: Path = Path(".twotower/models")  # where versions are fetched from the store to be loaded
@@ -386,5 +386,10 @@ def _mark_failed(conn: psycopg.Connection[Any], version: str, stage: str, exc: B
     """Best effort: the version is marked failed and its partial generation dropped (the next deploy retries)."""
     reason = f"{stage}: {exc.message if isinstance(exc, TwoTowerError) else type(exc).__name__}"[:1000]
     with suppress(psycopg.Error):
-        conn.execute("UPDATE model_versions SET status = 'failed', error = %s WHERE version = %s", (reason, version))
-        drop_generation(conn, version)
+        row = conn.execute(
+            "UPDATE model_versions SET status = 'failed', error = %s WHERE version = %s AND status <> 'active' "
+            "RETURNING version",
+            (reason, version),
+        ).fetchone()
+        if row is not None:  # never the active version (a promote whose acknowledgement was lost)
+            drop_generation(conn, version)

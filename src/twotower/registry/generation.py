@@ -22,6 +22,7 @@ from twotower.features.catalog import load_catalog
 from twotower.features.decisions import load_decision_log
 from twotower.features.examples import Histories
 from twotower.inference.towers import OnnxTowers
+from twotower.registry.store import ArtifactError
 from twotower.registry.versions import hnsw_index_name
 
 __all__ = ["GenerationStats", "build_generation", "create_generation_index", "write_embeddings"]
@@ -107,9 +108,11 @@ def build_generation(
             write_embeddings(conn, "user_embeddings", "user_id", version, log.user_ids, users, on_chunk)
         say("building the HNSW index")
         create_generation_index(conn, version, towers.dim)
-        conn.execute(
+        done = conn.execute(
             "UPDATE model_versions SET status = 'ready', generation_built_at = now(), videos_embedded = %s, "
-            "users_embedded = %s WHERE version = %s",
+            "users_embedded = %s WHERE version = %s AND status = 'building' RETURNING version",
             (len(catalog), log.n_users, version),
-        )
+        ).fetchone()
+        if done is None:  # another deploy declared this build dead meanwhile and removed its rows
+            raise ArtifactError(f"the build of {version} was cancelled while it ran; deploy again")
     return GenerationStats(len(catalog), log.n_users, time.perf_counter() - started)

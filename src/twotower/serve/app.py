@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from twotower import __version__
 from twotower.db import Database
-from twotower.errors import NotFound, TwoTowerError
+from twotower.errors import DatabaseUnavailable, NotFound, TwoTowerError
 from twotower.features.catalog import Catalog
 from twotower.registry.store import open_store
 from twotower.registry.versions import list_versions
@@ -72,7 +72,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    raise _TooLarge(self.limit)
             return message
 
         try:
@@ -83,8 +83,11 @@ class BodyLimit:
             )
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """Raised from ``receive``: FastAPI re-raises HTTP exceptions met while reading the body as they are."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request bodies are limited to {limit:,} bytes")
 
 
 @dataclass
@@ -141,7 +144,7 @@ class Service:
                                   threads=settings.serve_onnx_threads, on_poll=self._poll)  # fmt: skip
         try:
             self.holder.refresh()
-        except (TwoTowerError, psycopg.Error) as exc:
+        except Exception as exc:
             log.warning("no model loaded at start-up (%s): the watcher keeps trying", exc)
         self.holder.start()
 
@@ -353,7 +356,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Check the active version now and load it if it changed (service role)."""
         caller.require_service()
         assert service.holder is not None
-        changed = service.holder.refresh()
+        changed = service.holder.refresh(force=True)
         return {"changed": changed, "model_version": service.model.version if service.model else None}
 
     # -- operations -----------------------------------------------------------------------------------------
@@ -405,7 +408,11 @@ def _errors(app: FastAPI) -> None:
         headers = {"Retry-After": "1"} if exc.http_status == 503 else None
         if exc.http_status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
-        return _error(exc.http_status, exc.code, exc.message, headers)
+        message = exc.message
+        if isinstance(exc, DatabaseUnavailable):  # the message names the server: for the logs, not for clients
+            log.warning("%s", exc.message)
+            message = "the database is unavailable; retry shortly"
+        return _error(exc.http_status, exc.code, message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -420,7 +427,9 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return _error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(psycopg.OperationalError)
@@ -434,7 +443,8 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(psycopg.DataError)
     async def _data(request: Request, exc: psycopg.DataError) -> JSONResponse:
-        return _error(422, "invalid_request", f"the database refused a value: {' '.join(str(exc).split())[:200]}")
+        log.info("data error: %s", " ".join(str(exc).split())[:200])
+        return _error(422, "invalid_request", "a value in the request is out of range for the database")
 
     @app.exception_handler(psycopg.errors.QueryCanceled)
     async def _slow(request: Request, exc: psycopg.errors.QueryCanceled) -> JSONResponse:

@@ -27,6 +27,11 @@ class Unauthorized(TwoTowerError):
     http_status = 401
 
 
+class AuthUnavailable(TwoTowerError):
+    code = "auth_unavailable"
+    http_status = 503
+
+
 class Forbidden(TwoTowerError):
     code = "forbidden"
     http_status = 403
@@ -94,9 +99,16 @@ class Authenticator:
             key = self.secret
         elif alg in _ASYMMETRIC and self.jwks is not None:
             try:
-                key = self.jwks.get_signing_key_from_jwt(token).key
+                signing_key = self.jwks.get_signing_key_from_jwt(token)
+            except jwt.PyJWKClientConnectionError:
+                raise AuthUnavailable("the token keys (JWKS) cannot be fetched right now; retry shortly") from None
             except jwt.PyJWKClientError as exc:
                 raise Unauthorized(f"no signing key for this token ({exc})") from None
+            except (jwt.PyJWKSetError, ValueError):  # a JWKS that is not JSON, or has no usable key
+                raise AuthUnavailable("the token keys (JWKS) are unusable right now; retry shortly") from None
+            if signing_key.algorithm_name != alg:  # an RSA key's kid with alg ES256, or the other way round
+                raise Unauthorized(f"token algorithm {alg} does not match its key")
+            key = signing_key.key
         else:
             raise Unauthorized(f"token algorithm {alg!r} is not accepted")
         try:
@@ -106,7 +118,7 @@ class Authenticator:
             )  # fmt: skip
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:
             raise Unauthorized(f"invalid token ({exc})") from None
         self._check_audience(claims)
         return claims

@@ -20,10 +20,9 @@ import psycopg
 from psycopg import sql
 
 from twotower.db import Database
-from twotower.errors import TwoTowerError
 from twotower.inference.items import ItemIndex, catalog_stamp
 from twotower.inference.towers import OnnxTowers
-from twotower.registry.store import ArtifactStore, fetch
+from twotower.registry.store import ArtifactError, ArtifactStore, fetch
 from twotower.registry.versions import NOTIFY_CHANNEL, active_version
 
 __all__ = ["LoadedModel", "ModelHolder"]
@@ -59,8 +58,9 @@ class ModelHolder:
         self.on_poll = on_poll  # other periodic work of the server (the popularity cache), off the request path
 
     # -- loading ---------------------------------------------------------------------------------------------
-    def refresh(self) -> bool:
-        """Load the active version if it differs from the current one; True when the model changed."""
+    def refresh(self, force: bool = False) -> bool:
+        """Load the active version if it differs from the current one; True when the model changed.
+        ``force`` retries a version that failed to load before."""
         with self._lock:
             with self.db.connection(timeout=5) as conn:
                 version = active_version(conn)
@@ -76,15 +76,19 @@ class ModelHolder:
                 log.warning("no active model version: answering with the fallbacks")
                 self.current = None
                 return True
-            if version == self.failed_version:
+            if version == self.failed_version and not force:
                 return False
             try:
                 towers = OnnxTowers(fetch(self.store, version, self.cache_dir), threads=self.threads)
                 with self.db.connection(timeout=30) as conn:
                     items = ItemIndex.load(conn, towers.pipeline)
-            except TwoTowerError as exc:
+            except ArtifactError as exc:  # a broken version stays broken: don't fetch it on every check
                 self.failed_version, self.last_error = version, exc.message
                 log.error("cannot load model %s: %s (keeping %s)", version, exc.message, current or "the fallbacks")
+                return False
+            except Exception as exc:  # the store or the database was unreachable: try again at the next check
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("cannot load model %s yet (%s); retrying", version, self.last_error)
                 return False
             self.current = LoadedModel(version, towers, items, time.time())
             self.failed_version, self.last_error = None, None
@@ -108,8 +112,8 @@ class ModelHolder:
             if self.on_poll is not None:
                 with self.db.connection(timeout=5) as conn:
                     self.on_poll(conn)
-        except (TwoTowerError, psycopg.Error) as exc:
-            log.warning("model check failed: %s", exc)
+        except Exception as exc:  # the watcher must outlive any error: it is the hot-swap
+            log.warning("model check failed: %s: %s", type(exc).__name__, exc)
 
     def _watch(self) -> None:
         backoff = 0.5
@@ -120,7 +124,7 @@ class ModelHolder:
                     self._safe_refresh()  # anything promoted while we were not listening
                     backoff = 0.5
                     self._listen(conn)
-            except (TwoTowerError, psycopg.Error) as exc:
+            except Exception as exc:
                 log.warning("model watcher lost the database (%s); retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)

@@ -41,19 +41,26 @@ class EdgeRecommendationsIn(BaseModel):
     exclude_liked: bool = True
 
 
-class VideoOut(BaseModel):
+class EdgeVideoOut(BaseModel):
+    """A recommended video as the app's edge function returns it."""
+
     id: uuid.UUID
     title: str
     thumbnail_url: str | None = None
-    sample_video_url: str | None = None
-    product_url: str | None = None
     maker: str | None = None
     price: float | None = None
-    duration_seconds: int | None = None
-    product_released_at: datetime | None = None
     performers: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     similarity_score: float
+
+
+class VideoOut(EdgeVideoOut):
+    """... and with the rest of its metadata."""
+
+    sample_video_url: str | None = None
+    product_url: str | None = None
+    duration_seconds: int | None = None
+    product_released_at: datetime | None = None
 
 
 class RecommendationsOut(BaseModel):
@@ -61,17 +68,6 @@ class RecommendationsOut(BaseModel):
     total_count: int
     algorithm: Literal["two_tower", "linear", "popularity"]
     model_version: str | None
-
-
-class EdgeVideoOut(BaseModel):
-    id: uuid.UUID
-    title: str
-    thumbnail_url: str | None = None
-    maker: str | None = None
-    price: float | None = None
-    performers: list[str] = Field(default_factory=list)
-    tags: list[str] = Field(default_factory=list)
-    similarity_score: float
 
 
 class EdgeRecommendationsOut(BaseModel):

@@ -1,0 +1,59 @@
+"""``twotower batch-update``."""
+
+from __future__ import annotations
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from twotower.cli.console import open_db, out
+from twotower.settings import get_settings
+
+
+def batch_update(
+    videos: bool = typer.Option(True, "--videos/--no-videos", help="Re-embed every video."),
+    users: bool = typer.Option(True, "--users/--no-users", help="Re-embed every user who has decisions."),
+    model_version: str | None = typer.Option(
+        None, "--model-version", help="The version to update (default: the active one).", show_default=False
+    ),
+    chunk_size: int = typer.Option(5000, "--chunk-size", help="Rows per chunk (the unit of checkpoints and retries)."),
+    max_rate: float = typer.Option(0.0, "--max-rate", help="Throttle: at most this many rows/s per worker (0: none)."),
+    retries: int = typer.Option(3, "--retries", min=1, max=100, help="Attempts per chunk before it is marked failed."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
+) -> None:
+    """(Re)embed videos and users for a model version in checkpointed chunks. Run it on several machines at once
+    to share the work; a killed run started again resumes where it stopped."""
+    from twotower.errors import TwoTowerError
+    from twotower.jobs import BatchOptions, plan_batch, run_batch
+    from twotower.registry.store import open_store
+
+    settings = get_settings()
+    options = BatchOptions(
+        version=model_version, videos=videos, users=users, chunk_size=chunk_size, max_rate=max_rate,
+        retries=retries, cache_dir=(settings.data_dir / "models").expanduser().absolute(),
+    )  # fmt: skip
+    with open_db() as db:
+        plan = plan_batch(db, options)
+        chunks = ", ".join(f"{n:,} {target} chunk(s)" for target, n in plan.chunks.items())
+        resume = f"; resumes job {plan.job_id} ({plan.done_chunks:,} chunk(s) done)" if plan.job_id else ""
+        out.print(f"plan: version {plan.version}: {plan.videos:,} videos, {plan.users:,} users in {chunks}{resume}")
+        if dry_run:
+            out.print("dry run: nothing was changed")
+            return
+        progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=out,
+            transient=True,
+        )  # fmt: skip
+        task = progress.add_task("embedding", total=sum(plan.chunks.values()), completed=plan.done_chunks)
+
+        def advance(done: int, total: int, rows: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        with progress:
+            result = run_batch(db, open_store(settings), options, on_chunk=advance)
+    rate = sum(result.rows.values()) / result.seconds if result.seconds else 0.0
+    out.print(
+        f"job {result.job_id} ({result.status}): this worker embedded {result.rows['videos']:,} videos and "
+        f"{result.rows['users']:,} users in {result.chunks_done:,} chunk(s), {result.seconds:.1f}s ({rate:,.0f} rows/s)"
+    )
+    if result.failed_chunks or result.status == "failed":
+        raise TwoTowerError(f"job {result.job_id}: {result.failed_chunks} chunk(s) failed after all retries")

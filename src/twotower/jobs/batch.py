@@ -1,0 +1,301 @@
+"""``twotower batch-update``: (re)embed every video and user for a model version, in chunks.
+
+A job is a row in ``jobs`` and its chunks are rows in ``job_chunks`` (ranges of video or user ids). A worker
+claims a chunk with ``SELECT ... FOR UPDATE SKIP LOCKED`` and keeps that row lock while it computes and writes
+the chunk's embeddings; the embeddings and the chunk's ``done`` mark commit together. So a worker killed at any
+point leaves its chunk pending (its transaction is rolled back, the lock released), a restarted job resumes
+where it was with no gaps and no duplicates, and any number of workers, on any machines, share a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg.types.json import Jsonb
+
+from twotower.db import Database
+from twotower.errors import InputError, NotFound, TwoTowerError
+from twotower.features.catalog import load_catalog
+from twotower.features.decisions import load_decision_log
+from twotower.features.examples import Histories
+from twotower.inference.items import ItemIndex
+from twotower.inference.towers import OnnxTowers
+from twotower.registry.generation import write_embeddings
+from twotower.registry.store import ArtifactStore, fetch
+from twotower.registry.versions import active_version, get_version
+
+__all__ = ["BatchOptions", "BatchPlan", "BatchResult", "plan_batch", "run_batch"]
+
+log = logging.getLogger("twotower.jobs")
+KIND = "batch_update"
+Target = Literal["videos", "users"]
+
+
+@dataclass
+class BatchOptions:
+    version: str | None = None  # default: the active version
+    videos: bool = True
+    users: bool = True
+    chunk_size: int = 5000
+    max_rate: float = 0.0  # rows/s across this worker (0: no throttle)
+    retries: int = 3
+    cache_dir: Path = Path(".twotower/models")
+
+    def validate(self) -> None:
+        if not (self.videos or self.users):
+            raise InputError("nothing to do: --no-videos and --no-users together")
+        if not 10 <= self.chunk_size <= 1_000_000:
+            raise InputError(f"--chunk-size must be between 10 and 1,000,000, got {self.chunk_size:,}")
+        if self.max_rate < 0:
+            raise InputError("--max-rate must be >= 0")
+
+
+@dataclass
+class BatchPlan:
+    version: str
+    videos: int
+    users: int
+    chunks: dict[Target, int]
+    job_id: int | None = None  # an unfinished job this run would resume
+    done_chunks: int = 0
+
+
+@dataclass
+class BatchResult:
+    job_id: int
+    version: str
+    chunks_done: int = 0  # by this worker
+    rows: dict[str, int] = field(default_factory=lambda: {"videos": 0, "users": 0})
+    failed_chunks: int = 0
+    seconds: float = 0.0
+    status: str = "running"
+
+
+def _version(conn: psycopg.Connection[Any], version: str | None) -> str:
+    if version is None:
+        version = active_version(conn)
+        if version is None:
+            raise NotFound("no active model version: deploy one first, or give --model-version")
+    status = get_version(conn, version).status
+    if status not in ("active", "ready", "retired"):
+        raise InputError(f"version {version} is {status}: only a version with a generation can be updated")
+    return version
+
+
+def _ranges(ids: list[Any], size: int) -> list[tuple[str, str]]:
+    return [(str(ids[i]), str(ids[min(i + size, len(ids)) - 1])) for i in range(0, len(ids), size)]
+
+
+def _targets(conn: psycopg.Connection[Any], options: BatchOptions) -> dict[Target, list[Any]]:
+    out: dict[Target, list[Any]] = {}
+    if options.videos:
+        out["videos"] = [r[0] for r in conn.execute("SELECT id FROM videos ORDER BY id").fetchall()]
+    if options.users:
+        out["users"] = [r[0] for r in conn.execute(
+            "SELECT DISTINCT user_id FROM user_video_decisions ORDER BY user_id").fetchall()]  # fmt: skip
+    return out
+
+
+def _open_job(conn: psycopg.Connection[Any], options: BatchOptions) -> tuple[int, str] | None:
+    row = conn.execute(
+        "SELECT id FROM jobs WHERE kind = %s AND model_version = %s AND status IN ('pending', 'running') "
+        "AND params @> %s ORDER BY created_at DESC LIMIT 1",
+        (KIND, options.version, Jsonb({"videos": options.videos, "users": options.users})),
+    ).fetchone()
+    return None if row is None else (int(row[0]), str(options.version))
+
+
+def plan_batch(db: Database, options: BatchOptions) -> BatchPlan:
+    """What a run would do (``--dry-run``): nothing is written."""
+    options.validate()
+    with db.direct() as conn:
+        version = _version(conn, options.version)
+        targets = _targets(conn, options)
+        options.version = version
+        existing = _open_job(conn, options)
+        done = 0
+        if existing is not None:
+            row = conn.execute("SELECT count(*) FROM job_chunks WHERE job_id = %s AND status = 'done'",
+                               (existing[0],)).fetchone()  # fmt: skip
+            done = int(row[0]) if row else 0
+    chunks = {t: (len(ids) + options.chunk_size - 1) // options.chunk_size for t, ids in targets.items()}
+    return BatchPlan(version, len(targets.get("videos", [])), len(targets.get("users", [])), chunks,
+                     existing[0] if existing else None, done)  # fmt: skip
+
+
+def _create_or_join(db: Database, options: BatchOptions) -> int:
+    """The unfinished job for this version and these targets, or a new one (one transaction, under a lock)."""
+    with db.direct() as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{KIND}:{options.version}",))
+        existing = _open_job(conn, options)
+        if existing is not None:
+            return existing[0]
+        targets = _targets(conn, options)
+        params = {"videos": options.videos, "users": options.users, "chunk_size": options.chunk_size}
+        total = sum((len(ids) + options.chunk_size - 1) // options.chunk_size for ids in targets.values())
+        row = conn.execute(
+            "INSERT INTO jobs (kind, model_version, status, params, total_chunks, started_at) "
+            "VALUES (%s, %s, 'running', %s, %s, now()) RETURNING id",
+            (KIND, options.version, Jsonb(params), total),
+        ).fetchone()
+        assert row is not None
+        job_id = int(row[0])
+        chunk_no = 0
+        with conn.cursor().copy(
+            "COPY job_chunks (job_id, chunk_no, target, range_start, range_end) FROM STDIN"
+        ) as copy:
+            for target, ids in targets.items():
+                for start, end in _ranges(ids, options.chunk_size):
+                    copy.write_row((job_id, chunk_no, target, start, end))
+                    chunk_no += 1
+        return job_id
+
+
+class _Embedder:
+    """The version's towers and feature index, loaded once per worker."""
+
+    def __init__(self, db: Database, store: ArtifactStore, version: str, cache_dir: Path) -> None:
+        self.version = version
+        self.towers = OnnxTowers(fetch(store, version, cache_dir))
+        with db.direct() as conn:
+            self.items = ItemIndex.load(conn, self.towers.pipeline)
+
+    def videos(self, conn: psycopg.Connection[Any], start: str, end: str) -> int:
+        ids = [r[0] for r in conn.execute(
+            "SELECT id FROM videos WHERE id BETWEEN %s AND %s ORDER BY id", (start, end)).fetchall()]  # fmt: skip
+        if not ids:
+            return 0
+        features = self.towers.pipeline.transform(load_catalog(conn, ids))
+        vectors = self.towers.embed_items(features)
+        _upsert(conn, "video_embeddings", "video_id", self.version, ids, vectors)
+        return len(ids)
+
+    def users(self, conn: psycopg.Connection[Any], start: str, end: str) -> int:
+        catalog_ids = [uid for uid, _ in sorted(self.items.row.items(), key=lambda kv: kv[1])]
+        log_ = load_decision_log(conn, catalog_ids, user_range=(start, end))
+        if log_.n_users == 0:
+            return 0
+        hist = Histories(log_, np.ones(len(log_), dtype=bool), len(catalog_ids), self.towers.history)
+        batch = hist.batch(np.arange(log_.n_users, dtype=np.int64))
+        vectors = self.towers.embed_users(self.items.table, batch)
+        _upsert(conn, "user_embeddings", "user_id", self.version, log_.user_ids, vectors)
+        return log_.n_users
+
+
+def _upsert(
+    conn: psycopg.Connection[Any], table: str, key: str, version: str, ids: list[uuid.UUID],
+    vectors: npt.NDArray[np.float32],
+) -> None:  # fmt: skip
+    """Replace these rows of the generation (delete + binary COPY: exactly one row per id, whatever was there)."""
+    from psycopg import sql
+
+    conn.execute(
+        sql.SQL("DELETE FROM {} WHERE model_version = %s AND {} = ANY(%s)").format(
+            sql.Identifier(table), sql.Identifier(key)),
+        (version, ids),
+    )  # fmt: skip
+    write_embeddings(conn, table, key, version, ids, vectors)
+
+
+def run_batch(
+    db: Database,
+    store: ArtifactStore,
+    options: BatchOptions,
+    *,
+    on_chunk: Callable[[int, int, int], None] | None = None,
+) -> BatchResult:
+    """Work on the job for ``options`` until no chunk is left. ``on_chunk(done, total, rows)`` after each."""
+    options.validate()
+    with db.direct() as conn:
+        options.version = _version(conn, options.version)
+    job_id = _create_or_join(db, options)
+    result = BatchResult(job_id, options.version)
+    embedder = _Embedder(db, store, options.version, options.cache_dir)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    started = time.perf_counter()
+    with db.direct(autocommit=True) as conn:  # each chunk is its own transaction (see _one_chunk)
+        row = conn.execute("SELECT total_chunks FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        total = int(row[0]) if row else 0
+        while (claimed := _one_chunk(conn, embedder, job_id, worker, options, result)) is not None:
+            n, took = claimed
+            if on_chunk is not None and n >= 0:
+                done = conn.execute("SELECT count(*) FROM job_chunks WHERE job_id = %s AND status = 'done'",
+                                    (job_id,)).fetchone()  # fmt: skip
+                on_chunk(int(done[0]) if done else 0, total, n)
+            if options.max_rate > 0 and n > 0:  # the throttle: keep this worker under max_rate rows/s
+                time.sleep(max(0.0, n / options.max_rate - took))
+        result.status = _finish(conn, job_id)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _one_chunk(
+    conn: psycopg.Connection[Any], embedder: _Embedder, job_id: int, worker: str, options: BatchOptions,
+    result: BatchResult,
+) -> tuple[int, float] | None:  # fmt: skip
+    """Claim, compute and commit one chunk: ``(rows, seconds)``, ``(-1, s)`` after a failed attempt, None when
+    no chunk is left to claim."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT chunk_no, target, range_start, range_end, attempts FROM job_chunks "
+            "WHERE job_id = %s AND status = 'pending' ORDER BY chunk_no LIMIT 1 FOR UPDATE SKIP LOCKED",
+            (job_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        chunk_no, target, start, end, attempts = row
+        started = time.perf_counter()
+        try:
+            with conn.transaction():  # a savepoint: a failed chunk leaves no rows behind
+                work = embedder.videos if target == "videos" else embedder.users
+                n = work(conn, start, end)
+                conn.execute(
+                    "UPDATE job_chunks SET status = 'done', rows_done = %s, worker = %s, attempts = attempts + 1, "
+                    "finished_at = now(), error = NULL WHERE job_id = %s AND chunk_no = %s",
+                    (n, worker, job_id, chunk_no),
+                )
+        except (psycopg.Error, TwoTowerError, ValueError) as exc:
+            failed = attempts + 1 >= options.retries
+            conn.execute(
+                "UPDATE job_chunks SET attempts = attempts + 1, error = %s, status = %s, worker = %s "
+                "WHERE job_id = %s AND chunk_no = %s",
+                (str(exc)[:500], "failed" if failed else "pending", worker, job_id, chunk_no),
+            )
+            log.warning("chunk %s of job %s failed (attempt %s): %s", chunk_no, job_id, attempts + 1, exc)
+            result.failed_chunks += int(failed)
+            time.sleep(min(2.0, 0.1 * 2**attempts))  # back off before the retry
+            return -1, time.perf_counter() - started
+    result.chunks_done += 1
+    result.rows[target] += n
+    return n, time.perf_counter() - started
+
+
+def _finish(conn: psycopg.Connection[Any], job_id: int) -> str:
+    """Close the job when no chunk is left pending or running (another worker may still be on one)."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed') "
+            "FROM job_chunks WHERE job_id = %s",
+            (job_id,),
+        ).fetchone()
+        assert row is not None
+        pending, failed = int(row[0]), int(row[1])
+        if pending:  # chunks still in flight with other workers: the last one to finish closes the job
+            return "running"
+        status = "failed" if failed else "succeeded"
+        conn.execute(
+            "UPDATE jobs SET status = %s, finished_at = now(), error = %s WHERE id = %s AND status = 'running'",
+            (status, f"{failed} chunk(s) failed" if failed else None, job_id),
+        )
+    return status
