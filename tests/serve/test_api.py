@@ -134,6 +134,7 @@ def test_auth_rejects_bad_tokens(served: Served, keys: Keys) -> None:
         # HS256 signed with the RSA public key as the secret: must not verify as RS256 nor HS256
         "hs/rs confusion": {"Authorization": "Bearer " + _hs_with_key(public_pem, user)},
         "unknown kid": bearer(user, algorithm="RS256", key=keys.rsa, headers={"kid": "nope"}),
+        "alg/key mismatch": bearer(user, algorithm="ES256", key=keys.ec, headers={"kid": "rsa-1"}),
         "sub not a uuid": bearer("admin"),
     }
     with httpx.Client(base_url=served.url, timeout=30) as client:
@@ -219,6 +220,13 @@ def test_bad_input_gets_4xx_with_error_and_message(served: Served) -> None:
         huge = client.post("/v1/recommendations", content=b"[" + b"1," * 600_000 + b"1]",
                            headers={**headers, "Content-Type": "application/json"})  # fmt: skip
         assert huge.status_code == 413 and huge.json()["error"] == "payload_too_large"
+        chunked = client.post("/v1/recommendations", content=(b"1," * 1000 for _ in range(1000)),
+                              headers={**headers, "Content-Type": "application/json"})  # fmt: skip
+        assert chunked.status_code == 413 and chunked.json()["error"] == "payload_too_large"
+        odd_dates = {"videos": [{"title": "x", "product_released_at": d} for d in
+                                ("0001-01-01T00:00:00", "9999-12-31T23:59:59", "2020-01-01T00:00:00Z")]}  # fmt: skip
+        r = client.post("/v1/embeddings/items", json=odd_dates, headers=service_headers())
+        assert r.status_code == 200 and len(r.json()["embeddings"]) == 3
         too_many = {"videos": [{"title": "x"}] * 1001}
         assert client.post("/v1/embeddings/items", json=too_many, headers=service_headers()).status_code == 422
 
