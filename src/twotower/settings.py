@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         default=0.02, ge=0, le=1, description="Relative Recall@20 drop vs the active model a deploy may have."
     )
 
+    # --- scheduling (cron: five fields, or six with seconds last; empty disables) ------------------------
+    schedule_batch_update: str = Field(default="0 3 * * *", description="When `batch-update` runs (UTC).")
+    schedule_retrain: str = Field(default="0 4 * * 0", description="When `deploy` (retrain) runs (UTC).")
+
     # --- auth (used by the serving API) ----------------------------------------------------------------
     jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret (Supabase: the project's JWT secret).")
     jwt_audience: str = "authenticated"

@@ -49,6 +49,7 @@ app.command("rollback")(deploy_cmds.rollback)
 app.add_typer(deploy_cmds.models_app, name="models")
 app.command("serve")(serve_cmds.serve)
 app.command("batch-update")(jobs_cmds.batch_update)
+app.command("schedule")(jobs_cmds.schedule)
 
 
 def _version(value: bool) -> None:
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     except TwoTowerError as exc:
         err.print(f"error: {exc.message}", highlight=False, markup=False)
         sys.exit(exc.exit_code)
+    except psycopg.errors.UndefinedTable:
+        err.print("error: the database has no twotower schema: run `twotower db upgrade` first", highlight=False,
+                  markup=False)  # fmt: skip
+        sys.exit(78)
     except psycopg.OperationalError as exc:
         text = " ".join(str(exc).split())
         err.print(f"error: lost the database connection: {text}", highlight=False, markup=False)
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("TWOTOWER_DEBUG"):
             raise
         err.print(
-            f"error: internal error ({type(exc).__name__}: {exc}); set TWOTOWER_DEBUG=1 for the traceback",
+            f"error: internal error ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+            "set TWOTOWER_DEBUG=1 for the traceback",
             highlight=False,
             markup=False,
         )

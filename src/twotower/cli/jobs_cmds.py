@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from twotower.cli.console import open_db, out
+from twotower.cli.console import err, open_db, out
 from twotower.settings import get_settings
 
 
@@ -57,3 +57,31 @@ def batch_update(
     )
     if result.failed_chunks or result.status == "failed":
         raise TwoTowerError(f"job {result.job_id}: {result.failed_chunks} chunk(s) failed after all retries")
+
+
+def schedule(
+    once: str | None = typer.Option(
+        None, "--once", help="Run this job now and exit with its exit code (for a plain crontab): batch-update or "
+        "retrain.", show_default=False,
+    ),
+    max_runs: int | None = typer.Option(None, "--max-runs", min=1, help="Stop after this many runs.",
+                                        show_default=False),
+) -> None:  # fmt: skip
+    """Run the nightly batch update and the weekly retrain at the times of TWOTOWER_SCHEDULE_BATCH_UPDATE and
+    TWOTOWER_SCHEDULE_RETRAIN (cron, UTC). Every run logs one JSON line on stdout."""
+    import sys
+
+    from twotower.errors import InputError
+    from twotower.jobs.schedule import run_job, run_schedule, scheduled_jobs
+
+    jobs = scheduled_jobs(get_settings())
+    if once is not None:
+        job = next((j for j in jobs if j.name == once), None)
+        if job is None:
+            names = ", ".join(j.name for j in jobs) or "none"
+            raise InputError(f"--once {once!r}: not a scheduled job (scheduled: {names})")
+        raise typer.Exit(run_job(job, sys.stdout))
+    err.print(", ".join(f"{j.name} at '{j.cron}'" for j in jobs) or "nothing scheduled", highlight=False)
+    status = run_schedule(jobs, sys.stdout, max_runs=max_runs)
+    if status:
+        raise typer.Exit(status)
