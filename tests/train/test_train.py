@@ -72,8 +72,8 @@ def test_two_tower_finds_planted_tastes(synth_db: Database, tmp_path: Path) -> N
 
 
 def test_same_seed_same_model(synth_db: Database, tmp_path: Path) -> None:
-    a = train(synth_db, _opts(tmp_path / "a", seed=3, batch_size=1024))
-    b = train(synth_db, _opts(tmp_path / "b", seed=3, batch_size=1024))
+    a = train(synth_db, _opts(tmp_path / "a", seed=3, batch_size=1024, refit=False))
+    b = train(synth_db, _opts(tmp_path / "b", seed=3, batch_size=1024, refit=False))
     assert [asdict(h)["loss"] for h in a.history] == [asdict(h)["loss"] for h in b.history]
     assert [h.valid_recall_at_20 for h in a.history] == [h.valid_recall_at_20 for h in b.history]
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
@@ -156,7 +156,8 @@ def test_cli_train_and_evaluate(synth_url: str, cli_env: dict[str, str], tmp_pat
     env = {**cli_env, "DATABASE_URL": synth_url}
     models = tmp_path / "models"
     run = subprocess.run(
-        [sys.executable, "-m", "twotower", "train", "--epochs", "2", "--output-dir", str(models), "--version", "cli1"],
+        [sys.executable, "-m", "twotower", "train", "--epochs", "2", "--no-refit", "--output-dir", str(models),
+         "--version", "cli1"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
