@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -65,20 +66,28 @@ def _drop_db(pg_server: str, name: str) -> None:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@contextmanager
+def database_copy(pg_server: str, template: str | None) -> Iterator[str]:
+    """URL of a new database copied from ``template`` (empty without one), dropped afterwards."""
+    name = _create_db(pg_server, template)
+    try:
+        yield make_conninfo(pg_server, dbname=name)
+    finally:
+        _drop_db(pg_server, name)
+
+
 @pytest.fixture
 def db_url(pg_server: str, template_db: str) -> Iterator[str]:
     """URL of a fresh, migrated database for this test."""
-    name = _create_db(pg_server, template_db)
-    yield make_conninfo(pg_server, dbname=name)
-    _drop_db(pg_server, name)
+    with database_copy(pg_server, template_db) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_db_url(pg_server: str) -> Iterator[str]:
     """URL of a fresh database with no schema at all."""
-    name = _create_db(pg_server, None)
-    yield make_conninfo(pg_server, dbname=name)
-    _drop_db(pg_server, name)
+    with database_copy(pg_server, None) as url:
+        yield url
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import _create_db, _drop_db, seed_template
+from tests.conftest import _drop_db, database_copy, seed_template
 from twotower.db import Database
 from twotower.export import export_model
 from twotower.registry import LocalStore
@@ -39,6 +39,5 @@ def deployed(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture
 def url(pg_server: str, deployed: Path) -> Iterator[str]:
-    name = _create_db(pg_server, TEMPLATE)
-    yield make_conninfo(pg_server, dbname=name)
-    _drop_db(pg_server, name)
+    with database_copy(pg_server, TEMPLATE) as copy:
+        yield copy

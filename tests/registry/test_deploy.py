@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import _create_db, _drop_db, seed_template
+from tests.conftest import _drop_db, database_copy, seed_template
 from twotower.db import Database
 from twotower.export import export_model
 from twotower.registry import ArtifactError, LocalStore, S3Store
@@ -70,9 +70,8 @@ def models(pg_server: str, seeded: str, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def url(pg_server: str, seeded: str) -> Iterator[str]:
-    name = _create_db(pg_server, seeded)
-    yield make_conninfo(pg_server, dbname=name)
-    _drop_db(pg_server, name)
+    with database_copy(pg_server, seeded) as copy:
+        yield copy
 
 
 @pytest.fixture

@@ -16,9 +16,8 @@ import jwt
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from psycopg.conninfo import make_conninfo
 
-from tests.conftest import _create_db, _drop_db, free_port, seed_template
+from tests.conftest import _drop_db, database_copy, free_port, seed_template
 from twotower.db import Database
 from twotower.export import export_model
 from twotower.registry import LocalStore
@@ -141,18 +140,16 @@ def serve_settings(db_url: str, data_dir: Path, jwks_url: str | None = None, **e
 @pytest.fixture(scope="package")
 def deployed(pg_server: str, seeded: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A database where versions "a" then "b" were deployed ("b" active, "a" retired with its generation)."""
-    name = _create_db(pg_server, seeded)
-    url = make_conninfo(pg_server, dbname=name)
     data = tmp_path_factory.mktemp("served")
-    with Database.open(Settings(database_url=url, data_dir=data), migrate=False) as db:
-        for version, seed in (("a", 1), ("b", 0)):
-            result = train(db, TrainOptions(epochs=3, batch_size=256, output_dir=data / "trained", refit=False,
-                                            version=version, seed=seed))  # fmt: skip
-            export_model(result.directory)
-            options = DeployOptions(model_dir=result.directory, gate=False, cache_dir=data / "models")
-            deploy(db, LocalStore(data / "store"), options)
-    yield url, data
-    _drop_db(pg_server, name)
+    with database_copy(pg_server, seeded) as url:
+        with Database.open(Settings(database_url=url, data_dir=data), migrate=False) as db:
+            for version, seed in (("a", 1), ("b", 0)):
+                result = train(db, TrainOptions(epochs=3, batch_size=256, output_dir=data / "trained", refit=False,
+                                                version=version, seed=seed))  # fmt: skip
+                export_model(result.directory)
+                options = DeployOptions(model_dir=result.directory, gate=False, cache_dir=data / "models")
+                deploy(db, LocalStore(data / "store"), options)
+        yield url, data
 
 
 @pytest.fixture(scope="package")
@@ -166,10 +163,8 @@ def served(deployed: tuple[str, Path], jwks_url: str) -> Iterator[Served]:
 @pytest.fixture(scope="package")
 def bare(pg_server: str, seeded: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A server over a catalog with swipes but no model deployed: the fallbacks answer."""
-    name = _create_db(pg_server, seeded)
-    url = make_conninfo(pg_server, dbname=name)
     data = tmp_path_factory.mktemp("bare")
-    settings = serve_settings(url, data)
-    with ServerThread(settings) as base:
-        yield Served(base, url, settings, data / "store")
-    _drop_db(pg_server, name)
+    with database_copy(pg_server, seeded) as url:
+        settings = serve_settings(url, data)
+        with ServerThread(settings) as base:
+            yield Served(base, url, settings, data / "store")

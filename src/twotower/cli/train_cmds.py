@@ -48,11 +48,12 @@ def train(
     ),
 ) -> None:
     """Train the two-tower model on the swipes in the database (temporal split, early stopping)."""
+    from twotower.registry.store import valid_version
     from twotower.train.publish import publish_embeddings
     from twotower.train.run import TrainOptions
     from twotower.train.run import train as run_train
 
-    if version is not None and not _valid_version(version):
+    if version is not None and not valid_version(version):
         raise InputError(f"--version {version!r}: use letters, digits, '.', '_' and '-' (at most 128)")
     _db_url_settings(db_url)
     options = TrainOptions(
@@ -105,12 +106,6 @@ def train(
                 n_videos, n_users = publish_embeddings(db, result)
             out.print(f"embeddings for {result.version}: {n_videos:,} videos, {n_users:,} users written to pgvector")
     out.print(f"next: twotower evaluate --model-dir {result.directory}")
-
-
-def _valid_version(version: str) -> bool:
-    import re
-
-    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", version) is not None
 
 
 def evaluate(

@@ -170,6 +170,7 @@ class _Embedder:
         self.towers = OnnxTowers(fetch(store, version, cache_dir))
         with db.direct() as conn:
             self.items = ItemIndex.load(conn, self.towers.pipeline)
+        self.catalog_ids = sorted(self.items.row, key=self.items.row.__getitem__)  # the index's row order
 
     def videos(self, conn: psycopg.Connection[Any], start: str, end: str) -> int:
         ids = [r[0] for r in conn.execute(
@@ -182,11 +183,10 @@ class _Embedder:
         return len(ids)
 
     def users(self, conn: psycopg.Connection[Any], start: str, end: str) -> int:
-        catalog_ids = [uid for uid, _ in sorted(self.items.row.items(), key=lambda kv: kv[1])]
-        log_ = load_decision_log(conn, catalog_ids, user_range=(start, end))
+        log_ = load_decision_log(conn, self.catalog_ids, user_range=(start, end))
         if log_.n_users == 0:
             return 0
-        hist = Histories(log_, np.ones(len(log_), dtype=bool), len(catalog_ids), self.towers.history)
+        hist = Histories(log_, np.ones(len(log_), dtype=bool), len(self.catalog_ids), self.towers.history)
         batch = hist.batch(np.arange(log_.n_users, dtype=np.int64))
         vectors = self.towers.embed_users(self.items.table, batch)
         _upsert(conn, "user_embeddings", "user_id", self.version, log_.user_ids, vectors)

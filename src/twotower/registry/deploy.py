@@ -351,8 +351,9 @@ def _restore(
 
 
 def _exported(model_dir: Path) -> dict[str, Any] | None:
-    """The manifest of an earlier export of exactly these weights (the export is deterministic), else None."""
-    from twotower.registry.store import ArtifactError, sha256, verify_directory
+    """The manifest of an earlier export of exactly these weights (the export is deterministic), else None.
+    ``verify_directory`` checks every listed file, the weights included, against the manifest's checksums."""
+    from twotower.registry.store import ArtifactError, verify_directory
 
     try:
         manifest = verify_directory(model_dir)
@@ -361,9 +362,7 @@ def _exported(model_dir: Path) -> dict[str, Any] | None:
     names = set(manifest.get("checksums", {}))
     if not {"model.safetensors", "item_tower.onnx", "user_tower.onnx", "features.json"} <= names:
         return None
-    if manifest.get("version") != _version_of(model_dir):
-        return None
-    return manifest if manifest["checksums"]["model.safetensors"] == sha256(model_dir / "model.safetensors") else None
+    return manifest if manifest.get("version") == _version_of(model_dir) else None
 
 
 def _version_of(model_dir: Path) -> str:

@@ -38,8 +38,13 @@ class ArtifactError(TwoTowerError):
     http_status = 409
 
 
+def valid_version(version: str) -> bool:
+    """Letters, digits, '.', '_' and '-', at most 128, starting with a letter or digit (as the schema checks)."""
+    return _VERSION.match(version) is not None
+
+
 def _check_version(version: str) -> str:
-    if not _VERSION.match(version):
+    if not valid_version(version):
         raise InputError(f"invalid version {version!r}: use letters, digits, '.', '_' and '-' (at most 128)")
     return version
 

@@ -17,7 +17,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,7 +29,15 @@ from twotower.registry.store import open_store
 from twotower.registry.versions import list_versions
 from twotower.serve import schemas as s
 from twotower.serve.auth import Authenticator, Principal
-from twotower.serve.recommend import Algorithm, Filters, PopularityCache, Recommender, ann_query, load_history
+from twotower.serve.recommend import (
+    Algorithm,
+    Filters,
+    PopularityCache,
+    Recommender,
+    ann_query,
+    fetch_rows,
+    load_history,
+)
 from twotower.serve.runtime import LoadedModel, ModelHolder
 from twotower.settings import Settings
 
@@ -279,9 +286,7 @@ def create_app(settings: Settings) -> FastAPI:
                 raise NotFound(f"video {video_id} has no embedding in model {model.version}")
             vector = sql.SQL("SELECT embedding FROM video_embeddings WHERE model_version = {} AND video_id = %(video)s")
             query = ann_query(model.version, model.towers.dim, where, vector.format(sql.Literal(model.version)), limit)
-            with conn.cursor(row_factory=dict_row) as cur:
-                cur.execute(query, {"video": video_id, "limit": limit})
-                return cur.fetchall()
+            return fetch_rows(conn, query, {"video": video_id, "limit": limit})
 
         return _answer(service.run(work), "two_tower", model.version)
 

@@ -28,7 +28,16 @@ from twotower.features.history import user_stats
 from twotower.inference.items import ItemIndex
 from twotower.inference.towers import OnnxTowers
 
-__all__ = ["Algorithm", "Filters", "History", "PopularityCache", "Recommendation", "Recommender", "load_history"]
+__all__ = [
+    "Algorithm",
+    "Filters",
+    "History",
+    "PopularityCache",
+    "Recommendation",
+    "Recommender",
+    "fetch_rows",
+    "load_history",
+]
 
 Algorithm = Literal["two_tower", "linear", "popularity"]
 
@@ -276,17 +285,18 @@ FROM scored s ORDER BY score DESC, s.video_id LIMIT %(k)s
 """
 
 
+def fetch_rows(conn: psycopg.Connection[Any], query: sql.Composed, params: dict[str, Any]) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
 class Recommender:
     """One request's worth of logic; stateless apart from the popularity cache."""
 
     def __init__(self, popularity: PopularityCache, seed: int | None = None) -> None:
         self.popularity = popularity
         self.rng = random.Random(seed)
-
-    def _rows(self, conn: psycopg.Connection[Any], query: sql.Composed, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
 
     def two_tower(
         self, conn: psycopg.Connection[Any], version: str, towers: OnnxTowers, items: ItemIndex, history: History,
@@ -295,7 +305,7 @@ class Recommender:
         vector = user_embedding(towers, items, conn, history)
         where = _conditions(filters, user, exclude_liked)
         params = {**_params(filters, user, limit), "q": vector}
-        return self._rows(conn, ann_query(version, towers.dim, where, sql.SQL("%(q)s"), limit), params)
+        return fetch_rows(conn, ann_query(version, towers.dim, where, sql.SQL("%(q)s"), limit), params)
 
     def listed(
         self, conn: psycopg.Connection[Any], candidates: list[tuple[uuid.UUID, float]], user: uuid.UUID | None,
@@ -304,7 +314,7 @@ class Recommender:
         where = _conditions(filters, user, exclude_liked)
         params = {**_params(filters, user, limit), "ids": [c[0] for c in candidates],
                   "scores": [c[1] for c in candidates]}  # fmt: skip
-        return self._rows(conn, sql.SQL(_LIST_QUERY).format(where=where, meta=_META), params)
+        return fetch_rows(conn, sql.SQL(_LIST_QUERY).format(where=where, meta=_META), params)
 
     def popular(
         self, conn: psycopg.Connection[Any], user: uuid.UUID | None, limit: int, exclude_liked: bool, filters: Filters
