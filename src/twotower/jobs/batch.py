@@ -13,25 +13,22 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 import psycopg
 from psycopg.types.json import Jsonb
 
 from twotower.db import Database
 from twotower.errors import InputError, NotFound, TwoTowerError
-from twotower.features.catalog import load_catalog
 from twotower.features.decisions import load_decision_log
 from twotower.features.examples import Histories
 from twotower.inference.items import ItemIndex
 from twotower.inference.towers import OnnxTowers
-from twotower.registry.generation import write_embeddings
+from twotower.registry.generation import embed_videos, replace_embeddings
 from twotower.registry.store import ArtifactStore, fetch
 from twotower.registry.versions import active_version, get_version
 
@@ -175,12 +172,7 @@ class _Embedder:
     def videos(self, conn: psycopg.Connection[Any], start: str, end: str) -> int:
         ids = [r[0] for r in conn.execute(
             "SELECT id FROM videos WHERE id BETWEEN %s AND %s ORDER BY id", (start, end)).fetchall()]  # fmt: skip
-        if not ids:
-            return 0
-        features = self.towers.pipeline.transform(load_catalog(conn, ids))
-        vectors = self.towers.embed_items(features)
-        _upsert(conn, "video_embeddings", "video_id", self.version, ids, vectors)
-        return len(ids)
+        return embed_videos(conn, self.towers, ids)
 
     def users(self, conn: psycopg.Connection[Any], start: str, end: str) -> int:
         log_ = load_decision_log(conn, self.catalog_ids, user_range=(start, end))
@@ -189,23 +181,8 @@ class _Embedder:
         hist = Histories(log_, np.ones(len(log_), dtype=bool), len(self.catalog_ids), self.towers.history)
         batch = hist.batch(np.arange(log_.n_users, dtype=np.int64))
         vectors = self.towers.embed_users(self.items.table, batch)
-        _upsert(conn, "user_embeddings", "user_id", self.version, log_.user_ids, vectors)
+        replace_embeddings(conn, "user_embeddings", "user_id", self.version, log_.user_ids, vectors)
         return log_.n_users
-
-
-def _upsert(
-    conn: psycopg.Connection[Any], table: str, key: str, version: str, ids: list[uuid.UUID],
-    vectors: npt.NDArray[np.float32],
-) -> None:  # fmt: skip
-    """Replace these rows of the generation (delete + binary COPY: exactly one row per id, whatever was there)."""
-    from psycopg import sql
-
-    conn.execute(
-        sql.SQL("DELETE FROM {} WHERE model_version = %s AND {} = ANY(%s)").format(
-            sql.Identifier(table), sql.Identifier(key)),
-        (version, ids),
-    )  # fmt: skip
-    write_embeddings(conn, table, key, version, ids, vectors)
 
 
 def run_batch(

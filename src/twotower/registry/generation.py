@@ -25,7 +25,14 @@ from twotower.inference.towers import OnnxTowers
 from twotower.registry.store import ArtifactError
 from twotower.registry.versions import hnsw_index_name
 
-__all__ = ["GenerationStats", "build_generation", "create_generation_index", "write_embeddings"]
+__all__ = [
+    "GenerationStats",
+    "build_generation",
+    "create_generation_index",
+    "embed_videos",
+    "replace_embeddings",
+    "write_embeddings",
+]
 
 CHUNK = 10_000
 
@@ -57,6 +64,32 @@ def write_embeddings(
                 copy.write_row((version, rid, vec))
         if on_chunk is not None:
             on_chunk(table, min(start + CHUNK, len(ids)))
+
+
+def replace_embeddings(
+    conn: psycopg.Connection[Any], table: str, key: str, version: str, ids: Sequence[uuid.UUID],
+    vectors: npt.NDArray[np.float32],
+) -> None:  # fmt: skip
+    """Replace these rows of the generation (delete + binary COPY: exactly one row per id, whatever was there)."""
+    conn.execute(
+        sql.SQL("DELETE FROM {} WHERE model_version = %s AND {} = ANY(%s)").format(
+            sql.Identifier(table), sql.Identifier(key)),
+        (version, list(ids)),
+    )  # fmt: skip
+    write_embeddings(conn, table, key, version, ids, vectors)
+
+
+def embed_videos(conn: psycopg.Connection[Any], towers: OnnxTowers, ids: Sequence[uuid.UUID]) -> int:
+    """(Re-)embed these videos with the item tower into generation ``towers.version``; returns how many exist.
+
+    Ids of videos deleted meanwhile are skipped. Runs in the caller's transaction.
+    """
+    catalog = load_catalog(conn, list(ids))
+    if not len(catalog):
+        return 0
+    vectors = towers.embed_items(towers.pipeline.transform(catalog))
+    replace_embeddings(conn, "video_embeddings", "video_id", towers.version, catalog.ids, vectors)
+    return len(catalog)
 
 
 def create_generation_index(conn: psycopg.Connection[Any], version: str, dim: int) -> None:
