@@ -61,6 +61,24 @@ def seed_template(pg_server: str, template: str, name: str, config: object) -> s
     return name
 
 
+def deploy_template(pg_server: str, template: str, name: str, data: Path, config: object) -> None:
+    """``seed_template``, then train, export and deploy version "v" (artifacts under ``data``: the store in
+    ``data/store``, the fetched copies in ``data/models``)."""
+    from twotower.export import export_model
+    from twotower.registry import LocalStore
+    from twotower.registry.deploy import DeployOptions, deploy
+    from twotower.train.run import TrainOptions, train
+
+    seed_template(pg_server, template, name, config)
+    url = make_conninfo(pg_server, dbname=name)
+    with Database.open(Settings(database_url=url, data_dir=data), migrate=False) as db:
+        result = train(db, TrainOptions(epochs=1, batch_size=256, output_dir=data / "trained", refit=False,
+                                        version="v"))  # fmt: skip
+        export_model(result.directory)
+        deploy(db, LocalStore(data / "store"), DeployOptions(model_dir=result.directory, gate=False,
+                                                             cache_dir=data / "models"))  # fmt: skip
+
+
 def _drop_db(pg_server: str, name: str) -> None:
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

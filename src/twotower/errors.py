@@ -10,6 +10,7 @@ the HTTP API answers ``{"error": code, "message": ...}`` with :attr:`TwoTowerErr
     │   ├── DatabaseUnavailable  cannot connect, or the connection dropped
     │   ├── EmbeddedServerError  the embedded Postgres could not start
     │   └── MigrationError       a migration failed or the schema is newer/foreign
+    ├── UpstreamError            the content provider's API failed (after its retries) or refused a request
     ├── InputError               bad input from a file, a flag or a request
     │   └── ImportRejected       ``--strict`` import refused because some rows were bad
     └── NotFound                 a referenced object does not exist
@@ -27,6 +28,7 @@ __all__ = [
     "NotFound",
     "StoreError",
     "TwoTowerError",
+    "UpstreamError",
 ]
 
 
@@ -86,3 +88,11 @@ class NotFound(TwoTowerError):
     code = "not_found"
     exit_code = 66  # EX_NOINPUT
     http_status = 404
+
+
+class UpstreamError(TwoTowerError):
+    """The content provider's API kept failing (or refused the request); what was synced so far is kept."""
+
+    code = "upstream_error"
+    exit_code = 69  # EX_UNAVAILABLE
+    http_status = 502

@@ -56,6 +56,22 @@ class Settings(BaseSettings):
         default=0.02, ge=0, le=1, description="Relative Recall@20 drop vs the active model a deploy may have."
     )
 
+    # --- catalog sync (DMM Affiliate API v3) ---------------------------------------------------------------
+    dmm_api_id: SecretStr | None = Field(default=None, description="DMM Affiliate API id (from the environment).")
+    dmm_affiliate_id: str | None = Field(default=None, description="DMM affiliate id, e.g. `yourname-990`.")
+    dmm_api_url: str = Field(
+        default="https://api.dmm.com/affiliate/v3/ItemList", pattern=r"^https?://", description="ItemList endpoint."
+    )
+    dmm_site: str = "FANZA"
+    dmm_service: str = "digital"
+    dmm_floor: str = "videoa"
+    dmm_rate_limit: float = Field(default=1.0, gt=0, le=100, description="Requests per second, at most.")
+    dmm_timeout: float = Field(default=20.0, gt=0, le=300, description="Seconds per request.")
+    dmm_max_retries: int = Field(default=6, ge=0, le=50, description="Retries of one request before the sync stops.")
+    dmm_max_offset: int = Field(
+        default=50_000, ge=100, le=50_000, description="The API's deepest `offset` (lower only to test with a fake)."
+    )
+
     # --- scheduling (cron: five fields, or six with seconds last; empty disables) ------------------------
     schedule_batch_update: str = Field(default="0 3 * * *", description="When `batch-update` runs (UTC).")
     schedule_retrain: str = Field(default="0 4 * * 0", description="When `deploy` (retrain) runs (UTC).")

@@ -19,6 +19,7 @@ from twotower.cli import (
     ingest_cmds,
     jobs_cmds,
     serve_cmds,
+    sync_cmds,
     synth_cmds,
     train_cmds,
 )  # fmt: skip
@@ -39,6 +40,7 @@ app = typer.Typer(
 )
 app.add_typer(db_cmds.app, name="db")
 app.add_typer(ingest_cmds.app, name="import")
+app.add_typer(sync_cmds.app, name="sync")
 app.command("synth")(synth_cmds.synth)
 app.command("train")(train_cmds.train)
 app.command("evaluate")(train_cmds.evaluate)

@@ -1,0 +1,436 @@
+"""The DMM Affiliate API v3 ``ItemList`` endpoint: one polite, retrying client and the item → video mapping.
+
+Every request waits its turn in a :class:`RateLimiter` (retries included), and a failed request — a timeout, a
+connection error, HTTP 429 or 5xx, a body that is not the expected JSON, or ``result.status`` other than 200 — is
+retried with exponential backoff and full jitter (``Retry-After`` is honoured). Other HTTP 4xx answers mean the
+request itself is wrong (an unknown ``api_id``, a bad parameter) and stop at once with the API's message.
+
+Times in the API are Japan time (JST, UTC+9) without a zone: ``date`` of an item, ``gte_date``/``lte_date``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from twotower.errors import ConfigError, UpstreamError
+from twotower.ingest.records import VideoRecord
+from twotower.settings import Settings
+
+__all__ = [
+    "JST",
+    "MAX_HITS",
+    "MAX_OFFSET",
+    "SOURCE",
+    "DmmClient",
+    "DmmConfig",
+    "Page",
+    "RateLimiter",
+    "api_time",
+    "parse_api_time",
+    "parse_item",
+]
+
+log = logging.getLogger("twotower.catalog")
+
+JST = timezone(timedelta(hours=9), "JST")
+MAX_HITS = 100  # items per page
+MAX_OFFSET = 50_000  # the largest `offset` the API accepts: a window must hold fewer items than this
+SOURCE = "dmm"  # videos.source of synced items; external_id is the item's content_id
+MAX_BODY_BYTES = 16 << 20  # a page of 100 items is ~300 KB; anything this large is broken or hostile
+_API_TIME = "%Y-%m-%dT%H:%M:%S"
+
+
+def api_time(ts: datetime) -> str:
+    """An aware time as the API wants it: JST, to the second, no zone."""
+    return ts.astimezone(JST).strftime(_API_TIME)
+
+
+def parse_api_time(value: str) -> datetime:
+    """``2026-01-11 10:00:53`` (or with a ``T``) in JST → an aware time."""
+    return datetime.fromisoformat(value.strip().replace(" ", "T", 1)).replace(tzinfo=JST)
+
+
+@dataclass(frozen=True)
+class DmmConfig:
+    api_id: str
+    affiliate_id: str
+    url: str = "https://api.dmm.com/affiliate/v3/ItemList"
+    site: str = "FANZA"
+    service: str = "digital"
+    floor: str = "videoa"
+    rate_limit: float = 1.0  # requests per second
+    timeout: float = 20.0
+    max_retries: int = 6
+    hits: int = MAX_HITS
+    max_offset: int = MAX_OFFSET  # the API's; smaller only to test window splitting on a small catalog
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> DmmConfig:
+        if settings.dmm_api_id is None or not settings.dmm_affiliate_id:
+            raise ConfigError(
+                "the DMM API needs credentials: set TWOTOWER_DMM_API_ID and TWOTOWER_DMM_AFFILIATE_ID "
+                "(from https://affiliate.dmm.com/api/)"
+            )
+        values: dict[str, Any] = {
+            "api_id": settings.dmm_api_id.get_secret_value(),
+            "affiliate_id": settings.dmm_affiliate_id,
+            "url": settings.dmm_api_url,
+            "site": settings.dmm_site,
+            "service": settings.dmm_service,
+            "floor": settings.dmm_floor,
+            "rate_limit": settings.dmm_rate_limit,
+            "timeout": settings.dmm_timeout,
+            "max_retries": settings.dmm_max_retries,
+            "max_offset": settings.dmm_max_offset,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def scope(self) -> str:
+        """The key of this catalog's sync state: one watermark per site/service/floor."""
+        return f"{SOURCE}:{self.site}/{self.service}/{self.floor}"
+
+
+class RateLimiter:
+    """Request starts at least ``1/rate`` seconds apart: never more than ``rate`` in any one-second window."""
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        self.interval = 1.0 / rate
+        self._clock, self._sleep = clock, sleep
+        self._next = float("-inf")
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            self._sleep(start - now)
+
+
+@dataclass
+class Page:
+    total_count: int
+    first_position: int
+    items: list[dict[str, Any]]
+
+
+class _Retry(Exception):
+    """A failed attempt worth retrying: ``kind`` for the counters, ``wait`` from Retry-After."""
+
+    def __init__(self, kind: str, detail: str, wait: float | None = None) -> None:
+        super().__init__(detail)
+        self.kind, self.detail, self.wait = kind, detail, wait
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    failures: Counter[str] = field(default_factory=Counter)  # by kind: 429, 5xx, timeout, network, malformed
+    waited_seconds: float = 0.0
+
+
+class DmmClient:
+    """``ItemList`` pages, one at a time, within the rate limit, retrying what can be retried."""
+
+    def __init__(
+        self,
+        config: DmmConfig,
+        *,
+        http: httpx.Client | None = None,
+        limiter: RateLimiter | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config
+        self._http = http or httpx.Client(
+            timeout=config.timeout, headers={"User-Agent": "twotower-catalog-sync"}, follow_redirects=False
+        )
+        self._owns_http = http is None
+        self.limiter = limiter or RateLimiter(config.rate_limit)
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self.stats = ClientStats()
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> DmmClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def params(self, gte: datetime, lte: datetime, offset: int) -> dict[str, str]:
+        c = self.config
+        return {
+            "api_id": c.api_id, "affiliate_id": c.affiliate_id, "site": c.site, "service": c.service,
+            "floor": c.floor, "hits": str(c.hits), "offset": str(offset), "sort": "date",
+            "gte_date": api_time(gte), "lte_date": api_time(lte), "output": "json",
+        }  # fmt: skip
+
+    def item_list(self, gte: datetime, lte: datetime, offset: int = 1) -> Page:
+        """The page at ``offset`` (1-based) of the items dated in ``[gte, lte]``, newest first."""
+        if not 1 <= offset <= self.config.max_offset:
+            raise ValueError(f"offset must be in 1..{self.config.max_offset}, got {offset}")
+        params = self.params(gte, lte, offset)
+        where = f"offset {offset} of {api_time(gte)}..{api_time(lte)} JST"
+        for attempt in range(self.config.max_retries + 1):
+            self.limiter.wait()
+            self.stats.requests += 1
+            try:
+                return self._attempt(params)
+            except _Retry as exc:
+                self.stats.failures[exc.kind] += 1
+                if attempt == self.config.max_retries:
+                    raise UpstreamError(
+                        f"the DMM API failed {attempt + 1} times in a row at {where}: {exc.detail}"
+                    ) from None
+                backoff = self._rng.uniform(0, min(self.config.backoff_cap, self.config.backoff_base * 2**attempt))
+                wait = max(backoff, min(exc.wait or 0.0, self.config.backoff_cap))
+                log.info("DMM API %s at %s (attempt %d); retrying in %.2fs", exc.detail, where, attempt + 1, wait)
+                self.stats.waited_seconds += wait
+                self._sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _attempt(self, params: Mapping[str, str]) -> Page:
+        try:
+            with self._http.stream("GET", self.config.url, params=params) as response:
+                body = _read_capped(response)
+        except httpx.TimeoutException:
+            raise _Retry("timeout", f"no answer within {self.config.timeout:g}s") from None
+        except httpx.HTTPError as exc:
+            raise _Retry("network", f"{type(exc).__name__}: {exc}") from None
+        status = response.status_code
+        if status == 429 or status >= 500:
+            kind = "429" if status == 429 else "5xx"
+            raise _Retry(kind, f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
+        if status != 200:
+            raise UpstreamError(f"the DMM API refused the request (HTTP {status}): {_error_message(body)}")
+        return _parse_page(body)
+
+
+def _read_capped(response: httpx.Response) -> bytes:
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _Retry("malformed", f"response larger than {MAX_BODY_BYTES:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: rare, and the backoff covers it
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        result = json.loads(body)["result"]
+        message = str(result.get("message", ""))
+        errors = result.get("errors")
+        if isinstance(errors, dict):
+            message += " (" + "; ".join(f"{k}: {v}" for k, v in errors.items()) + ")"
+        elif isinstance(errors, list):
+            message += " (" + "; ".join(str(e) for e in errors) + ")"
+        return message[:500] or "no message"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return body[:200].decode("utf-8", "replace") or "empty body"
+
+
+def _count(value: Any, name: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise _Retry("malformed", f"result.{name} is {value!r}, not a number") from None
+    if number < 0:
+        raise _Retry("malformed", f"result.{name} is negative")
+    return number
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_page(body: bytes) -> Page:
+    try:
+        document = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise _Retry("malformed", "the body is not JSON") from None
+    result = document.get("result") if isinstance(document, dict) else None
+    if not isinstance(result, dict):
+        raise _Retry("malformed", "the body has no `result` object")
+    if str(result.get("status")) != "200":
+        raise _Retry("malformed", f"result.status is {result.get('status')!r}: {_error_message(body)}")
+    total = _count(result.get("total_count"), "total_count")
+    first = _count(result.get("first_position", 1), "first_position")
+    items = result.get("items", [])
+    if total and not isinstance(items, list):
+        raise _Retry("malformed", "result.items is not a list")
+    return Page(total, first, [i for i in items or [] if isinstance(i, dict)])
+
+
+# --- item → video -------------------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _text(value: Any, limit: int = 1000) -> str | None:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        text = " ".join(str(value).replace("\x00", "").split())
+        return text[:limit] or None
+    return None
+
+
+def _clean(value: Any, depth: int = 0) -> Any:
+    """The item as JSON Postgres accepts (no NUL characters), at most 16 levels deep."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if depth >= 16:
+        return None
+    if isinstance(value, dict):
+        return {_clean(str(k)): _clean(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v, depth + 1) for v in value]
+    return value
+
+
+def _names(info: Mapping[str, Any], key: str) -> list[str]:
+    entries = info.get(key)
+    if not isinstance(entries, list):
+        return []
+    return [n for e in entries if isinstance(e, dict) and (n := _text(e.get("name"), 200))]
+
+
+def _url(value: Any) -> str | None:
+    text = _text(value, 2048)
+    return text if text and text.startswith(("https://", "http://")) else None
+
+
+def _price(prices: Any) -> Decimal | None:
+    """``"210~"``, ``"～980"``, ``"1480"``: the first number (the lowest price of the item's deliveries)."""
+    if not isinstance(prices, dict):
+        return None
+    for value in (prices.get("price"), prices.get("list_price")):
+        match = _NUMBER.search(str(value).replace(",", "")) if value is not None else None
+        if match:
+            price = Decimal(match.group())
+            return price if price < Decimal("1e10") else None
+    return None
+
+
+def _duration(volume: Any) -> int | None:
+    """``"125"`` (minutes, video floors) or ``"02:05:00"``."""
+    text = _text(volume, 40)
+    if not text:
+        return None
+    if re.fullmatch(r"\d{1,5}", text):
+        return int(text) * 60
+    match = re.fullmatch(r"(\d{1,3}):(\d{2}):(\d{2})", text)
+    if match:
+        h, m, s = (int(g) for g in match.groups())
+        return h * 3600 + m * 60 + s
+    return None
+
+
+def _review(review: Any) -> tuple[int | None, float | None]:
+    if not isinstance(review, dict):
+        return None, None
+    try:
+        count = int(review.get("count"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        count = None
+    try:
+        average = float(review.get("average"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        average = None
+    if average is not None and not 0 <= average <= 100:
+        average = None
+    return (count if count is not None and count >= 0 else None), average
+
+
+def _sample_movie(urls: Any) -> str | None:
+    if not isinstance(urls, dict):
+        return None
+    for key in ("size_720_480", "size_644_414", "size_560_360", "size_476_306"):
+        if url := _url(urls.get(key)):
+            return url
+    return None
+
+
+def parse_item(item: Mapping[str, Any]) -> VideoRecord:
+    """One ``result.items[]`` entry as a video; raises ValueError when it lacks a content id or a title.
+
+    Genres become tags and actresses performers; maker, label, series and director are the first of each.
+    Any other block may be missing. The whole item is kept in ``raw``.
+    """
+    content_id = _text(item.get("content_id"), 200)
+    if not content_id:
+        raise ValueError("item without a content_id")
+    title = _text(item.get("title"))
+    if not title:
+        raise ValueError(f"item {content_id}: no title")
+    released = None
+    if isinstance(item.get("date"), str):
+        try:
+            released = parse_api_time(item["date"])
+        except ValueError:
+            released = None
+    info = item.get("iteminfo") if isinstance(item.get("iteminfo"), dict) else {}
+    assert isinstance(info, dict)
+    images = item.get("imageURL") if isinstance(item.get("imageURL"), dict) else {}
+    assert isinstance(images, dict)
+    count, average = _review(item.get("review"))
+
+    def first(key: str) -> str | None:
+        names = _names(info, key)
+        return names[0] if names else None
+
+    return VideoRecord(
+        source=SOURCE,
+        external_id=content_id,
+        title=title,
+        duration_seconds=_duration(item.get("volume")),
+        price=_price(item.get("prices")),
+        maker=first("maker"),
+        label=first("label"),
+        series=first("series"),
+        director=first("director"),
+        product_released_at=released,
+        thumbnail_url=_url(images.get("large")) or _url(images.get("list")),
+        sample_video_url=_sample_movie(item.get("sampleMovieURL")),
+        product_url=_url(item.get("affiliateURL")) or _url(item.get("URL")),
+        review_count=count,
+        review_average=average,
+        raw=_clean(dict(item)),
+        tags=_names(info, "genre"),
+        performers=_names(info, "actress"),
+    )

@@ -1,0 +1,364 @@
+"""``twotower sync dmm``: bring the catalog up to date from the DMM API, and embed what is new.
+
+How a run walks the API: the API pages at most 50,000 items deep, so the range ``[since, until]`` is cut into
+date windows small enough to page through, oldest window first. A window whose ``total_count`` is too large is
+split in two by time until each half fits. Inside a window, pages come newest first (``sort=date``).
+
+What makes it safe to kill at any moment: each page is upserted (videos, tags, performers — idempotent, see
+:mod:`twotower.ingest.loader`) in one transaction together with the run's cursor in ``sync_state`` (the range,
+how far it is complete, the window in progress and the next offset). A restarted sync resumes from the cursor:
+a page may be fetched twice, never stored twice, and no window is skipped. Only when the whole range is done
+does the watermark move, to ``until`` — and only if the range started at or before the old watermark, so the
+watermark never jumps over a gap. The next run without ``--since`` starts at the watermark.
+
+Embeddings: the videos a run inserts or changes are embedded with the active version's item tower in batches as
+the run goes, and at the end every active video still lacking a current embedding for that version (left over
+by a killed run, or added while no sync ran) is embedded too, so the served catalog is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from twotower.catalog.dmm import DmmClient, Page, api_time, parse_item
+from twotower.db import Database
+from twotower.errors import InputError, TwoTowerError, UpstreamError
+from twotower.inference.towers import OnnxTowers
+from twotower.ingest.loader import load_videos
+from twotower.ingest.records import Problems, VideoRecord
+from twotower.registry.generation import embed_videos
+from twotower.registry.store import ArtifactStore, fetch
+from twotower.registry.versions import active_version
+
+__all__ = ["SyncInProgress", "SyncOptions", "SyncSummary", "embed_missing", "embed_missing_ids", "sync_dmm"]
+
+log = logging.getLogger("twotower.catalog")
+SECOND = timedelta(seconds=1)
+_EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)
+
+
+class SyncInProgress(TwoTowerError):
+    code = "sync_in_progress"
+    exit_code = 75  # EX_TEMPFAIL
+    http_status = 409
+
+
+@dataclass
+class SyncOptions:
+    since: datetime | None = None  # default: the stored watermark
+    until: datetime | None = None  # default: now
+    embed: bool = True
+    embed_batch: int = 2000
+    cache_dir: Path = Path(".twotower/models")
+
+
+@dataclass
+class SyncSummary:
+    scope: str
+    since: datetime
+    until: datetime
+    resumed: bool = False
+    windows: int = 0
+    pages: int = 0
+    items: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)
+    embedded: int = 0
+    version: str | None = None
+    requests: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    watermark_before: datetime | None = None
+    watermark_after: datetime | None = None
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, datetime):
+                out[key] = value.isoformat()
+        return out
+
+
+@dataclass
+class _Cursor:
+    """Where a run is: ``[since, done_until]`` is stored; then ``window`` from ``offset`` (if any)."""
+
+    since: datetime
+    until: datetime
+    done_until: datetime
+    window: tuple[datetime, datetime] | None = None
+    offset: int = 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "since": self.since.isoformat(), "until": self.until.isoformat(),
+            "done_until": self.done_until.isoformat(),
+            "window": [w.isoformat() for w in self.window] if self.window else None, "offset": self.offset,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Cursor | None:
+        try:
+            window = data.get("window")
+            return cls(
+                datetime.fromisoformat(data["since"]), datetime.fromisoformat(data["until"]),
+                datetime.fromisoformat(data["done_until"]),
+                (datetime.fromisoformat(window[0]), datetime.fromisoformat(window[1])) if window else None,
+                int(data.get("offset", 1)),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+
+
+def _second(ts: datetime) -> datetime:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.replace(microsecond=0)
+
+
+@contextmanager
+def _sync_lock(db: Database, scope: str) -> Iterator[None]:
+    """One sync per catalog at a time (held on a dedicated connection: released even by a crash)."""
+    with db.direct(autocommit=True) as conn:
+        row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"twotower sync {scope}",)).fetchone()
+        if not (row and row[0]):
+            raise SyncInProgress(f"another sync of {scope} is running; wait for it to finish")
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"twotower sync {scope}",))
+
+
+class _Embedder:
+    """Embeds with the active version's item tower, loaded on first use."""
+
+    def __init__(self, db: Database, store: ArtifactStore | None, options: SyncOptions) -> None:
+        self.db, self.store, self.options = db, store, options
+        self.towers: OnnxTowers | None = None
+        self.version: str | None = None
+        self.pending: list[uuid.UUID] = []
+        self.done = 0
+        if options.embed and store is not None:
+            with db.direct() as conn:
+                self.version = active_version(conn)
+
+    def add(self, ids: list[uuid.UUID]) -> None:
+        if self.version is None:
+            return
+        self.pending.extend(ids)
+        if len(self.pending) >= self.options.embed_batch:
+            self.flush()
+
+    def flush(self) -> None:
+        ids, self.pending = self.pending, []
+        for start in range(0, len(ids), self.options.embed_batch):
+            self._embed(ids[start : start + self.options.embed_batch])
+
+    def _embed(self, ids: list[uuid.UUID]) -> None:
+        if not ids or self.version is None or self.store is None:
+            return
+        if self.towers is None:
+            self.towers = OnnxTowers(fetch(self.store, self.version, self.options.cache_dir))
+        with self.db.direct() as conn, conn.transaction():
+            self.done += embed_videos(conn, self.towers, ids)
+
+    def catch_up(self) -> None:
+        """Embed every active video that has no embedding for the version, or one older than the video."""
+        if self.version is None:
+            return
+        with self.db.direct() as conn:
+            ids = embed_missing_ids(conn, self.version)
+        if ids:
+            log.info("embedding %d videos without a current embedding for %s", len(ids), self.version)
+        self.pending.extend(ids)
+        self.flush()
+
+
+def embed_missing_ids(conn: psycopg.Connection[Any], version: str) -> list[uuid.UUID]:
+    rows = conn.execute(
+        """SELECT v.id FROM videos v
+           LEFT JOIN video_embeddings e ON e.video_id = v.id AND e.model_version = %s
+           WHERE v.is_active AND (e.video_id IS NULL OR e.created_at < v.updated_at)
+           ORDER BY v.id""",
+        (version,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def embed_missing(db: Database, store: ArtifactStore, cache_dir: Path) -> tuple[str | None, int]:
+    """Embed what the active version lacks (see module docstring); ``(version, videos embedded)``."""
+    embedder = _Embedder(db, store, SyncOptions(cache_dir=cache_dir))
+    embedder.catch_up()
+    return embedder.version, embedder.done
+
+
+def _start(conn: psycopg.Connection[Any], scope: str, options: SyncOptions) -> tuple[_Cursor, bool, datetime | None]:
+    """The run to do: the interrupted one (resumed) or a new one. ``(cursor, resumed, watermark)``."""
+    conn.execute("INSERT INTO sync_state (source) VALUES (%s) ON CONFLICT DO NOTHING", (scope,))
+    row = conn.execute("SELECT watermark, cursor FROM sync_state WHERE source = %s", (scope,)).fetchone()
+    assert row is not None
+    watermark: datetime | None = row[0]
+    previous = _Cursor.from_json(row[1]) if row[1] else None
+    since = _second(options.since) if options.since else None
+    until = _second(options.until) if options.until else None
+    if previous is not None and (since is None or since == previous.since) and (until in (None, previous.until)):
+        return previous, True, watermark
+    if since is None:
+        if watermark is None:
+            raise InputError("this catalog was never synced: give --since for the first sync (e.g. --since 2024-01-01)")
+        since = watermark + SECOND  # the watermark second itself is stored already
+    now = _second(datetime.now(UTC))
+    until = until or now
+    if since < _EARLIEST:
+        raise InputError(f"--since {since:%Y-%m-%d} is before {_EARLIEST:%Y}: the catalog has nothing that old")
+    if until > now + timedelta(days=366):
+        raise InputError(f"--until {until:%Y-%m-%d} is more than a year ahead")
+    if since > until:
+        if options.since is None:  # incremental with nothing new (a second run in the same second)
+            since = until
+        else:
+            raise InputError(f"--since ({since.isoformat()}) is after --until ({until.isoformat()})")
+    if previous is not None:
+        log.warning("an interrupted sync of %s..%s is abandoned for the new range", previous.since, previous.until)
+    return _Cursor(since, until, since - SECOND), False, watermark
+
+
+def _save_cursor(conn: psycopg.Connection[Any], scope: str, cursor: _Cursor) -> None:
+    conn.execute("UPDATE sync_state SET cursor = %s WHERE source = %s", (Jsonb(cursor.as_json()), scope))
+
+
+def sync_dmm(
+    db: Database,
+    client: DmmClient,
+    store: ArtifactStore | None,
+    options: SyncOptions,
+    *,
+    on_page: Callable[[SyncSummary, _Cursor], None] | None = None,
+) -> SyncSummary:
+    """Sync ``[since, until]`` (or resume the interrupted run) and embed; the summary is also stored."""
+    started = time.perf_counter()
+    scope = client.config.scope
+    with _sync_lock(db, scope):
+        with db.direct() as conn, conn.transaction():
+            cursor, resumed, watermark = _start(conn, scope, options)
+            _save_cursor(conn, scope, cursor)
+        summary = SyncSummary(scope, cursor.since, cursor.until, resumed=resumed, watermark_before=watermark)
+        embedder = _Embedder(db, store, options)
+        summary.version = embedder.version
+        problems = Problems()
+        try:
+            with db.direct() as conn:
+                try:
+                    _walk(conn, client, cursor, scope, summary, embedder, problems, on_page)
+                except UpstreamError as exc:
+                    embedder.flush()  # what was stored gets its embeddings; the rest resumes next run
+                    raise UpstreamError(
+                        f"{exc.message}. {summary.pages:,} page(s), {summary.items:,} items were stored; run the "
+                        "sync again to resume from there"
+                    ) from None
+            embedder.flush()
+            embedder.catch_up()
+        finally:
+            summary.embedded = embedder.done
+            summary.requests = client.stats.requests
+            summary.failures = dict(client.stats.failures)
+            summary.skipped = len(problems)
+            summary.problems = problems.summary(20)
+            summary.seconds = round(time.perf_counter() - started, 3)
+        with db.direct() as conn, conn.transaction():
+            # the watermark moves only over a contiguous range: from at or before the old one, up to `until`
+            new_watermark = watermark
+            if watermark is None or cursor.since <= watermark + SECOND:
+                new_watermark = max(cursor.until, watermark) if watermark else cursor.until
+            summary.watermark_after = new_watermark
+            conn.execute(
+                "UPDATE sync_state SET watermark = %s, cursor = '{}'::jsonb, last_run_at = now(), last_summary = %s "
+                "WHERE source = %s",
+                (new_watermark, Jsonb(summary.as_json()), scope),
+            )
+    return summary
+
+
+def _walk(
+    conn: psycopg.Connection[Any],
+    client: DmmClient,
+    cursor: _Cursor,
+    scope: str,
+    summary: SyncSummary,
+    embedder: _Embedder,
+    problems: Problems,
+    on_page: Callable[[SyncSummary, _Cursor], None] | None,
+) -> None:
+    """Every window of the cursor's range still to do, oldest first; the cursor is saved with each page."""
+    stack: list[tuple[datetime, datetime, int]] = []  # the oldest window last: popped first
+    rest = (cursor.window[1] if cursor.window else cursor.done_until) + SECOND
+    if rest <= cursor.until:
+        stack.append((rest, cursor.until, 1))
+    if cursor.window is not None:
+        stack.append((cursor.window[0], cursor.window[1], cursor.offset))
+    limit = client.config.max_offset
+    while stack:
+        gte, lte, offset = stack.pop()
+        page = client.item_list(gte, lte, offset)
+        if offset == 1 and page.total_count > limit and lte > gte:
+            mid = gte + timedelta(seconds=(lte - gte).total_seconds() // 2)
+            stack.append((mid + SECOND, lte, 1))
+            stack.append((gte, mid, 1))
+            continue
+        if page.total_count > limit + client.config.hits - 1:
+            log.warning("%d items dated %s: only the first %d can be paged", page.total_count, api_time(gte), limit)
+        summary.windows += 1
+        while True:
+            next_offset = offset + len(page.items)
+            done = not page.items or next_offset > min(page.total_count, limit)
+            cursor.window, cursor.offset = ((gte, lte), next_offset) if not done else (None, 1)
+            if done:
+                cursor.done_until = lte
+            _store_page(conn, scope, cursor, page, summary, embedder, problems, offset)
+            if on_page is not None:
+                on_page(summary, cursor)
+            if done:
+                break
+            offset = next_offset
+            page = client.item_list(gte, lte, offset)
+
+
+def _store_page(
+    conn: psycopg.Connection[Any],
+    scope: str,
+    cursor: _Cursor,
+    page: Page,
+    summary: SyncSummary,
+    embedder: _Embedder,
+    problems: Problems,
+    offset: int,
+) -> None:
+    records: list[VideoRecord] = []
+    for position, item in enumerate(page.items, start=offset):
+        try:
+            records.append(parse_item(item))
+        except ValueError as exc:
+            problems.add(position, f"item at position {position}: {exc}")
+    with conn.transaction():
+        result = load_videos(conn, records)
+        _save_cursor(conn, scope, cursor)
+    summary.pages += 1
+    summary.items += len(page.items)
+    summary.inserted += result.inserted
+    summary.updated += result.updated
+    summary.unchanged += result.unchanged
+    embedder.add(result.changed_ids)

@@ -1,0 +1,188 @@
+"""``twotower sync dmm`` end to end against the fake API: failures, the watermark, SIGKILL, bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.catalog.conftest import END, START, sync_cli
+from twotower.catalog import DmmClient, DmmConfig, SyncOptions, sync_dmm
+from twotower.catalog.fake import FakeCatalog, FakeDmmServer, Faults, make_items
+from twotower.db import Database
+from twotower.registry import LocalStore
+from twotower.settings import Settings
+
+RATE = 25.0
+
+
+def _synced(url: str) -> tuple[int, int, int, int]:
+    """(dmm videos, distinct content ids, their embeddings for "v", distinct embedded videos)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT v.external_id), count(e.video_id), count(DISTINCT e.video_id) "
+            "FROM videos v LEFT JOIN video_embeddings e ON e.video_id = v.id AND e.model_version = 'v' "
+            "WHERE v.source = 'dmm'"
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+def _external_ids(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {r[0] for r in conn.execute("SELECT external_id FROM videos WHERE source = 'dmm'").fetchall()}
+
+
+def _sync(url: str, data: Path, fake: FakeDmmServer, options: SyncOptions, **config: Any) -> Any:
+    values: dict[str, Any] = {"api_id": "TEST_API_ID", "affiliate_id": "test-990", "url": fake.url,
+                              "rate_limit": RATE, "timeout": 0.5, "backoff_base": 0.05, "backoff_cap": 0.5,
+                              "max_retries": 8, **config}  # fmt: skip
+    options.cache_dir = data / "models"
+    with Database.open(Settings(database_url=url, data_dir=data), migrate=False) as db, \
+            DmmClient(DmmConfig(**values), rng=random.Random(1)) as client:  # fmt: skip
+        return sync_dmm(db, client, LocalStore(data / "store"), options)
+
+
+def test_20000_items_through_10_percent_failures_then_only_what_is_new(url: str, deployed: Path) -> None:
+    catalog = FakeCatalog(make_items(20_000, START, END, seed=1))
+    faults = Faults(rate=0.10, slow_seconds=1.0, retry_after=0.1, seed=7)
+    # the fake answers 429 above the limit itself; max_offset 2,000 makes the sync split date windows
+    with FakeDmmServer(catalog, faults=faults, rate_limit=RATE, max_offset=2000) as fake:
+        summary = _sync(url, deployed, fake, SyncOptions(since=START, until=END), max_offset=2000)
+        log = fake.log
+        assert fake.max_requests_per_second() <= RATE
+        assert "over_limit" not in {r.outcome for r in log}
+        failed = [r for r in log if r.outcome != "ok"]
+        assert len(failed) >= 0.05 * len(log) and len({r.outcome for r in failed}) >= 5  # mixed failures happened
+        assert summary.requests == len(log) and sum(summary.failures.values()) == len(failed)
+        assert summary.windows > 10 and summary.items >= 20_000 and summary.inserted == 20_000
+        assert _synced(url) == (20_000, 20_000, 20_000, 20_000)
+        assert _external_ids(url) == set(catalog.content_ids())
+        assert summary.embedded == 20_000 and summary.version == "v"
+        assert summary.watermark_after == END
+
+        # the next day's 300 items: the second sync asks only for what is newer than the watermark
+        catalog.add(make_items(300, END + timedelta(hours=1), END + timedelta(days=1), seed=2, first=20_000))
+        fake.state.faults.rate = 0.0
+        before = len(fake.log)
+        second = _sync(url, deployed, fake, SyncOptions(until=END + timedelta(days=1)), max_offset=2000)
+        asked = fake.log[before:]
+        assert all(r.params["gte_date"] == "2026-01-01T00:00:01" for r in asked), {r.params["gte_date"] for r in asked}
+        assert (second.items, second.inserted, second.embedded, second.requests) == (300, 300, 300, 3)
+        assert _synced(url) == (20_300, 20_300, 20_300, 20_300)
+        with psycopg.connect(url) as conn:
+            state = conn.execute("SELECT watermark, cursor, last_summary FROM sync_state").fetchone()
+        assert state is not None and state[0] == END + timedelta(days=1) and state[1] == {}
+        assert state[2]["inserted"] == 300
+
+
+def test_a_sync_killed_mid_run_resumes_with_no_duplicates_and_no_gaps(url: str, deployed: Path) -> None:
+    catalog = FakeCatalog(make_items(3000, START, END, seed=3))
+    args = ("--since", "2025-01-01", "--until", "2026-01-01")
+    with FakeDmmServer(catalog, max_offset=500) as fake:
+        first = sync_cli(url, deployed, fake.url, *args, rate=8.0, max_offset=500)
+        deadline = time.monotonic() + 60
+        while sum(r.outcome == "ok" for r in fake.log) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+        assert first.returncode == -signal.SIGKILL
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT cursor FROM sync_state").fetchone()
+        stored = len(_external_ids(url))
+        assert row is not None and row[0]["done_until"] and 0 < stored < 3000
+        killed_at = len(fake.log)
+
+        again = sync_cli(url, deployed, fake.url, *args, "--json", rate=50.0, max_offset=500)
+        out, err = again.communicate(timeout=180)
+        assert again.returncode == 0, err
+        summary = json.loads(out)
+        assert summary["resumed"] is True and summary["inserted"] == 3000 - stored
+        assert len(fake.log) - killed_at < 3000 / 100 + 8  # did not start over
+    assert _synced(url) == (3000, 3000, 3000, 3000)
+    assert _external_ids(url) == set(catalog.content_ids())
+
+
+def test_the_first_sync_needs_since_and_bad_input_is_one_line(url: str, deployed: Path) -> None:
+    with FakeDmmServer(FakeCatalog()) as fake:
+        for args, code, message in [
+            ((), 65, "this catalog was never synced: give --since"),
+            (("--since", "yesterday"), 65, "--since 'yesterday': expected a date"),
+            (("--since", "2026-02-01", "--until", "2026-01-01"), 65, "is after --until"),
+            (("--since", "1900-01-01"), 65, "is before 1990"),
+            (("--since", "2026-01-01", "--rate-limit", "0"), 2, "--rate-limit"),
+        ]:
+            run = sync_cli(url, deployed, fake.url, *args)
+            _, err = run.communicate(timeout=60)
+            assert run.returncode == code and message in err and "Traceback" not in err, (args, err)
+            if code != 2:
+                assert len(err.strip().splitlines()) == 1
+        assert fake.log == []  # nothing was asked of the API
+
+
+def test_missing_credentials_are_a_config_error(url: str, deployed: Path) -> None:
+    run = sync_cli(url, deployed, "http://127.0.0.1:9/affiliate/v3/ItemList", "--since", "2026-01-01",
+                   TWOTOWER_DMM_API_ID=None)  # fmt: skip
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 78 and "set TWOTOWER_DMM_API_ID and TWOTOWER_DMM_AFFILIATE_ID" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_an_api_that_keeps_failing_stops_cleanly_and_the_next_run_resumes(url: str, deployed: Path) -> None:
+    catalog = FakeCatalog(make_items(1000, START, END, seed=4))
+    with FakeDmmServer(catalog, max_offset=300) as fake:
+        calls = {"n": 0}
+        original = fake._server.RequestHandlerClass.do_GET  # type: ignore[attr-defined]
+
+        def flaky(handler: Any) -> None:  # healthy for 4 requests, then down
+            calls["n"] += 1
+            if calls["n"] > 4:
+                handler._send(503, b"down")
+                return
+            original(handler)
+
+        fake._server.RequestHandlerClass.do_GET = flaky  # type: ignore[attr-defined]
+        try:
+            run = sync_cli(url, deployed, fake.url, "--since", "2025-01-01", "--until", "2026-01-01", max_offset=300,
+                           TWOTOWER_DMM_MAX_RETRIES="2")  # fmt: skip
+            _, err = run.communicate(timeout=120)
+        finally:
+            fake._server.RequestHandlerClass.do_GET = original  # type: ignore[attr-defined]
+        assert run.returncode == 69 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "failed 3 times in a row" in err and "run the sync again to resume" in err
+        stored = len(_external_ids(url))
+        assert 0 < stored < 1000
+        run = sync_cli(url, deployed, fake.url, max_offset=300)  # no range: resumes the interrupted one
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0 and "resumed the interrupted sync" in out, err
+    assert _synced(url) == (1000, 1000, 1000, 1000)
+
+
+def test_a_second_sync_at_once_is_refused(url: str, deployed: Path) -> None:
+    with psycopg.connect(url, autocommit=True) as conn, FakeDmmServer(FakeCatalog()) as fake:
+        conn.execute("SELECT pg_advisory_lock(hashtext('twotower sync dmm:FANZA/digital/videoa'))")
+        run = sync_cli(url, deployed, fake.url, "--since", "2026-01-01")
+        _, err = run.communicate(timeout=60)
+    assert run.returncode == 75 and "another sync of dmm:FANZA/digital/videoa is running" in err
+
+
+def test_videos_added_outside_a_sync_get_embedded_by_the_next_one(url: str, deployed: Path) -> None:
+    with psycopg.connect(url) as conn:  # e.g. imported from a file after the deploy, or a killed sync's last page
+        conn.execute("INSERT INTO videos (source, external_id, title) VALUES ('app', 'x1', 'One'), ('app', 'x2', 'B')")
+        conn.execute("UPDATE videos SET title = title || ' (cut)' WHERE external_id IN (SELECT external_id "
+                     "FROM videos WHERE source = 'synthetic' ORDER BY external_id LIMIT 3)")  # fmt: skip
+    with FakeDmmServer(FakeCatalog(make_items(10, START, END))) as fake:
+        summary = _sync(url, deployed, fake, SyncOptions(since=START, until=END))
+    assert summary.embedded == 10 + 2 + 3
+    with psycopg.connect(url) as conn:
+        missing = conn.execute(
+            "SELECT count(*) FROM videos v LEFT JOIN video_embeddings e ON e.video_id = v.id "
+            "AND e.model_version = 'v' WHERE e.video_id IS NULL OR e.created_at < v.updated_at"
+        ).fetchone()
+    assert missing == (0,)
