@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -186,3 +189,34 @@ def test_videos_added_outside_a_sync_get_embedded_by_the_next_one(url: str, depl
             "AND e.model_version = 'v' WHERE e.video_id IS NULL OR e.created_at < v.updated_at"
         ).fetchone()
     assert missing == (0,)
+
+
+def test_the_scheduler_runs_the_sync_where_credentials_are_set(url: str, deployed: Path) -> None:
+    catalog = FakeCatalog(make_items(50, START, END))
+    with FakeDmmServer(catalog) as fake:
+        _sync(url, deployed, fake, SyncOptions(since=START, until=END))
+        catalog.add(make_items(5, END + timedelta(hours=1), END + timedelta(hours=2), first=50))
+        env = {**os.environ, "DATABASE_URL": url, "TWOTOWER_DATA_DIR": str(deployed),
+               "TWOTOWER_ARTIFACT_STORE": str(deployed / "store"), "TWOTOWER_DMM_API_URL": fake.url,
+               "TWOTOWER_DMM_API_ID": "TEST_API_ID", "TWOTOWER_DMM_AFFILIATE_ID": "test-990",
+               "TWOTOWER_DMM_RATE_LIMIT": "50"}  # fmt: skip
+        run = subprocess.run([sys.executable, "-m", "twotower", "schedule", "--once", "sync"], env=env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    line = json.loads(run.stdout)
+    assert run.returncode == 0 and line["status"] == "succeeded" and line["command"] == "twotower sync dmm", line
+    assert _synced(url) == (55, 55, 55, 55)
+
+
+def test_a_file_import_embeds_its_new_videos_too(url: str, deployed: Path, tmp_path: Path) -> None:
+    jsonl = tmp_path / "videos.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"external_id": f"f{i}", "title": f"File video {i}", "tags": ["Drama"]})
+                               for i in range(7)) + "\n")  # fmt: skip
+    env = {**os.environ, "DATABASE_URL": url, "TWOTOWER_DATA_DIR": str(deployed),
+           "TWOTOWER_ARTIFACT_STORE": str(deployed / "store")}  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "twotower", "import", "catalog", str(jsonl), "--source", "shop"],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0 and "7 video(s) embedded for the active version v" in run.stdout, run.stderr
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM videos v JOIN video_embeddings e ON e.video_id = v.id "
+                           "AND e.model_version = 'v' WHERE v.source = 'shop'").fetchone()  # fmt: skip
+    assert row == (7,)

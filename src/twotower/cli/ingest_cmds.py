@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from twotower.cli.console import err, open_db, out
+from twotower.db import Database
 from twotower.ingest.service import ImportReport, import_catalog, import_decisions, import_movielens
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 
 _STRICT = typer.Option(False, "--strict", help="Reject the whole file if any row is bad (exit non-zero).")
+_EMBED = typer.Option(True, "--embed/--no-embed", help="Embed new and changed videos with the active model version.")
 _SOURCE = typer.Option(
     "catalog", "--source", help="Source of the videos (videos.source) and namespace of non-UUID user ids."
 )
@@ -59,16 +61,42 @@ def _print(report: ImportReport, title: str) -> None:
         out.print("no bad rows")
 
 
+def _embed_new(db: Database, embed: bool) -> None:
+    """New videos get their embeddings on arrival (nothing to do before the first deploy)."""
+    from twotower.catalog import embed_missing
+    from twotower.errors import TwoTowerError
+    from twotower.registry.store import open_store
+    from twotower.settings import get_settings
+
+    if not embed:
+        return
+    settings = get_settings()
+    try:
+        with out.status("embedding new videos ..."):
+            version, count = embed_missing(
+                db, open_store(settings), settings.data_dir.expanduser().absolute() / "models"
+            )
+    except TwoTowerError as exc:
+        err.print(f"warning: the import is saved but new videos were not embedded: {exc.message}; run "
+                  "`twotower batch-update --no-users` later", markup=False)  # fmt: skip
+        return
+    if version is not None:
+        out.print(f"{count:,} video(s) embedded for the active version {version}")
+
+
 @app.command("catalog")
 def catalog_cmd(
     file: Path = typer.Argument(..., help="JSON Lines: one video object per line.", show_default=False),
     source: str = _SOURCE,
     strict: bool = _STRICT,
+    embed: bool = _EMBED,
 ) -> None:
     """Import videos from JSONL (external_id and title required; tags and performers as lists)."""
-    with open_db() as db, out.status(f"importing {file} ..."):
-        report = import_catalog(db, file, source=source, strict=strict)
-    _print(report, f"catalog {file}")
+    with open_db() as db:
+        with out.status(f"importing {file} ..."):
+            report = import_catalog(db, file, source=source, strict=strict)
+        _print(report, f"catalog {file}")
+        _embed_new(db, embed)
 
 
 @app.command("decisions")
@@ -93,8 +121,11 @@ def movielens_cmd(
         ..., help="A MovieLens folder (movies.csv, ratings.csv[, tags.csv, links.csv]).", show_default=False
     ),
     strict: bool = _STRICT,
+    embed: bool = _EMBED,
 ) -> None:
     """Import MovieLens: rating ≥ 4 → like, ≤ 2 → nope; genres and tags.csv → tags; title year → release."""
-    with open_db() as db, out.status(f"importing {directory} ..."):
-        report = import_movielens(db, directory, strict=strict)
-    _print(report, f"MovieLens {directory}")
+    with open_db() as db:
+        with out.status(f"importing {directory} ..."):
+            report = import_movielens(db, directory, strict=strict)
+        _print(report, f"MovieLens {directory}")
+        _embed_new(db, embed)

@@ -1,4 +1,5 @@
-"""``twotower schedule``: the nightly batch update and the weekly retrain, from cron expressions in the settings.
+"""``twotower schedule``: the catalog sync, the nightly batch update and the weekly retrain, from cron expressions
+in the settings.
 
 Each run is a child ``twotower`` process (its own memory, its own exit code) and logs one JSON line. The same
 jobs can instead be put in a plain crontab as ``twotower schedule --once batch-update``: that runs the job
@@ -37,6 +38,8 @@ def scheduled_jobs(settings: Settings) -> list[ScheduledJob]:
         ScheduledJob("batch-update", settings.schedule_batch_update, ("batch-update",)),
         ScheduledJob("retrain", settings.schedule_retrain, ("deploy",)),
     ]
+    if settings.dmm_api_id is not None:  # the catalog sync, where there is a catalog API to sync from
+        candidates.insert(0, ScheduledJob("sync", settings.schedule_sync, ("sync", "dmm")))
     jobs = []
     for job in candidates:
         if not job.cron.strip():
