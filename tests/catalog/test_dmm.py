@@ -82,12 +82,18 @@ def test_the_rate_limiter_spaces_request_starts() -> None:
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    limiter = RateLimiter(5.0, clock=lambda: now[0], sleep=sleep)
+    limiter = RateLimiter(5.0, clock=lambda: now[0], sleep=sleep, margin=0.0)
     for _ in range(11):
         limiter.wait()
         starts.append(now[0])
     assert starts == pytest.approx([i * 0.2 for i in range(11)])
     assert sum(1 for t in starts if t < 1.0) == 5  # never more than 5 in one second
+    now[0] += 10  # idle time is not saved up for a burst
+    margin = RateLimiter(5.0, clock=lambda: now[0], sleep=sleep)
+    first = now[0]
+    margin.wait()
+    margin.wait()
+    assert now[0] - first == pytest.approx(0.204)
 
 
 def test_pages_and_date_windows_like_the_api() -> None:

@@ -108,17 +108,22 @@ class DmmConfig:
 
 
 class RateLimiter:
-    """Request starts at least ``1/rate`` seconds apart: never more than ``rate`` in any one-second window."""
+    """Request starts at least ``1/rate`` seconds apart: never more than ``rate`` in any one-second window.
+
+    ``margin`` stretches the interval a little, so that jitter on the way (a request that leaves on time but
+    arrives late, followed by one that does not) cannot push the rate the server sees over the limit.
+    """
 
     def __init__(
         self,
         rate: float,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        margin: float = 0.02,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be > 0")
-        self.interval = 1.0 / rate
+        self.interval = (1.0 + margin) / rate
         self._clock, self._sleep = clock, sleep
         self._next = float("-inf")
         self._lock = threading.Lock()
