@@ -72,6 +72,34 @@ class Settings(BaseSettings):
         default=50_000, ge=100, le=50_000, description="The API's deepest `offset` (lower only to test with a fake)."
     )
 
+    # --- quality monitoring (alert thresholds; shares are fractions of rows) ----------------------------------
+    monitor_max_nonfinite: float = Field(default=0.0, ge=0, le=1, description="Rows with NaN/Inf allowed.")
+    monitor_norm_tolerance: float = Field(default=0.01, gt=0, le=1, description="Allowed |norm - 1|.")
+    monitor_max_mean_cosine: float = Field(
+        default=0.98,
+        ge=-1,
+        le=1,
+        description="Collapse: mean pairwise cosine (trained towers share a common "
+        "direction, so healthy values of 0.9 and more are normal).",
+    )
+    monitor_min_effective_rank: float = Field(
+        default=0.05, ge=0, le=1, description="Collapse: effective rank as a share of the dimension."
+    )
+    monitor_max_duplicates: float = Field(default=0.001, ge=0, le=1, description="Identical vectors allowed.")
+    monitor_max_missing: float = Field(default=0.01, ge=0, le=1, description="Active videos without embedding.")
+    monitor_max_stale: float = Field(default=0.05, ge=0, le=1, description="Embeddings older than their video.")
+    monitor_min_neighbour_overlap: float = Field(
+        default=0.05, ge=0, le=1, description="Drift: neighbour overlap@10 with the previous generation."
+    )
+    monitor_max_centroid_shift: float = Field(default=0.5, ge=0, le=2, description="Drift: centroid shift.")
+    monitor_min_like_rate: float = Field(default=0.0, ge=0, le=1, description="Floor of the live like-rate (0: off).")
+    monitor_min_like_samples: int = Field(default=200, ge=1, description="Swipes needed before the floor applies.")
+    monitor_like_window_hours: float = Field(default=24.0, gt=0, le=24 * 90)
+    monitor_webhook_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="Alerts are POSTed here as JSON (Slack-compatible relay)."
+    )
+    monitor_served_retention_days: int = Field(default=14, ge=1, le=3650, description="Served log kept this long.")
+
     # --- scheduling (cron: five fields, or six with seconds last; empty disables) ------------------------
     schedule_batch_update: str = Field(default="0 3 * * *", description="When `batch-update` runs (UTC).")
     schedule_retrain: str = Field(default="0 4 * * 0", description="When `deploy` (retrain) runs (UTC).")

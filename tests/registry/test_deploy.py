@@ -25,12 +25,14 @@ from psycopg.conninfo import make_conninfo
 from tests.conftest import _drop_db, database_copy, seed_template
 from twotower.db import Database
 from twotower.export import export_model
+from twotower.monitor import Thresholds
 from twotower.registry import ArtifactError, LocalStore, S3Store
 from twotower.registry.deploy import (
     DeployFailed,
     DeployInProgress,
     DeployOptions,
     DeployResult,
+    EmbeddingAlerts,
     QualityGateFailed,
     deploy,
 )
@@ -195,7 +197,9 @@ def _at(stage: str, action: Callable[[], None]) -> Callable[[str], None]:
     return hook
 
 
-@pytest.mark.parametrize("failure", ["export", "validate", "gate", "regression", "upload", "build", "tampered"])
+@pytest.mark.parametrize(
+    "failure", ["export", "validate", "gate", "regression", "upload", "build", "monitor", "tampered"]
+)
 def test_failure_leaves_active_version_serving(
     failure: str, db: Database, url: str, models: dict[str, Path], tmp_path: Path, s3_endpoint: str
 ) -> None:
@@ -228,6 +232,9 @@ def test_failure_leaves_active_version_serving(
 
         kwargs["on_chunk"] = crash
         message = "simulated crash"
+    elif failure == "monitor":  # the new embeddings raise an alert (here: drift, with an overlap floor above 1)
+        kwargs["thresholds"] = Thresholds(min_neighbour_overlap=1.01)
+        message = "the new embeddings raised alerts: drift: neighbour overlap@10 with the previous generation"
     else:  # the stored copy is modified after upload: loading it must refuse
         kwargs["on_stage"] = _at("build", lambda: (store.root / "b" / "features.json").write_text("{}"))
         message = "checksum mismatch"
@@ -239,6 +246,8 @@ def test_failure_leaves_active_version_serving(
         assert isinstance(info.value.cause, QualityGateFailed)
     if failure == "tampered":
         assert isinstance(info.value.cause, ArtifactError)
+    if failure == "monitor":
+        assert isinstance(info.value.cause, EmbeddingAlerts)
     _intact(url, "a")
     with psycopg.connect(url) as conn:
         leftovers = conn.execute("SELECT count(*) FROM video_embeddings WHERE model_version = 'b'").fetchone()

@@ -18,6 +18,7 @@ from twotower.cli import (
     export_cmds,
     ingest_cmds,
     jobs_cmds,
+    monitor_cmds,
     serve_cmds,
     sync_cmds,
     synth_cmds,
@@ -52,6 +53,7 @@ app.add_typer(deploy_cmds.models_app, name="models")
 app.command("serve")(serve_cmds.serve)
 app.command("batch-update")(jobs_cmds.batch_update)
 app.command("schedule")(jobs_cmds.schedule)
+app.command("monitor")(monitor_cmds.monitor)
 
 
 def _version(value: bool) -> None:

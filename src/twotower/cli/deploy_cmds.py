@@ -18,6 +18,7 @@ models_app = typer.Typer(help="Model versions: what is registered, what is activ
 _STAGE_TEXT = {
     "train": "training", "export": "exporting to ONNX", "validate": "validating PyTorch vs ONNX Runtime",
     "gate": "quality gate (vs the linear model and the active version)", "upload": "uploading to the artifact store",
+    "monitor": "checking the new embeddings",
     "build": "building the embedding generation (the active version keeps serving)", "promote": "promoting",
     "prune": "pruning old generations",
 }  # fmt: skip
@@ -43,6 +44,11 @@ def deploy(
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     output_dir: Path = typer.Option(Path("models"), "--output-dir", help="Where the trained model is written."),
+    monitor: bool = typer.Option(
+        True,
+        "--monitor/--no-monitor",
+        help="Check the new embeddings (as `twotower monitor`) before promoting them; any alert stops the deploy.",
+    ),
     gate: bool = typer.Option(
         True,
         "--gate/--no-gate",
@@ -69,6 +75,7 @@ def deploy(
 ) -> None:
     """Train, export, validate, gate, upload, build the new embedding generation beside the serving one, and
     promote it atomically (servers are notified and hot-swap). A failure leaves the active version serving."""
+    from twotower.monitor import Thresholds
     from twotower.registry.deploy import DeployOptions
     from twotower.registry.deploy import deploy as run_deploy
     from twotower.registry.store import open_store
@@ -100,6 +107,9 @@ def deploy(
         wait=wait,
         lock_timeout=lock_timeout,
         cache_dir=(settings.data_dir / "models").expanduser().absolute(),
+        monitor=monitor,
+        thresholds=Thresholds.from_settings(settings),
+        webhook_url=settings.monitor_webhook_url,
     )
     store = open_store(settings)
     with open_db() as db, out.status("deploying ...") as status:

@@ -23,6 +23,7 @@ _ENGINE = (
     "jobs",
     "job_chunks",
     "quality_reports",
+    "served_recommendations",
     "sync_state",
     "twotower_migrations",
 )

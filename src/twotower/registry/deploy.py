@@ -26,6 +26,7 @@ from twotower.export import export_model, validate_model
 from twotower.features.pipeline import FeaturePipeline
 from twotower.inference.towers import OnnxTowers
 from twotower.model.weights import load_model
+from twotower.monitor import Thresholds, monitor_version
 from twotower.registry.generation import GenerationStats, build_generation
 from twotower.registry.store import ArtifactStore, fetch
 from twotower.registry.versions import (
@@ -94,6 +95,16 @@ class DeployOptions:
     wait: bool = False  # wait for a running deploy instead of exiting
     lock_timeout: float = 0.0  # with wait: give up after this many seconds (0: wait for ever)
     cache_dir: Path = Path(".twotower/models")  # where versions are fetched from the store to be loaded
+    monitor: bool = True  # check the new generation's embeddings (twotower monitor) before promoting it
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    webhook_url: str | None = None  # where the check's alerts are POSTed
+
+
+class EmbeddingAlerts(TwoTowerError):
+    """The new generation failed its quality checks (see ``twotower monitor``)."""
+
+    code = "embedding_alerts"
+    exit_code = 1
 
 
 @dataclass
@@ -280,6 +291,13 @@ def deploy(
             step("build")
             towers = OnnxTowers(fetch(store, version, options.cache_dir))  # what serving will load, verified
             generation = build_generation(db, towers, on_progress=say, on_chunk=on_chunk)
+            if options.monitor:
+                step("monitor")
+                check = monitor_version(db, options.thresholds, version=version, webhook_url=options.webhook_url)
+                if check.alerts:
+                    raise EmbeddingAlerts(
+                        "the new embeddings raised alerts: " + "; ".join(f"{a.name}: {a.message}" for a in check.alerts)
+                    )
             step("promote")
             with db.direct() as conn:
                 previous = promote(conn, version)

@@ -39,6 +39,7 @@ from twotower.serve.recommend import (
     load_history,
 )
 from twotower.serve.runtime import LoadedModel, ModelHolder
+from twotower.serve.served import ServedLog
 from twotower.settings import Settings
 
 __all__ = ["create_app"]
@@ -134,6 +135,7 @@ class Service:
         self.popularity = PopularityCache()
         self.recommender = Recommender(self.popularity)
         self.metrics = Metrics.create()
+        self.served: ServedLog | None = None
 
     def start(self) -> None:
         settings = self.settings
@@ -154,12 +156,16 @@ class Service:
         except Exception as exc:
             log.warning("no model loaded at start-up (%s): the watcher keeps trying", exc)
         self.holder.start()
+        self.served = ServedLog(self.db, retention_days=settings.monitor_served_retention_days)
+        self.served.start()
 
     def _poll(self, conn: psycopg.Connection[Any]) -> None:
         if self.popularity.stale():
             self.popularity.refresh(conn)
 
     def stop(self) -> None:
+        if self.served is not None:
+            self.served.stop()
         if self.holder is not None:
             self.holder.stop()
         if self.db is not None:
@@ -247,6 +253,8 @@ def create_app(settings: Settings) -> FastAPI:
 
         answer = service.run(work)
         service.metrics.answers.labels(answer.algorithm).inc()
+        if service.served is not None:
+            service.served.record(user, [v.id for v in answer.recommendations], answer.model_version, answer.algorithm)
         return answer
 
     @app.post("/v1/recommendations", response_model=s.RecommendationsOut, responses=_RESPONSES,
@@ -355,6 +363,40 @@ def create_app(settings: Settings) -> FastAPI:
                        activated_at=v.activated_at, videos_embedded=v.videos_embedded)
             for v in versions
         ]  # fmt: skip
+
+    @app.get("/v1/admin/quality", responses=_RESPONSES, tags=["admin"])
+    def quality(
+        caller: Caller,
+        model_version: Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = None,
+        history_limit: Annotated[int, Query(ge=0, le=1000)] = 20,
+    ) -> dict[str, Any]:
+        """Embedding quality of a version (default: the active one): its latest check (`twotower monitor`), past
+        checks, and the live like-rate of what was served (service role)."""
+        from twotower.monitor import history, like_rate
+
+        caller.require_service()
+        window = service.settings.monitor_like_window_hours
+
+        def work(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+            version = model_version
+            if version is None:
+                row = conn.execute("SELECT version FROM model_versions WHERE status = 'active'").fetchone()
+                if row is None:
+                    raise NotFound("no active model version")
+                version = str(row[0])
+            elif conn.execute("SELECT 1 FROM model_versions WHERE version = %s", (version,)).fetchone() is None:
+                raise NotFound(f"model version {version} does not exist")
+            past = history(conn, version, max(history_limit, 1))
+            latest = past[-1] if past else None
+            return {
+                "model_version": version,
+                "latest": latest,
+                "history": [{k: r[k] for k in ("id", "passed", "created_at", "alerts")} for r in past[-history_limit:]]
+                if history_limit else [],
+                "live": like_rate(conn, window, version).as_json(),
+            }  # fmt: skip
+
+        return service.run(work)
 
     @app.post("/v1/admin/reload", responses=_RESPONSES, tags=["admin"])
     def reload(caller: Caller) -> dict[str, Any]:

@@ -1,0 +1,87 @@
+"""``twotower monitor``: check an embedding generation; exit non-zero when an alert fires."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from twotower.cli.console import err, open_db, out
+from twotower.settings import get_settings
+
+
+def monitor(
+    model_version: str | None = typer.Option(
+        None, "--model-version", help="The version to check (default: the active one).", show_default=False
+    ),
+    report: Path | None = typer.Option(
+        None, "--report", help="Also write a self-contained HTML report with plots here.", show_default=False
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Keep the result in the quality_reports table."),
+) -> None:
+    """Check the embeddings of a model version: NaN/Inf, dimension, norms, collapse, duplicates, coverage,
+    staleness, drift vs the previous generation, and the live like-rate of served recommendations. Alerts go to
+    the log and TWOTOWER_MONITOR_WEBHOOK_URL; the exit code is 1 when any alert fires (thresholds:
+    TWOTOWER_MONITOR_*)."""
+    from twotower.errors import InputError
+    from twotower.monitor import Thresholds, history, monitor_version
+
+    settings = get_settings()
+    if report is not None and report.is_dir():
+        raise InputError(f"--report {report}: is a directory; give a file name like quality.html")
+    with open_db() as db:
+        with out.status("checking embeddings ..."):
+            result = monitor_version(
+                db, Thresholds.from_settings(settings), version=model_version,
+                like_window_hours=settings.monitor_like_window_hours, record=record,
+                webhook_url=settings.monitor_webhook_url,
+            )  # fmt: skip
+        if report is not None:
+            from twotower.monitor.report import render_report
+
+            with db.direct() as conn:
+                past = history(conn, result.version)
+            try:
+                report.write_text(render_report(result, past), encoding="utf-8")
+            except OSError as exc:
+                raise InputError(f"--report {report}: cannot write: {exc.strerror}") from None
+    if as_json:
+        print(json.dumps(result.as_json(), default=str))
+    else:
+        _print(result)
+        if report is not None:
+            out.print(f"report: {report}")
+    if result.alerts:
+        raise typer.Exit(1)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _print(result: object) -> None:
+    from twotower.monitor import QualityReport
+
+    assert isinstance(result, QualityReport)
+    against = f" vs {result.previous}" if result.previous else " (no previous generation to compare with)"
+    out.print(f"version {result.version}{against}: {'passed' if result.passed else 'ALERT'} in {result.seconds:.2f}s")
+    table = Table(show_header=False)
+    table.add_column("metric")
+    table.add_column("value")
+    for key, value in result.check.metrics.items():
+        table.add_row(key, _fmt(value))
+    live = result.live
+    rate = f"{live.like_rate:.1%}" if live.like_rate is not None else "no swipes yet"
+    table.add_row(
+        "live like-rate", f"{rate} ({live.decided:,} swipes on {live.served:,} served, {live.window_hours:g} h)"
+    )
+    out.print(table)
+    for alert in result.alerts:
+        err.print(f"alert {alert.name}: {alert.message}", markup=False)

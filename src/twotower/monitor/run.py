@@ -1,0 +1,232 @@
+"""Run the checks on a stored generation: load it, compare it with the previous one, add coverage, staleness and
+the live like-rate, keep the result in ``quality_reports``, and raise the alerts (structured log + webhook)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.types.json import Jsonb
+
+from twotower.db import Database
+from twotower.errors import NotFound
+from twotower.monitor.checks import Alert, GenerationCheck, Thresholds, check_vectors, inhibit
+from twotower.registry.versions import active_version, get_version
+
+__all__ = ["LiveStats", "QualityReport", "history", "like_rate", "monitor_version", "post_webhook"]
+
+log = logging.getLogger("twotower.monitor")
+
+
+@dataclass
+class LiveStats:
+    window_hours: float
+    served: int = 0  # (user, video) pairs served in the window
+    decided: int = 0  # of which the user then swiped
+    liked: int = 0
+
+    @property
+    def like_rate(self) -> float | None:
+        return self.liked / self.decided if self.decided else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"window_hours": self.window_hours, "served": self.served, "decided": self.decided,
+                "liked": self.liked, "like_rate": self.like_rate}  # fmt: skip
+
+
+@dataclass
+class QualityReport:
+    version: str
+    previous: str | None
+    check: GenerationCheck
+    live: LiveStats
+    seconds: float
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    report_id: int | None = None
+
+    @property
+    def alerts(self) -> list[Alert]:
+        return self.check.alerts
+
+    @property
+    def passed(self) -> bool:
+        return not self.check.alerts
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version, "previous_version": self.previous, "passed": self.passed,
+            "created_at": self.created_at.isoformat(), "report_id": self.report_id, "seconds": self.seconds,
+            "metrics": self.check.metrics, "live": self.live.as_json(),
+            "alerts": [a.as_json() for a in self.alerts],
+        }  # fmt: skip
+
+
+def _vectors(
+    conn: psycopg.Connection[Any], copy_sql: str, params: tuple[Any, ...], dim: int, columns: int
+) -> list[Any]:
+    """Rows of ``columns`` vectors as ``(rows, dim)`` float32 arrays, by binary COPY."""
+    register_vector(conn)
+    out: list[list[Any]] = [[] for _ in range(columns)]
+    with conn.cursor().copy(copy_sql, params) as copy:
+        copy.set_types(["vector"] * columns)
+        for row in copy.rows():
+            for i, value in enumerate(row):
+                out[i].append(value)
+    return [
+        np.stack([getattr(x, "to_numpy", lambda x=x: x)() for x in v]).astype(np.float32, copy=False)
+        if v else np.zeros((0, dim), np.float32)
+        for v in out
+    ]  # fmt: skip
+
+
+def _previous(conn: psycopg.Connection[Any], version: str, status: str) -> str | None:
+    """The generation to compare with: what was active before this one (or what is active now, for a new one)."""
+    if status != "active":
+        active = active_version(conn)
+        return active if active != version else None
+    row = conn.execute(
+        "SELECT previous_version FROM model_deployments WHERE version = %s ORDER BY created_at DESC, id DESC LIMIT 1",
+        (version,),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    has = conn.execute("SELECT 1 FROM video_embeddings WHERE model_version = %s LIMIT 1", (row[0],)).fetchone()
+    return str(row[0]) if has else None
+
+
+def like_rate(conn: psycopg.Connection[Any], hours: float, version: str | None = None) -> LiveStats:
+    """Of the videos served in the last ``hours`` (by ``version``, or any), how many were then swiped, and liked."""
+    since = datetime.now(UTC) - timedelta(hours=hours)
+    row = conn.execute(
+        """WITH served AS (
+               SELECT user_id, video_id, min(served_at) AS served_at FROM served_recommendations
+               WHERE served_at >= %s AND (%s::text IS NULL OR model_version = %s)
+               GROUP BY user_id, video_id)
+           SELECT count(*), count(d.video_id), count(*) FILTER (WHERE d.decision_type = 'like')
+           FROM served s LEFT JOIN user_video_decisions d
+             ON d.user_id = s.user_id AND d.video_id = s.video_id AND d.created_at >= s.served_at""",
+        (since, version, version),
+    ).fetchone()
+    assert row is not None
+    return LiveStats(hours, int(row[0]), int(row[1]), int(row[2]))
+
+
+def monitor_version(
+    db: Database,
+    thresholds: Thresholds,
+    *,
+    version: str | None = None,
+    like_window_hours: float = 24.0,
+    record: bool = True,
+    webhook_url: str | None = None,
+) -> QualityReport:
+    """Check generation ``version`` (default: the active one); record it and raise its alerts."""
+    started = time.perf_counter()
+    with db.direct() as conn:
+        if version is None:
+            version = active_version(conn)
+            if version is None:
+                raise NotFound("no active model version: deploy one first, or give --model-version")
+        info = get_version(conn, version)
+        dim = int(info.embedding_dim)
+        dims = {int(d): int(c) for d, c in conn.execute(
+            "SELECT vector_dims(embedding), count(*) FROM video_embeddings WHERE model_version = %s GROUP BY 1",
+            (version,)).fetchall()}  # fmt: skip
+        (vectors,) = _vectors(
+            conn, "COPY (SELECT embedding FROM video_embeddings WHERE model_version = %s "
+            "AND vector_dims(embedding) = %s) TO STDOUT (FORMAT BINARY)", (version, dim), dim, 1,
+        )  # fmt: skip
+        previous = _previous(conn, version, info.status)
+        pairs = None
+        if previous is not None:
+            pairs = tuple(_vectors(
+                conn,
+                "COPY (SELECT n.embedding, o.embedding FROM video_embeddings n JOIN video_embeddings o "
+                "ON o.video_id = n.video_id AND o.model_version = %s WHERE n.model_version = %s "
+                "AND vector_dims(n.embedding) = %s AND vector_dims(o.embedding) = %s) TO STDOUT (FORMAT BINARY)",
+                (previous, version, dim, dim), dim, 2,
+            ))  # fmt: skip
+        coverage = conn.execute(
+            """SELECT count(*), count(*) FILTER (WHERE e.video_id IS NULL),
+                      count(*) FILTER (WHERE e.created_at < v.updated_at)
+               FROM videos v LEFT JOIN video_embeddings e ON e.video_id = v.id AND e.model_version = %s
+               WHERE v.is_active""",
+            (version,),
+        ).fetchone()
+        live = like_rate(conn, like_window_hours, version)
+    check = check_vectors(vectors, dim, thresholds, dims=dims,
+                          previous=(pairs[0], pairs[1]) if pairs else None)  # fmt: skip
+    _coverage(check, coverage, thresholds)
+    _live(check, live, thresholds)
+    check.alerts = inhibit(check.alerts)
+    report = QualityReport(version, previous, check, live, round(time.perf_counter() - started, 3))
+    if record:
+        with db.direct() as conn, conn.transaction():
+            row = conn.execute(
+                "INSERT INTO quality_reports (model_version, passed, metrics, alerts) VALUES (%s, %s, %s, %s) "
+                "RETURNING id, created_at",
+                (version, report.passed, Jsonb({**check.metrics, "live": live.as_json(), "previous_version": previous}),
+                 Jsonb([a.as_json() for a in report.alerts])),
+            ).fetchone()  # fmt: skip
+            assert row is not None
+            report.report_id, report.created_at = int(row[0]), row[1]
+    for alert in report.alerts:
+        log.warning(json.dumps({"event": "quality_alert", "version": version, **alert.as_json()}, ensure_ascii=False))
+    if report.alerts and webhook_url:
+        post_webhook(webhook_url, report)
+    return report
+
+
+def _coverage(check: GenerationCheck, row: Any, t: Thresholds) -> None:
+    active, missing, stale = (int(x) for x in row)
+    m = check.metrics
+    m["active_videos"] = active
+    m["missing_share"] = missing / active if active else 0.0
+    m["stale_share"] = stale / active if active else 0.0
+    if m["missing_share"] > t.max_missing:
+        check.alert("coverage", f"{missing:,} of {active:,} active videos ({m['missing_share']:.1%}) have no embedding "
+                    "in this generation", m["missing_share"], t.max_missing)  # fmt: skip
+    if m["stale_share"] > t.max_stale:
+        check.alert("stale", f"{stale:,} embeddings ({m['stale_share']:.1%}) are older than their video's last "
+                    "change", m["stale_share"], t.max_stale)  # fmt: skip
+
+
+def _live(check: GenerationCheck, live: LiveStats, t: Thresholds) -> None:
+    rate = live.like_rate
+    if rate is not None and live.decided >= t.min_like_samples and rate < t.min_like_rate:
+        check.alert("like_rate", f"served recommendations were liked {rate:.1%} of the time over the last "
+                    f"{live.window_hours:g} h ({live.decided:,} swipes; floor {t.min_like_rate:.1%})", rate,
+                    t.min_like_rate)  # fmt: skip
+
+
+def post_webhook(url: str, report: QualityReport, timeout: float = 5.0) -> bool:
+    """POST the alerts as JSON; a failure is logged, never raised (monitoring must not fail on its pager)."""
+    body = {"event": "twotower.quality_alert", **report.as_json()}
+    try:
+        response = httpx.post(url, json=body, timeout=timeout)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        log.warning(json.dumps({"event": "webhook_failed", "url": url.split("?")[0], "error": str(exc)[:300]}))
+        return False
+    return True
+
+
+def history(conn: psycopg.Connection[Any], version: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    """Past reports, oldest first (of one version, or of all)."""
+    rows = conn.execute(
+        "SELECT id, model_version, passed, metrics, alerts, created_at FROM quality_reports "
+        "WHERE %s::text IS NULL OR model_version = %s ORDER BY created_at DESC, id DESC LIMIT %s",
+        (version, version, limit),
+    ).fetchall()
+    return [
+        {"id": r[0], "version": r[1], "passed": r[2], "metrics": r[3], "alerts": r[4], "created_at": r[5]}
+        for r in reversed(rows)
+    ]

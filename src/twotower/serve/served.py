@@ -1,0 +1,97 @@
+"""What the API served, appended to ``served_recommendations`` in the background (for the live like-rate).
+
+A request only appends to an in-memory buffer; a thread writes the buffer with one COPY per second and prunes
+rows older than the retention once an hour. The buffer is bounded: when the database is slow or down, the
+oldest rows are dropped (and counted) rather than slowing requests or growing without limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import psycopg
+
+from twotower.db import Database
+
+__all__ = ["ServedLog"]
+
+log = logging.getLogger("twotower.serve")
+Row = tuple[datetime, uuid.UUID, uuid.UUID, str | None, str]
+
+
+class ServedLog:
+    def __init__(
+        self, db: Database, *, retention_days: int = 14, interval: float = 1.0, max_rows: int = 200_000
+    ) -> None:
+        self.db = db
+        self.retention_days = retention_days
+        self.interval = interval
+        self._rows: deque[Row] = deque(maxlen=max_rows)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pruned_at = 0.0
+        self.written = 0
+        self.dropped = 0
+
+    def record(self, user: uuid.UUID, videos: Sequence[uuid.UUID], version: str | None, algorithm: str) -> None:
+        now = datetime.now(UTC)
+        with self._lock:
+            overflow = len(self._rows) + len(videos) - (self._rows.maxlen or 0)
+            if overflow > 0:
+                self.dropped += min(overflow, len(self._rows) + len(videos))
+            self._rows.extend((now, user, v, version, algorithm) for v in videos)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+            if time.monotonic() - self._pruned_at > 3600:
+                self._prune()
+
+    def flush(self) -> int:
+        with self._lock:
+            rows, self._rows = list(self._rows), deque(maxlen=self._rows.maxlen)
+        if not rows:
+            return 0
+        try:
+            with self.db.direct(autocommit=True) as conn, conn.cursor().copy(
+                "COPY served_recommendations (served_at, user_id, video_id, model_version, algorithm) FROM STDIN"
+            ) as copy:  # fmt: skip
+                for row in rows:
+                    copy.write_row(row)
+        except Exception as exc:  # the database is down: keep what fits, try again next time
+            log.warning("could not write %d served rows (%s); will retry", len(rows), exc)
+            with self._lock:
+                keep = (self._rows.maxlen or 0) - len(self._rows)
+                self.dropped += max(0, len(rows) - keep)
+                self._rows.extendleft(reversed(rows[-keep:] if keep > 0 else []))
+            return 0
+        self.written += len(rows)
+        return len(rows)
+
+    def _prune(self) -> None:
+        self._pruned_at = time.monotonic()
+        try:
+            with self.db.direct(autocommit=True) as conn:
+                conn.execute(
+                    "DELETE FROM served_recommendations WHERE served_at < now() - make_interval(days => %s)",
+                    (self.retention_days,),
+                )
+        except psycopg.Error as exc:
+            log.warning("could not prune served_recommendations: %s", exc)
