@@ -15,8 +15,6 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import psycopg
-
 from twotower.db import Database
 
 __all__ = ["ServedLog"]
@@ -93,5 +91,5 @@ class ServedLog:
                     "DELETE FROM served_recommendations WHERE served_at < now() - make_interval(days => %s)",
                     (self.retention_days,),
                 )
-        except psycopg.Error as exc:
+        except Exception as exc:  # the database is down: the next hour's try will do it
             log.warning("could not prune served_recommendations: %s", exc)
