@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     # --- scheduling (cron: five fields, or six with seconds last; empty disables) ------------------------
     schedule_batch_update: str = Field(default="0 3 * * *", description="When `batch-update` runs (UTC).")
     schedule_retrain: str = Field(default="0 4 * * 0", description="When `deploy` (retrain) runs (UTC).")
+    schedule_monitor: str = Field(default="30 3 * * *", description="When `monitor` checks the active version (UTC).")
     schedule_sync: str = Field(
         default="15 * * * *", description="When `sync dmm` runs (UTC); only with DMM credentials configured."
     )

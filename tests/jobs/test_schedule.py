@@ -12,10 +12,12 @@ from pathlib import Path
 import psycopg
 
 
-def _schedule(url: str, data: Path, *args: str, batch: str = "", retrain: str = "") -> subprocess.CompletedProcess[str]:
+def _schedule(
+    url: str, data: Path, *args: str, batch: str = "", retrain: str = "", monitor: str = ""
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": url, "TWOTOWER_DATA_DIR": str(data),
            "TWOTOWER_ARTIFACT_STORE": str(data / "store"), "TWOTOWER_SCHEDULE_BATCH_UPDATE": batch,
-           "TWOTOWER_SCHEDULE_RETRAIN": retrain}  # fmt: skip
+           "TWOTOWER_SCHEDULE_RETRAIN": retrain, "TWOTOWER_SCHEDULE_MONITOR": monitor}  # fmt: skip
     return subprocess.run([sys.executable, "-m", "twotower", "schedule", *args], env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
 
@@ -50,3 +52,14 @@ def test_bad_schedules_are_refused(empty_db_url: str, tmp_path: Path) -> None:
     assert unknown.returncode == 65 and "not a scheduled job" in unknown.stderr
     nothing = _schedule(empty_db_url, tmp_path, "--max-runs", "1")
     assert nothing.returncode == 65 and "no job is scheduled" in nothing.stderr
+
+
+def test_the_daily_quality_check_fails_its_run_on_an_alert(url: str, deployed: Path) -> None:
+    healthy = _schedule(url, deployed, "--once", "monitor", monitor="30 3 * * *")
+    line = json.loads(healthy.stdout)
+    assert healthy.returncode == 0 and line["job"] == "monitor" and line["status"] == "succeeded", healthy.stderr
+    with psycopg.connect(url) as conn:  # 10% of the active videos lose their embedding
+        conn.execute("DELETE FROM video_embeddings WHERE video_id IN (SELECT id FROM videos ORDER BY id LIMIT 80)")
+    alert = _schedule(url, deployed, "--once", "monitor", monitor="30 3 * * *")
+    line = json.loads(alert.stdout)
+    assert alert.returncode == 1 and line["status"] == "failed" and line["error"].startswith("alert coverage:"), line

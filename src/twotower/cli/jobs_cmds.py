@@ -62,14 +62,14 @@ def batch_update(
 def schedule(
     once: str | None = typer.Option(
         None, "--once", help="Run this job now and exit with its exit code (for a plain crontab): sync, "
-        "batch-update or retrain.", show_default=False,
+        "batch-update, retrain or monitor.", show_default=False,
     ),
     max_runs: int | None = typer.Option(None, "--max-runs", min=1, help="Stop after this many runs.",
                                         show_default=False),
 ) -> None:  # fmt: skip
-    """Run the catalog sync (with DMM credentials set), the nightly batch update and the weekly retrain at the times
-    of TWOTOWER_SCHEDULE_SYNC, TWOTOWER_SCHEDULE_BATCH_UPDATE and TWOTOWER_SCHEDULE_RETRAIN (cron, UTC). Every run
-    logs one JSON line on stdout."""
+    """Run the catalog sync (with DMM credentials set), the nightly batch update, the weekly retrain and the daily
+    quality check at the times of TWOTOWER_SCHEDULE_SYNC, _BATCH_UPDATE, _RETRAIN and _MONITOR (cron, UTC). Every
+    run logs one JSON line on stdout; a quality alert makes the monitor run fail."""
     import sys
 
     from twotower.errors import InputError

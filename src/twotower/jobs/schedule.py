@@ -1,5 +1,5 @@
-"""``twotower schedule``: the catalog sync, the nightly batch update and the weekly retrain, from cron expressions
-in the settings.
+"""``twotower schedule``: the catalog sync, the nightly batch update, the weekly retrain and the daily quality
+check, from cron expressions in the settings.
 
 Each run is a child ``twotower`` process (its own memory, its own exit code) and logs one JSON line. The same
 jobs can instead be put in a plain crontab as ``twotower schedule --once batch-update``: that runs the job
@@ -37,6 +37,7 @@ def scheduled_jobs(settings: Settings) -> list[ScheduledJob]:
     candidates = [
         ScheduledJob("batch-update", settings.schedule_batch_update, ("batch-update",)),
         ScheduledJob("retrain", settings.schedule_retrain, ("deploy",)),
+        ScheduledJob("monitor", settings.schedule_monitor, ("monitor",)),
     ]
     if settings.dmm_api_id is not None:  # the catalog sync, where there is a catalog API to sync from
         candidates.insert(0, ScheduledJob("sync", settings.schedule_sync, ("sync", "dmm")))
@@ -80,7 +81,7 @@ def run_schedule(
 ) -> int:
     """Run every job at its times, for ever (or ``max_runs`` runs); 0, or the last failing exit code."""
     if not jobs:
-        raise InputError("no job is scheduled (TWOTOWER_SCHEDULE_BATCH_UPDATE and TWOTOWER_SCHEDULE_RETRAIN are empty)")
+        raise InputError("no job is scheduled (TWOTOWER_SCHEDULE_BATCH_UPDATE, _RETRAIN and _MONITOR are empty)")
     now = datetime.now(UTC)
     upcoming = {job.name: croniter(job.cron, now).get_next(datetime) for job in jobs}
     runs, status = 0, 0
