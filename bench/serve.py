@@ -102,14 +102,16 @@ def _tower_timings(model_dir: Path, db: Any) -> dict[str, float]:
 
 
 async def _drive(
-    port: int, tokens: list[str], clients: int, seconds: float, rate: float | None = None
-) -> tuple[list[float], int, int]:
+    port: int, tokens: list[str], clients: int, seconds: float, rate: float | None = None,
+    starts: list[float] | None = None,
+) -> tuple[list[float], int, int]:  # fmt: skip
     """``clients`` keep-alive connections. Closed loop (``rate`` None): each sends its next request as soon as
     the previous answer is in, which measures the saturation throughput. Open loop: together they offer
     ``rate`` requests/s (Poisson arrivals per client), which measures the latency at that load.
 
     A minimal HTTP/1.1 client on asyncio streams: on a 2-core machine the load generator shares the CPU with
     the server and Postgres, and a full-featured client (httpx) would cost more CPU per request than the server.
+    ``starts``, if given, gets each request's start (``time.time()``), in the order of the latencies.
     """
     import json
 
@@ -141,6 +143,8 @@ async def _drive(
                               if line.lower().startswith(b"content-length:"))  # fmt: skip
                 payload = await reader.readexactly(length)
                 latencies.append(time.perf_counter() - started)
+                if starts is not None:
+                    starts.append(time.time() - latencies[-1])
                 if status != 200:
                     errors += 1
                 elif json.loads(payload)["total_count"] != 20:

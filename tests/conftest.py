@@ -79,6 +79,23 @@ def deploy_template(pg_server: str, template: str, name: str, data: Path, config
                                                              cache_dir=data / "models"))  # fmt: skip
 
 
+DEPLOYED_TEMPLATE = "tt_deployed_seed"
+DEPLOYED_VIDEOS, DEPLOYED_USERS = 600, 150
+
+
+@pytest.fixture(scope="session")
+def deployed(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A template database with a synthetic catalog, swipes and a deployed version "v" (trained one epoch); its
+    artifacts under the returned path (store in ``store/``, fetched copies in ``models/``). Tests use copies."""
+    from twotower.synth import SynthConfig
+
+    data = tmp_path_factory.mktemp("deployed")
+    config = SynthConfig(videos=DEPLOYED_VIDEOS, users=DEPLOYED_USERS, decisions=8000, seed=4)
+    deploy_template(pg_server, template_db, DEPLOYED_TEMPLATE, data, config)
+    yield data
+    _drop_db(pg_server, DEPLOYED_TEMPLATE)
+
+
 def _drop_db(pg_server: str, name: str) -> None:
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

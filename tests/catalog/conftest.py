@@ -1,4 +1,4 @@
-"""A database with a deployed version "v" (trained on synthetic videos), and a fake DMM API to sync from."""
+"""Databases with a deployed version "v" (trained on synthetic videos) to sync into from the fake DMM API."""
 
 from __future__ import annotations
 
@@ -11,25 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _drop_db, database_copy, deploy_template
+from tests.conftest import DEPLOYED_TEMPLATE, database_copy
 from twotower.catalog.dmm import JST
-from twotower.synth import SynthConfig
 
-TEMPLATE = "tt_catalog_seed"
 START, END = datetime(2025, 1, 1, tzinfo=JST), datetime(2026, 1, 1, tzinfo=JST)
-
-
-@pytest.fixture(scope="module")
-def deployed(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    data = tmp_path_factory.mktemp("catalog")
-    deploy_template(pg_server, template_db, TEMPLATE, data, SynthConfig(videos=300, users=80, decisions=3000, seed=5))
-    yield data
-    _drop_db(pg_server, TEMPLATE)
 
 
 @pytest.fixture
 def url(pg_server: str, deployed: Path) -> Iterator[str]:
-    with database_copy(pg_server, TEMPLATE) as copy:
+    """A copy of the session's database with a deployed version "v" (see tests/conftest.py)."""
+    with database_copy(pg_server, DEPLOYED_TEMPLATE) as copy:
         yield copy
 
 

@@ -134,3 +134,91 @@ def test_two_workers_share_one_job(url: str, deployed: Path) -> None:
     videos, distinct, users, with_decisions = _counts(url)
     assert videos == distinct == VIDEOS and users == with_decisions
     assert any("rows/s" in out for out, _ in outputs)
+
+
+def _rows(url: str) -> dict[str, tuple[str, np.ndarray]]:
+    """video id -> (ctid, vector) of generation "v": a rewritten row has a new ctid."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT video_id::text, ctid::text, embedding::text FROM video_embeddings WHERE model_version = 'v'"
+        ).fetchall()
+    return {vid: (ctid, np.array([float(x) for x in vec.strip("[]").split(",")])) for vid, ctid, vec in rows}
+
+
+def _index_state(url: str) -> tuple[list[tuple[str, bool]], int]:
+    from twotower.registry.versions import hnsw_index_name
+
+    with psycopg.connect(url) as conn:
+        indexes = conn.execute(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = 'video_embeddings'::regclass AND c.relname LIKE %s ORDER BY 1",
+            (hnsw_index_name("v") + "%",),
+        ).fetchall()
+        vacuums = conn.execute("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'video_embeddings'")
+        return indexes, int(vacuums.fetchone()[0])  # type: ignore[index]
+
+
+def test_batch_update_rewrites_only_changed_rows(url: str, deployed: Path) -> None:
+    from twotower.registry.versions import hnsw_index_name
+
+    before = _rows(url)
+    ids = sorted(before)
+    moved, dropped, touched = ids[:30], ids[100:120], ids[200:210]
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE video_embeddings SET embedding = l2_normalize(embedding + %s::vector) "
+                     "WHERE model_version = 'v' AND video_id = ANY(%s::uuid[])",
+                     ("[" + ",".join(["0.3"] * len(before[ids[0]][1])) + "]", moved))  # fmt: skip
+        conn.execute("DELETE FROM video_embeddings WHERE model_version = 'v' AND video_id = ANY(%s::uuid[])",
+                     (dropped,))  # fmt: skip
+        # videos changed after their embedding (the catalog sync's staleness test): rewritten even if the same
+        conn.execute("UPDATE videos SET updated_at = now() WHERE id = ANY(%s::uuid[])", (touched,))
+    stale = _rows(url)
+    assert max(float(np.abs(stale[v][1] - before[v][1]).max()) for v in moved) > 1e-3
+    with Database.open(Settings(database_url=url, data_dir=deployed), migrate=False) as db:
+        result = run_batch(db, LocalStore(deployed / "store"), _options(deployed, chunk_size=100, users=False))
+    assert result.status == "succeeded" and result.rows["videos"] == VIDEOS
+    assert result.written["videos"] == len(moved) + len(dropped) + len(touched)
+    after = _rows(url)
+    assert sorted(after) == ids and _counts(url)[:2] == (VIDEOS, VIDEOS)  # every video, exactly once
+    assert max(float(np.abs(after[v][1] - before[v][1]).max()) for v in ids) < 1e-5  # all the towers' vectors
+    rewritten = {v for v in ids if v not in stale or after[v][0] != stale[v][0]}
+    assert rewritten == set(moved) | set(dropped) | set(touched)  # nothing else was written
+    indexes, vacuums = _index_state(url)
+    assert indexes == [(hnsw_index_name("v"), True)] and vacuums >= 1  # the job vacuumed what it rewrote
+
+    with Database.open(Settings(database_url=url, data_dir=deployed), migrate=False) as db:  # again: nothing to do
+        again = run_batch(db, LocalStore(deployed / "store"), _options(deployed, chunk_size=100, users=False))
+    assert again.status == "succeeded" and again.rows["videos"] == VIDEOS and again.written["videos"] == 0
+    assert {v: c for v, (c, _) in _rows(url).items()} == {v: c for v, (c, _) in after.items()}
+
+
+def test_embed_videos_leaves_exactly_one_current_row(url: str, deployed: Path) -> None:
+    import uuid
+
+    from twotower.inference.towers import OnnxTowers
+    from twotower.registry.generation import embed_videos, embed_videos_counted
+    from twotower.registry.store import fetch
+
+    towers = OnnxTowers(fetch(LocalStore(deployed / "store"), "v", deployed / "models"))
+    before = _rows(url)
+    ids = sorted(before)
+    same, moved, missing = ids[0], ids[1], ids[2]
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE video_embeddings SET embedding = l2_normalize(embedding + %s::vector) "
+                     "WHERE model_version = 'v' AND video_id = %s",
+                     ("[" + ",".join(["0.3"] * len(before[same][1])) + "]", moved))  # fmt: skip
+        conn.execute("DELETE FROM video_embeddings WHERE model_version = 'v' AND video_id = %s", (missing,))
+    wanted = [uuid.UUID(v) for v in (same, moved, missing)] + [uuid.uuid4()]  # + a video that is gone
+    with psycopg.connect(url) as conn:
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
+        with conn.transaction():
+            assert embed_videos_counted(conn, towers, wanted) == (3, 2)
+            assert embed_videos_counted(conn, towers, wanted) == (3, 0)  # twice in one transaction
+        conn.autocommit = True
+        assert embed_videos(conn, towers, wanted) == 3  # in autocommit mode too
+    after = _rows(url)
+    assert _counts(url)[:2] == (VIDEOS, VIDEOS)
+    assert max(float(np.abs(after[v][1] - before[v][1]).max()) for v in ids) < 1e-5
+    assert after[same][0] == before[same][0] and after[moved][0] != before[moved][0]

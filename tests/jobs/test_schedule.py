@@ -58,7 +58,7 @@ def test_the_daily_quality_check_fails_its_run_on_an_alert(url: str, deployed: P
     healthy = _schedule(url, deployed, "--once", "monitor", monitor="30 3 * * *")
     line = json.loads(healthy.stdout)
     assert healthy.returncode == 0 and line["job"] == "monitor" and line["status"] == "succeeded", healthy.stderr
-    with psycopg.connect(url) as conn:  # 10% of the active videos lose their embedding
+    with psycopg.connect(url) as conn:  # 80 of the 600 active videos lose their embedding
         conn.execute("DELETE FROM video_embeddings WHERE video_id IN (SELECT id FROM videos ORDER BY id LIMIT 80)")
     alert = _schedule(url, deployed, "--once", "monitor", monitor="30 3 * * *")
     line = json.loads(alert.stdout)

@@ -18,6 +18,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from tests.conftest import DEPLOYED_VIDEOS
 from twotower.db import Database
 from twotower.monitor import Thresholds, check_vectors, inhibit, monitor_version
 from twotower.monitor.run import _vectors
@@ -25,6 +26,7 @@ from twotower.registry.generation import replace_embeddings
 from twotower.settings import Settings
 
 DIM = 64
+VIDEOS = DEPLOYED_VIDEOS
 
 
 def _db(url: str, data: Path) -> Database:
@@ -55,7 +57,7 @@ def test_a_healthy_generation_raises_nothing(url: str, deployed: Path) -> None:
     first = _check(url, deployed, "v")  # the active one: no previous generation
     assert first.passed and first.previous is None, first.alerts
     m = first.check.metrics
-    assert m["rows"] == 800 and m["nonfinite_share"] == 0 and abs(m["norm"]["mean"] - 1) < 1e-3
+    assert m["rows"] == VIDEOS and m["nonfinite_share"] == 0 and abs(m["norm"]["mean"] - 1) < 1e-3
     assert m["mean_pairwise_cosine"] < 0.98 and m["effective_rank"] > 0.05 * DIM and m["missing_share"] == 0
     copy = _check(url, deployed)  # v2, compared with the active v
     assert copy.passed and copy.previous == "v", copy.alerts
@@ -70,7 +72,7 @@ def test_nan_rows_raise_nonfinite_only(url: str, deployed: Path) -> None:
     with psycopg.connect(url) as conn:
         (vectors,) = _vectors(conn, "COPY (SELECT embedding FROM video_embeddings WHERE model_version = 'v') "
                               "TO STDOUT (FORMAT BINARY)", (), DIM, 1)  # fmt: skip
-    vectors[np.random.default_rng(0).choice(len(vectors), 8, replace=False), 3] = np.nan  # 1%
+    vectors[np.random.default_rng(0).choice(len(vectors), len(vectors) // 100, replace=False), 3] = np.nan  # 1%
     check = check_vectors(vectors, DIM, Thresholds(), previous=(vectors, vectors.copy()))
     assert sorted(a.name for a in inhibit(check.alerts)) == ["nonfinite"]
     assert check.metrics["nonfinite_share"] == pytest.approx(0.01)
@@ -91,7 +93,7 @@ def test_collapse_raises_collapse_only(url: str, deployed: Path) -> None:
 def test_missing_embeddings_raise_coverage_only(url: str, deployed: Path) -> None:
     with psycopg.connect(url) as conn:
         conn.execute("DELETE FROM video_embeddings WHERE model_version = 'v2' AND video_id IN "
-                     "(SELECT id FROM videos ORDER BY id LIMIT 240)")  # fmt: skip
+                     "(SELECT id FROM videos ORDER BY id LIMIT 180)")  # fmt: skip
     report = _check(url, deployed)
     assert _names(report) == ["coverage"], report.alerts
     assert report.check.metrics["missing_share"] == pytest.approx(0.30)
@@ -114,7 +116,7 @@ def test_a_dimension_mismatch_raises_dimension_mismatch_only(url: str, deployed:
                      "WHERE model_version = 'v2'")  # fmt: skip
     report = _check(url, deployed)
     assert _names(report) == ["dimension_mismatch"], report.alerts
-    assert "800 of 800 embeddings are not 64-dimensional" in report.alerts[0].message
+    assert f"{VIDEOS} of {VIDEOS} embeddings are not 64-dimensional" in report.alerts[0].message
 
 
 def test_stale_embeddings_and_the_live_like_rate(url: str, deployed: Path) -> None:
@@ -134,7 +136,7 @@ def test_stale_embeddings_and_the_live_like_rate(url: str, deployed: Path) -> No
         report = monitor_version(db, Thresholds(min_like_rate=0.3), version="v")
     assert _names(report) == ["like_rate", "stale"], report.alerts
     assert (report.live.served, report.live.decided, report.live.liked) == (300, 240, 60)
-    assert report.check.metrics["stale_share"] == pytest.approx(100 / 800)
+    assert report.check.metrics["stale_share"] == pytest.approx(100 / VIDEOS)
 
 
 class _Receiver(BaseHTTPRequestHandler):

@@ -82,6 +82,28 @@ FROM videos v
 """
 
 
+# the given ids: tags and performers aggregated for those videos only, in one pass each (the correlated subqueries
+# of _QUERY cost ~60 us a video, most of a batch chunk's catalog load)
+_BY_IDS = """
+WITH v AS MATERIALIZED (
+    SELECT id, title, price, duration_seconds, maker, label, series, director, product_released_at, review_count,
+           review_average, is_active
+    FROM videos WHERE id = ANY(%(ids)s::uuid[])
+), tg AS (
+    SELECT vt.video_id, array_agg(t.name ORDER BY t.name) AS tags
+    FROM v JOIN video_tags vt ON vt.video_id = v.id JOIN tags t ON t.id = vt.tag_id GROUP BY vt.video_id
+), pf AS (
+    SELECT vp.video_id, array_agg(p.name ORDER BY p.name) AS performers
+    FROM v JOIN video_performers vp ON vp.video_id = v.id JOIN performers p ON p.id = vp.performer_id
+    GROUP BY vp.video_id
+)
+SELECT v.*, COALESCE(tg.tags, '{}') AS tags, COALESCE(pf.performers, '{}') AS performers
+FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS w(id, n) JOIN v ON v.id = w.id
+LEFT JOIN tg ON tg.video_id = v.id LEFT JOIN pf ON pf.video_id = v.id
+ORDER BY w.n
+"""
+
+
 def load_catalog(conn: psycopg.Connection[Any], ids: Sequence[uuid.UUID] | None = None) -> Catalog:
     """Every video in natural-key order (source, external_id), the same in every database; or the given ids,
     in the given order (unknown ids are skipped)."""
@@ -91,8 +113,5 @@ def load_catalog(conn: psycopg.Connection[Any], ids: Sequence[uuid.UUID] | None 
         if ids is None:
             rows = cur.execute(_QUERY + " ORDER BY v.source, v.external_id").fetchall()
         else:
-            rows = cur.execute(
-                _QUERY + " JOIN unnest(%s::uuid[]) WITH ORDINALITY AS w(id, n) ON w.id = v.id ORDER BY w.n",
-                (list(ids),),
-            ).fetchall()
+            rows = cur.execute(_BY_IDS, {"ids": list(ids)}).fetchall()
     return Catalog.from_rows(rows)

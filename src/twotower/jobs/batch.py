@@ -5,10 +5,21 @@ claims a chunk with ``SELECT ... FOR UPDATE SKIP LOCKED`` and keeps that row loc
 the chunk's embeddings; the embeddings and the chunk's ``done`` mark commit together. So a worker killed at any
 point leaves its chunk pending (its transaction is rolled back, the lock released), a restarted job resumes
 where it was with no gaps and no duplicates, and any number of workers, on any machines, share a job.
+
+A chunk writes only the rows whose vector changed (``registry.generation.update_embeddings``): a re-embed with the
+same towers and mostly the same features rewrites almost nothing. The worker that closes the job pays the vacuum
+debt of what was rewritten before it marks the job done, so that no autovacuum of the HNSW index (after changed
+vectors, as costly as the inserts were, and a drag on live queries while it runs) starts after the job, on live
+traffic: ``VACUUM (ANALYZE)``, after a ``REINDEX CONCURRENTLY`` of the generation's HNSW index when a large share of
+it was rewritten (a parallel rebuild from the live rows is cheaper than VACUUM repairing the graph around that many
+dead entries). A large rewrite can still trigger an autovacuum while the job runs. A closing worker killed
+meanwhile leaves the job running with no chunk pending: the next run closes it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import socket
@@ -20,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from twotower.db import Database
@@ -28,15 +40,17 @@ from twotower.features.decisions import load_decision_log
 from twotower.features.examples import Histories
 from twotower.inference.items import ItemIndex
 from twotower.inference.towers import OnnxTowers
-from twotower.registry.generation import embed_videos, replace_embeddings
+from twotower.registry.generation import embed_videos_counted, update_embeddings
 from twotower.registry.store import ArtifactStore, fetch
-from twotower.registry.versions import active_version, get_version
+from twotower.registry.versions import active_version, get_version, hnsw_index_name
 
 __all__ = ["BatchOptions", "BatchPlan", "BatchResult", "plan_batch", "run_batch"]
 
 log = logging.getLogger("twotower.jobs")
 KIND = "batch_update"
 Target = Literal["videos", "users"]
+REINDEX_SHARE = 0.25  # rewritten share of a generation above which the job rebuilds its HNSW index at the end
+REINDEX_MEMORY = "256MB"  # maintenance_work_mem for that rebuild (the graph should fit: see pgvector's docs)
 
 
 @dataclass
@@ -74,6 +88,7 @@ class BatchResult:
     version: str
     chunks_done: int = 0  # by this worker
     rows: dict[str, int] = field(default_factory=lambda: {"videos": 0, "users": 0})
+    written: dict[str, int] = field(default_factory=lambda: {"videos": 0, "users": 0})  # changed or missing rows
     failed_chunks: int = 0
     seconds: float = 0.0
     status: str = "running"
@@ -160,29 +175,38 @@ def _create_or_join(db: Database, options: BatchOptions) -> int:
 
 
 class _Embedder:
-    """The version's towers and feature index, loaded once per worker."""
+    """The version's towers, loaded once per worker, and its feature index, loaded on the first users chunk (the
+    whole catalog through the feature pipeline: seconds, that a videos-only job does not need)."""
 
     def __init__(self, db: Database, store: ArtifactStore, version: str, cache_dir: Path) -> None:
+        self.db = db
         self.version = version
         self.towers = OnnxTowers(fetch(store, version, cache_dir))
-        with db.direct() as conn:
-            self.items = ItemIndex.load(conn, self.towers.pipeline)
-        self.catalog_ids = sorted(self.items.row, key=self.items.row.__getitem__)  # the index's row order
 
-    def videos(self, conn: psycopg.Connection[Any], start: str, end: str) -> int:
+    @functools.cached_property
+    def items(self) -> ItemIndex:
+        with self.db.direct() as conn:
+            return ItemIndex.load(conn, self.towers.pipeline)
+
+    @functools.cached_property
+    def catalog_ids(self) -> list[Any]:
+        return sorted(self.items.row, key=self.items.row.__getitem__)  # the index's row order
+
+    def videos(self, conn: psycopg.Connection[Any], start: str, end: str) -> tuple[int, int]:
+        """``(rows, rows written)`` of this range."""
         ids = [r[0] for r in conn.execute(
             "SELECT id FROM videos WHERE id BETWEEN %s AND %s ORDER BY id", (start, end)).fetchall()]  # fmt: skip
-        return embed_videos(conn, self.towers, ids)
+        return embed_videos_counted(conn, self.towers, ids)
 
-    def users(self, conn: psycopg.Connection[Any], start: str, end: str) -> int:
+    def users(self, conn: psycopg.Connection[Any], start: str, end: str) -> tuple[int, int]:
         log_ = load_decision_log(conn, self.catalog_ids, user_range=(start, end))
         if log_.n_users == 0:
-            return 0
+            return 0, 0
         hist = Histories(log_, np.ones(len(log_), dtype=bool), len(self.catalog_ids), self.towers.history)
         batch = hist.batch(np.arange(log_.n_users, dtype=np.int64))
         vectors = self.towers.embed_users(self.items.table, batch)
-        replace_embeddings(conn, "user_embeddings", "user_id", self.version, log_.user_ids, vectors)
-        return log_.n_users
+        written = update_embeddings(conn, "user_embeddings", "user_id", self.version, log_.user_ids, vectors)
+        return log_.n_users, written
 
 
 def run_batch(
@@ -212,7 +236,7 @@ def run_batch(
                 on_chunk(int(done[0]) if done else 0, total, n)
             if options.max_rate > 0 and n > 0:  # the throttle: keep this worker under max_rate rows/s
                 time.sleep(max(0.0, n / options.max_rate - took))
-        result.status = _finish(conn, job_id)
+        result.status = _finish(conn, job_id, options.version)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -236,7 +260,7 @@ def _one_chunk(
         try:
             with conn.transaction():  # a savepoint: a failed chunk leaves no rows behind
                 work = embedder.videos if target == "videos" else embedder.users
-                n = work(conn, start, end)
+                n, written = work(conn, start, end)
                 conn.execute(
                     "UPDATE job_chunks SET status = 'done', rows_done = %s, worker = %s, attempts = attempts + 1, "
                     "finished_at = now(), error = NULL WHERE job_id = %s AND chunk_no = %s",
@@ -255,11 +279,13 @@ def _one_chunk(
             return -1, time.perf_counter() - started
     result.chunks_done += 1
     result.rows[target] += n
+    result.written[target] += written
     return n, time.perf_counter() - started
 
 
-def _finish(conn: psycopg.Connection[Any], job_id: int) -> str:
-    """Close the job when no chunk is left pending or running (another worker may still be on one)."""
+def _finish(conn: psycopg.Connection[Any], job_id: int, version: str) -> str:
+    """Close the job when no chunk is left pending or running (another worker may still be on one): the table
+    maintenance first (see the module docstring), then the status. One closing worker at a time."""
     with conn.transaction():
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed') "
@@ -268,11 +294,56 @@ def _finish(conn: psycopg.Connection[Any], job_id: int) -> str:
         ).fetchone()
         assert row is not None
         pending, failed = int(row[0]), int(row[1])
-        if pending:  # chunks still in flight with other workers: the last one to finish closes the job
-            return "running"
-        status = "failed" if failed else "succeeded"
+    if pending:  # chunks still in flight with other workers: the last one to finish closes the job
+        return "running"
+    status = "failed" if failed else "succeeded"
+    lock = f"{KIND}:finish:{job_id}"
+    got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (lock,)).fetchone()
+    if got is None or not got[0]:
+        return "running"  # another worker is closing it
+    try:
+        row = conn.execute("SELECT status, started_at, params FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        if row is None or row[0] != "running":
+            return str(row[0]) if row else status
+        params = row[2] or {}
+        if params.get("videos", True):
+            _tidy(conn, "video_embeddings", "created_at", version, row[1], hnsw_index_name(version))
+        if params.get("users", True):
+            _tidy(conn, "user_embeddings", "updated_at", version, row[1], None)
         conn.execute(
             "UPDATE jobs SET status = %s, finished_at = now(), error = %s WHERE id = %s AND status = 'running'",
             (status, f"{failed} chunk(s) failed" if failed else None, job_id),
         )
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
     return status
+
+
+def _tidy(
+    conn: psycopg.Connection[Any], table: str, stamp: str, version: str, since: Any, index: str | None
+) -> None:  # fmt: skip
+    """Vacuum what the job rewrote in ``table`` (rows of the version stamped since the job started), after
+    rebuilding the generation's HNSW ``index`` if that is a large share of it. ``conn`` is in autocommit mode."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FILTER (WHERE {} >= %s), count(*) FROM {} WHERE model_version = %s").format(
+            sql.Identifier(stamp), sql.Identifier(table)), (since, version)).fetchone()  # fmt: skip
+    written, total = (int(row[0]), int(row[1])) if row else (0, 0)
+    if not written:
+        return
+    started = time.perf_counter()
+    try:
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (index,)).fetchone() if index else None
+        if exists and exists[0] and written >= REINDEX_SHARE * total:
+            conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(REINDEX_MEMORY)))
+            try:
+                conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(str(index))))
+            finally:
+                conn.execute("RESET maintenance_work_mem")
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
+    except psycopg.Error as exc:  # the embeddings are written: autovacuum will do it, at some cost to traffic
+        log.warning("could not vacuum %s after the batch job: %s", table, exc)
+        if index:  # what a failed REINDEX CONCURRENTLY leaves behind (invalid, still maintained on writes)
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(f"{index}_ccnew")))
+        return
+    log.info("%s: %d of %d rows rewritten; vacuumed in %.1fs", table, written, total, time.perf_counter() - started)
