@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     dmm_rate_limit: float = Field(default=1.0, gt=0, le=100, description="Requests per second, at most.")
     dmm_timeout: float = Field(default=20.0, gt=0, le=300, description="Seconds per request.")
     dmm_max_retries: int = Field(default=6, ge=0, le=50, description="Retries of one request before the sync stops.")
+    dmm_lookback_hours: float = Field(
+        default=0.0,
+        ge=0,
+        le=24 * 365,
+        description="An incremental sync re-reads this much before the watermark (items listed after their date).",
+    )
     dmm_max_offset: int = Field(
         default=50_000, ge=100, le=50_000, description="The API's deepest `offset` (lower only to test with a fake)."
     )

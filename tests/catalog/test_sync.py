@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.catalog.conftest import END, START, sync_cli
 from twotower.catalog import DmmClient, DmmConfig, SyncOptions, sync_dmm
@@ -77,7 +78,8 @@ def test_20000_items_through_10_percent_failures_then_only_what_is_new(url: str,
         second = _sync(url, deployed, fake, SyncOptions(until=END + timedelta(days=1)), max_offset=2000)
         asked = fake.log[before:]
         assert all(r.params["gte_date"] == "2026-01-01T00:00:01" for r in asked), {r.params["gte_date"] for r in asked}
-        assert (second.items, second.inserted, second.embedded, second.requests) == (300, 300, 300, 3)
+        # 4 pages: each after the first overlaps the previous one by an item (see catalog.sync._fetch)
+        assert (second.items, second.inserted, second.embedded, second.requests) == (300, 300, 300, 4)
         assert _synced(url) == (20_300, 20_300, 20_300, 20_300)
         with psycopg.connect(url) as conn:
             state = conn.execute("SELECT watermark, cursor, last_summary FROM sync_state").fetchone()
@@ -220,3 +222,80 @@ def test_a_file_import_embeds_its_new_videos_too(url: str, deployed: Path, tmp_p
         row = conn.execute("SELECT count(*) FROM videos v JOIN video_embeddings e ON e.video_id = v.id "
                            "AND e.model_version = 'v' WHERE v.source = 'shop'").fetchone()  # fmt: skip
     assert row == (7,)
+
+
+def test_items_delisted_while_the_sync_pages_do_not_hide_others(url: str, deployed: Path) -> None:
+    catalog = FakeCatalog(make_items(1000, START, END, seed=8))
+    newest = catalog.content_ids()[::-1]  # the listing's order within the one window
+    with FakeDmmServer(catalog) as fake:
+        pages = {"n": 0}
+
+        def delist(summary: Any, cursor: Any) -> None:  # after page 2: five items of page 1 leave the listing
+            pages["n"] += 1
+            if pages["n"] == 2:
+                catalog.remove(newest[:5])
+
+        values: dict[str, Any] = {"api_id": "TEST_API_ID", "affiliate_id": "test-990", "url": fake.url,
+                                  "rate_limit": 100.0, "timeout": 5.0}  # fmt: skip
+        with Database.open(Settings(database_url=url, data_dir=deployed), migrate=False) as db, \
+                DmmClient(DmmConfig(**values)) as client:  # fmt: skip
+            sync_dmm(db, client, None, SyncOptions(since=START, until=END, embed=False), on_page=delist)
+    assert _external_ids(url) >= set(catalog.content_ids())  # every item still listed was stored
+
+
+def test_hostile_items_are_stored_or_reported_never_block_the_sync(
+    url: str, deployed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = make_items(30, START, END, seed=9)
+    items[3]["review"] = {"count": "3000000000", "average": "1e400"}
+    items[4]["title"] = "lone \ud800 surrogate"
+    items[5]["volume"] = "99999"
+    del items[6]["content_id"]
+    from twotower.catalog import sync as sync_module
+
+    real = sync_module.parse_item
+
+    def parse(item: dict[str, Any]) -> Any:  # a value only the database refuses (a CHECK constraint)
+        video = real(item)
+        if video.external_id == items[7]["content_id"]:
+            video.review_count = -1
+        return video
+
+    monkeypatch.setattr(sync_module, "parse_item", parse)
+    with FakeDmmServer(FakeCatalog(items)) as fake:
+        summary = _sync(url, deployed, fake, SyncOptions(since=START, until=END))
+    assert summary.inserted == 28 and summary.skipped == 2, summary.problems
+    assert any("without a content_id" in p for p in summary.problems)
+    assert any(f"item {items[7]['content_id']}: refused by the database" in p for p in summary.problems)
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT title, review_count, duration_seconds FROM videos WHERE external_id = %s",
+                           (items[4]["content_id"],)).fetchone()  # fmt: skip
+        big = conn.execute("SELECT review_count, review_average, duration_seconds FROM videos WHERE external_id = %s",
+                           (items[3]["content_id"],)).fetchone()  # fmt: skip
+        long = conn.execute("SELECT duration_seconds FROM videos WHERE external_id = %s",
+                            (items[5]["content_id"],)).fetchone()  # fmt: skip
+    assert row is not None and row[0] == "lone ? surrogate" and big == (None, None, big[2]) and long == (None,)
+
+
+def test_the_watermark_never_runs_ahead_and_embedding_failures_do_not_hold_the_catalog(
+    url: str, deployed: Path, tmp_path: Path
+) -> None:
+    catalog = FakeCatalog(make_items(20, START, END))
+    with FakeDmmServer(catalog) as fake:
+        ahead = datetime.now(UTC) + timedelta(days=30)
+        values: dict[str, Any] = {"api_id": "TEST_API_ID", "affiliate_id": "test-990", "url": fake.url,
+                                  "rate_limit": 100.0}  # fmt: skip
+        with Database.open(Settings(database_url=url, data_dir=deployed), migrate=False) as db, \
+                DmmClient(DmmConfig(**values)) as client:  # fmt: skip
+            empty_store = LocalStore(tmp_path / "no-models-here")  # the active version cannot be fetched
+            summary = sync_dmm(db, client, empty_store, SyncOptions(since=START, until=ahead,
+                                                                    cache_dir=tmp_path / "cache"))  # fmt: skip
+    assert summary.inserted == 20 and summary.embedded == 0 and summary.embed_error is not None
+    assert summary.watermark_after is not None and summary.watermark_after <= datetime.now(UTC)
+    with psycopg.connect(url) as conn:
+        state = conn.execute("SELECT watermark, cursor FROM sync_state").fetchone()
+    assert state == (summary.watermark_after, {})  # the catalog part is done: the next run starts after it
+    with FakeDmmServer(catalog) as fake:
+        run = sync_cli(url, deployed, fake.url, "--until", "2025-06-01")  # before the watermark, no --since
+        _, err = run.communicate(timeout=60)
+    assert run.returncode == 65 and "is not after the watermark" in err

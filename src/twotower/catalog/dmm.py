@@ -237,7 +237,7 @@ class DmmClient:
             raise _Retry(kind, f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
         if status != 200:
             raise UpstreamError(f"the DMM API refused the request (HTTP {status}): {_error_message(body)}")
-        return _parse_page(body)
+        return _parse_page(body, int(params["offset"]), int(params["hits"]))
 
 
 def _read_capped(response: httpx.Response) -> bytes:
@@ -274,7 +274,7 @@ def _error_message(body: bytes) -> str:
 def _count(value: Any, name: str) -> int:
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise _Retry("malformed", f"result.{name} is {value!r}, not a number") from None
     if number < 0:
         raise _Retry("malformed", f"result.{name} is negative")
@@ -285,7 +285,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _parse_page(body: bytes) -> Page:
+def _parse_page(body: bytes, offset: int = 1, hits: int = MAX_HITS) -> Page:
     try:
         document = json.loads(body, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -293,24 +293,40 @@ def _parse_page(body: bytes) -> Page:
     result = document.get("result") if isinstance(document, dict) else None
     if not isinstance(result, dict):
         raise _Retry("malformed", "the body has no `result` object")
-    if str(result.get("status")) != "200":
+    status = str(result.get("status"))
+    if status != "200":
+        if len(status) == 3 and status.startswith("4") and status != "429":  # a refused request, not a glitch
+            raise UpstreamError(f"the DMM API refused the request (result.status {status}): {_error_message(body)}")
         raise _Retry("malformed", f"result.status is {result.get('status')!r}: {_error_message(body)}")
     total = _count(result.get("total_count"), "total_count")
-    first = _count(result.get("first_position", 1), "first_position")
+    first = _count(result.get("first_position", offset), "first_position")
     items = result.get("items", [])
     if total and not isinstance(items, list):
         raise _Retry("malformed", "result.items is not a list")
-    return Page(total, first, [i for i in items or [] if isinstance(i, dict)])
+    page = Page(total, first, [i for i in items or [] if isinstance(i, dict)])
+    # a page that is short of what total_count promises is broken (or cut off): never take it as the end
+    expected = max(0, min(hits, total - offset + 1))
+    if len(page.items) < expected:
+        raise _Retry("malformed", f"{len(page.items)} items where {expected} were due (total_count {total:,})")
+    if page.items and first != offset:
+        raise _Retry("malformed", f"first_position {first} for offset {offset}")
+    return page
 
 
 # --- item → video -------------------------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_MAX_INT = 2**31 - 1  # integer columns
+
+
+def _safe(text: str) -> str:
+    """Text Postgres stores: no NUL, no lone surrogates (from ``\\ud800`` escapes in the JSON)."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 def _text(value: Any, limit: int = 1000) -> str | None:
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        text = " ".join(str(value).replace("\x00", "").split())
+        text = " ".join(_safe(str(value)).split())
         return text[:limit] or None
     return None
 
@@ -318,11 +334,11 @@ def _text(value: Any, limit: int = 1000) -> str | None:
 def _clean(value: Any, depth: int = 0) -> Any:
     """The item as JSON Postgres accepts (no NUL characters), at most 16 levels deep."""
     if isinstance(value, str):
-        return value.replace("\x00", "")
+        return _safe(value)
     if depth >= 16:
         return None
     if isinstance(value, dict):
-        return {_clean(str(k)): _clean(v, depth + 1) for k, v in value.items()}
+        return {_safe(str(k)): _clean(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
         return [_clean(v, depth + 1) for v in value]
     return value
@@ -357,8 +373,8 @@ def _duration(volume: Any) -> int | None:
     text = _text(volume, 40)
     if not text:
         return None
-    if re.fullmatch(r"\d{1,5}", text):
-        return int(text) * 60
+    if re.fullmatch(r"\d{1,4}", text):  # minutes (up to a week is plausible, more is broken)
+        return int(text) * 60 if int(text) <= 7 * 24 * 60 else None
     match = re.fullmatch(r"(\d{1,3}):(\d{2}):(\d{2})", text)
     if match:
         h, m, s = (int(g) for g in match.groups())
@@ -370,16 +386,16 @@ def _review(review: Any) -> tuple[int | None, float | None]:
     if not isinstance(review, dict):
         return None, None
     try:
-        count = int(review.get("count"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        count: int | None = int(review.get("count"))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
         count = None
     try:
-        average = float(review.get("average"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        average: float | None = float(review.get("average"))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
         average = None
-    if average is not None and not 0 <= average <= 100:
+    if average is not None and not 0 <= average <= 100:  # NaN and Inf too
         average = None
-    return (count if count is not None and count >= 0 else None), average
+    return (count if count is not None and 0 <= count <= _MAX_INT else None), average
 
 
 def _sample_movie(urls: Any) -> str | None:

@@ -32,7 +32,7 @@ from twotower.synth.names import director_name, label_name, maker_name, performe
 
 __all__ = ["FAULT_KINDS", "FakeCatalog", "FakeDmmServer", "Faults", "RequestRecord", "make_items"]
 
-FAULT_KINDS = ("429", "500", "503", "slow", "truncated", "html", "status")
+FAULT_KINDS = ("429", "500", "503", "slow", "truncated", "html", "status", "empty")
 _TIME = "%Y-%m-%d %H:%M:%S"
 
 
@@ -103,14 +103,21 @@ class FakeCatalog:
 
     def add(self, items: Iterable[dict[str, Any]]) -> None:
         with self._lock:
-            merged = sorted([*self._items, *items], key=lambda it: (it["date"], it["content_id"]))
+            merged = sorted([*self._items, *items], key=lambda it: (it["date"], str(it.get("content_id"))))
             self._items, self._dates = merged, [it["date"] for it in merged]
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def remove(self, content_ids: Iterable[str]) -> None:
+        """Delist items (the rest move up in the listing, as on the real API)."""
+        gone = set(content_ids)
+        with self._lock:
+            self._items = [it for it in self._items if it.get("content_id") not in gone]
+            self._dates = [it["date"] for it in self._items]
+
     def content_ids(self) -> list[str]:
-        return [it["content_id"] for it in self._items]
+        return [str(it.get("content_id")) for it in self._items]
 
     def query(self, gte: str, lte: str, offset: int, hits: int) -> tuple[int, list[dict[str, Any]]]:
         """``(total_count, page)`` for dates in ``[gte, lte]`` (``YYYY-MM-DD HH:MM:SS``), newest first."""
@@ -182,6 +189,13 @@ def _check(params: dict[str, str], state: _State) -> dict[str, str]:
     return errors
 
 
+def _encode(body: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate in an item: JSON can still carry it, as an escape
+        return json.dumps(body).encode()
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -225,7 +239,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(arrived, params, 400, "bad_request")
             body = _error_body(params, 400, "request error", errors)
             return self._send(400, json.dumps(body, ensure_ascii=False).encode())
-        if fault is not None:
+        if fault == "slow":  # the right answer, later than a sane timeout
+            self._record(arrived, params, 200, fault)
+            time.sleep(state.faults.slow_seconds)
+        elif fault is not None:
             return self._fault(fault, arrived, params)
         gte = params.get("gte_date", "0000-01-01T00:00:00").replace("T", " ")
         lte = params.get("lte_date", "9999-12-31T23:59:59").replace("T", " ")
@@ -236,8 +253,9 @@ class _Handler(BaseHTTPRequestHandler):
             "result": {"status": 200, "result_count": len(items), "total_count": total, "first_position": offset,
                        "items": items},
         }  # fmt: skip
-        self._record(arrived, params, 200, "ok")
-        self._send(200, json.dumps(body, ensure_ascii=False).encode())
+        if fault is None:
+            self._record(arrived, params, 200, "ok")
+        self._send(200, _encode(body))
 
     def _fault(self, kind: str, arrived: float, params: dict[str, str]) -> None:
         faults = self.server.state.faults
@@ -247,11 +265,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(429, b'{"result": {"status": 429}}', headers={"Retry-After": f"{faults.retry_after:g}"})
         elif kind in ("500", "503"):
             self._send(status, b"<html><body>Service Unavailable</body></html>", "text/html")
-        elif kind == "slow":
-            time.sleep(faults.slow_seconds)
-            self._send(200, b'{"result": {"status": 200, "result_count": 0, "total_count": 0, "items": []}}')
         elif kind == "truncated":
             self._send(200, b'{"request": {"parameters": {}}, "result": {"status": 200, "result_count": 100, "it')
+        elif kind == "empty":  # valid JSON, but none of the items total_count promises
+            offset = params.get("offset", "1")
+            self._send(200, b'{"result": {"status": 200, "result_count": 0, "total_count": 1000000, '
+                       b'"first_position": ' + offset.encode() + b', "items": []}}')  # fmt: skip
         elif kind == "html":
             self._send(200, b"<!DOCTYPE html><html><body>maintenance</body></html>", "text/html")
         else:  # "status": an error reported inside a 200

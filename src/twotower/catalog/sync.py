@@ -35,7 +35,7 @@ from twotower.catalog.dmm import DmmClient, Page, api_time, parse_item
 from twotower.db import Database
 from twotower.errors import InputError, TwoTowerError, UpstreamError
 from twotower.inference.towers import OnnxTowers
-from twotower.ingest.loader import load_videos
+from twotower.ingest.loader import VideoLoadResult, load_videos
 from twotower.ingest.records import Problems, VideoRecord
 from twotower.registry.generation import embed_videos
 from twotower.registry.store import ArtifactStore, fetch
@@ -56,8 +56,9 @@ class SyncInProgress(TwoTowerError):
 
 @dataclass
 class SyncOptions:
-    since: datetime | None = None  # default: the stored watermark
+    since: datetime | None = None  # default: the stored watermark (naive times are UTC)
     until: datetime | None = None  # default: now
+    lookback: timedelta = timedelta(0)  # an incremental run re-reads this much before the watermark
     embed: bool = True
     embed_batch: int = 2000
     cache_dir: Path = Path(".twotower/models")
@@ -83,6 +84,7 @@ class SyncSummary:
     failures: dict[str, int] = field(default_factory=dict)
     watermark_before: datetime | None = None
     watermark_after: datetime | None = None
+    embed_error: str | None = None  # the catalog is synced; these embeddings are made by the next run
     seconds: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
@@ -102,12 +104,14 @@ class _Cursor:
     done_until: datetime
     window: tuple[datetime, datetime] | None = None
     offset: int = 1
+    last_id: str | None = None  # content_id of the item just before ``offset`` (checked by the next page)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "since": self.since.isoformat(), "until": self.until.isoformat(),
             "done_until": self.done_until.isoformat(),
             "window": [w.isoformat() for w in self.window] if self.window else None, "offset": self.offset,
+            "last_id": self.last_id,
         }  # fmt: skip
 
     @classmethod
@@ -118,7 +122,7 @@ class _Cursor:
                 datetime.fromisoformat(data["since"]), datetime.fromisoformat(data["until"]),
                 datetime.fromisoformat(data["done_until"]),
                 (datetime.fromisoformat(window[0]), datetime.fromisoformat(window[1])) if window else None,
-                int(data.get("offset", 1)),
+                int(data.get("offset", 1)), data.get("last_id"),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, IndexError):
             return None
@@ -220,7 +224,10 @@ def _start(conn: psycopg.Connection[Any], scope: str, options: SyncOptions) -> t
     if since is None:
         if watermark is None:
             raise InputError("this catalog was never synced: give --since for the first sync (e.g. --since 2024-01-01)")
-        since = watermark + SECOND  # the watermark second itself is stored already
+        if until is not None and until <= watermark:
+            raise InputError(f"--until ({until.isoformat()}) is not after the watermark ({watermark.isoformat()}): "
+                             "give --since as well to sync an older range again")  # fmt: skip
+        since = watermark + SECOND - options.lookback  # the watermark second itself is stored already
     now = _second(datetime.now(UTC))
     until = until or now
     if since < _EARLIEST:
@@ -249,8 +256,13 @@ def sync_dmm(
     *,
     on_page: Callable[[SyncSummary, _Cursor], None] | None = None,
 ) -> SyncSummary:
-    """Sync ``[since, until]`` (or resume the interrupted run) and embed; the summary is also stored."""
+    """Sync ``[since, until]`` (or resume the interrupted run) and embed; the summary is also stored.
+
+    The catalog part is committed (watermark moved, cursor cleared) before the embedding part runs: a failure to
+    embed is reported in ``summary.embed_error`` and never holds the catalog back (the next run catches up).
+    """
     started = time.perf_counter()
+    run_started = _second(datetime.now(UTC))
     scope = client.config.scope
     with _sync_lock(db, scope):
         with db.direct() as conn, conn.transaction():
@@ -260,37 +272,55 @@ def sync_dmm(
         embedder = _Embedder(db, store, options)
         summary.version = embedder.version
         problems = Problems()
-        try:
-            with db.direct() as conn:
-                try:
-                    _walk(conn, client, cursor, scope, summary, embedder, problems, on_page)
-                except UpstreamError as exc:
-                    embedder.flush()  # what was stored gets its embeddings; the rest resumes next run
-                    raise UpstreamError(
-                        f"{exc.message}. {summary.pages:,} page(s), {summary.items:,} items were stored; run the "
-                        "sync again to resume from there"
-                    ) from None
-            embedder.flush()
-            embedder.catch_up()
-        finally:
+
+        def tally() -> None:
             summary.embedded = embedder.done
             summary.requests = client.stats.requests
             summary.failures = dict(client.stats.failures)
             summary.skipped = len(problems)
             summary.problems = problems.summary(20)
             summary.seconds = round(time.perf_counter() - started, 3)
+
+        try:
+            with db.direct() as conn:
+                _walk(conn, client, cursor, scope, summary, embedder, problems, on_page)
+        except UpstreamError as exc:
+            _embed(embedder, summary, catch_up=False)  # what was stored gets its embeddings; the rest resumes later
+            tally()
+            raise UpstreamError(
+                f"{exc.message}. {summary.pages:,} page(s), {summary.items:,} items were stored; run the sync again "
+                "to resume from there"
+            ) from None
+        # the watermark moves only over a contiguous range (from at or before the old one), never past the time
+        # this run started (an item dated later may not be listed yet)
+        new_watermark = watermark
+        if watermark is None or cursor.since <= watermark + SECOND:
+            end = min(cursor.until, run_started)
+            new_watermark = max(end, watermark) if watermark else end
+        summary.watermark_after = new_watermark
+        tally()
         with db.direct() as conn, conn.transaction():
-            # the watermark moves only over a contiguous range: from at or before the old one, up to `until`
-            new_watermark = watermark
-            if watermark is None or cursor.since <= watermark + SECOND:
-                new_watermark = max(cursor.until, watermark) if watermark else cursor.until
-            summary.watermark_after = new_watermark
             conn.execute(
                 "UPDATE sync_state SET watermark = %s, cursor = '{}'::jsonb, last_run_at = now(), last_summary = %s "
                 "WHERE source = %s",
                 (new_watermark, Jsonb(summary.as_json()), scope),
             )
+        _embed(embedder, summary, catch_up=True)
+        tally()
+        with db.direct() as conn, conn.transaction():
+            conn.execute("UPDATE sync_state SET last_summary = %s WHERE source = %s", (Jsonb(summary.as_json()), scope))
     return summary
+
+
+def _embed(embedder: _Embedder, summary: SyncSummary, *, catch_up: bool) -> None:
+    try:
+        embedder.flush()
+        if catch_up:
+            embedder.catch_up()
+    except (TwoTowerError, psycopg.Error, OSError, ValueError) as exc:
+        message = exc.message if isinstance(exc, TwoTowerError) else f"{type(exc).__name__}: {exc}"
+        summary.embed_error = message[:500]
+        log.warning("embedding new videos failed (the next sync catches up): %s", message)
 
 
 def _walk(
@@ -304,37 +334,70 @@ def _walk(
     on_page: Callable[[SyncSummary, _Cursor], None] | None,
 ) -> None:
     """Every window of the cursor's range still to do, oldest first; the cursor is saved with each page."""
-    stack: list[tuple[datetime, datetime, int]] = []  # the oldest window last: popped first
+    stack: list[tuple[datetime, datetime, int, str | None]] = []  # the oldest window last: popped first
+    limit = client.config.max_offset
     rest = (cursor.window[1] if cursor.window else cursor.done_until) + SECOND
     if rest <= cursor.until:
-        stack.append((rest, cursor.until, 1))
+        stack.append((rest, cursor.until, 1, None))
     if cursor.window is not None:
-        stack.append((cursor.window[0], cursor.window[1], cursor.offset))
-    limit = client.config.max_offset
+        stack.append((cursor.window[0], cursor.window[1], min(cursor.offset, limit), cursor.last_id))
     while stack:
-        gte, lte, offset = stack.pop()
-        page = client.item_list(gte, lte, offset)
+        gte, lte, offset, last_id = stack.pop()
+        page, offset = _fetch(client, gte, lte, offset, last_id)
         if offset == 1 and page.total_count > limit and lte > gte:
             mid = gte + timedelta(seconds=(lte - gte).total_seconds() // 2)
-            stack.append((mid + SECOND, lte, 1))
-            stack.append((gte, mid, 1))
+            stack.append((mid + SECOND, lte, 1, None))
+            stack.append((gte, mid, 1, None))
             continue
-        if page.total_count > limit + client.config.hits - 1:
-            log.warning("%d items dated %s: only the first %d can be paged", page.total_count, api_time(gte), limit)
+        if offset == 1 and page.total_count > limit:  # one second holds more than the API can page through
+            lost = page.total_count - limit
+            problems.add(0, f"{lost:,} items dated {api_time(gte)} JST lie beyond the API's paging depth ({limit:,}) "
+                         "and were not fetched")  # fmt: skip
+            log.warning("%d items dated %s are beyond the API's paging depth", lost, api_time(gte))
         summary.windows += 1
         while True:
             next_offset = offset + len(page.items)
             done = not page.items or next_offset > min(page.total_count, limit)
-            cursor.window, cursor.offset = ((gte, lte), next_offset) if not done else (None, 1)
             if done:
-                cursor.done_until = lte
+                cursor.window, cursor.offset, cursor.last_id, cursor.done_until = None, 1, None, lte
+            else:
+                cursor.window, cursor.offset, cursor.last_id = (gte, lte), next_offset, _cid(page.items[-1])
             _store_page(conn, scope, cursor, page, summary, embedder, problems, offset)
             if on_page is not None:
                 on_page(summary, cursor)
             if done:
                 break
-            offset = next_offset
-            page = client.item_list(gte, lte, offset)
+            page, offset = _fetch(client, gte, lte, next_offset, cursor.last_id)
+
+
+def _cid(item: dict[str, Any]) -> str:
+    return str(item.get("content_id"))
+
+
+def _fetch(client: DmmClient, gte: datetime, lte: datetime, offset: int, last_id: str | None) -> tuple[Page, int]:
+    """The page from ``offset`` on, and the offset its items really start at.
+
+    Offsets shift while we page: an item delisted (or dated anew) above the current offset moves every older item
+    up one place, and the first item of the next page would never be fetched. So each page is asked for one place
+    early: its first item must be the last one stored (``last_id``). When it is not, the listing moved, and we step
+    back a page at a time until ``last_id`` is found (or the window's start): items are fetched twice, never lost.
+    """
+    if last_id is None or offset <= 1:
+        return client.item_list(gte, lte, offset), offset
+    start = offset - 1
+    while True:
+        page = client.item_list(gte, lte, start)
+        ids = [_cid(item) for item in page.items]
+        if last_id in ids:
+            cut = ids.index(last_id) + 1
+            page.items = page.items[cut:]
+            if start != offset - 1:
+                log.info("the listing moved under the sync (%s..%s): stepped back to %d", gte, lte, start)
+            return page, start + cut
+        if start == 1:
+            log.info("%s left the listing (%s..%s): paging the window again from its start", last_id, gte, lte)
+            return page, 1
+        start = max(1, start - client.config.hits + 1)
 
 
 def _store_page(
@@ -353,12 +416,33 @@ def _store_page(
             records.append(parse_item(item))
         except ValueError as exc:
             problems.add(position, f"item at position {position}: {exc}")
-    with conn.transaction():
-        result = load_videos(conn, records)
-        _save_cursor(conn, scope, cursor)
+    try:
+        with conn.transaction():
+            result = load_videos(conn, records)
+            _save_cursor(conn, scope, cursor)
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
+        # a value the database refuses fails the page's COPY: load the items one by one, and report the bad ones
+        result = VideoLoadResult()
+        for position, rec in enumerate(records, start=offset):
+            try:
+                with conn.transaction():
+                    one = load_videos(conn, [rec])
+            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+                problems.add(position, f"item {rec.external_id}: refused by the database: {_first_line(exc)}")
+                continue
+            result.inserted += one.inserted
+            result.updated += one.updated
+            result.unchanged += one.unchanged
+            result.changed_ids.extend(one.changed_ids)
+        with conn.transaction():
+            _save_cursor(conn, scope, cursor)
     summary.pages += 1
     summary.items += len(page.items)
     summary.inserted += result.inserted
     summary.updated += result.updated
     summary.unchanged += result.unchanged
     embedder.add(result.changed_ids)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

@@ -72,6 +72,8 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("httpx", "httpcore"):  # their INFO lines carry full URLs, with API keys in the query
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import typer
 
@@ -26,6 +26,8 @@ def _when(value: str | None, flag: str) -> datetime | None:
         ts = datetime.fromisoformat(value.strip())
     except ValueError:
         raise InputError(f"{flag} {value[:40]!r}: expected a date like 2026-01-01 or 2026-01-01T12:00:00") from None
+    if flag == "--until" and len(value.strip()) == 10:  # a date alone: up to the end of that day
+        ts += timedelta(days=1, seconds=-1)
     return ts.replace(tzinfo=JST) if ts.tzinfo is None else ts
 
 
@@ -60,6 +62,7 @@ def dmm(
     config = DmmConfig.from_settings(settings, rate_limit=rate_limit)
     options = SyncOptions(
         since=_when(since, "--since"), until=_when(until, "--until"), embed=embed,
+        lookback=timedelta(hours=settings.dmm_lookback_hours),
         cache_dir=(settings.data_dir / "models").expanduser().absolute(),
     )  # fmt: skip
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
@@ -77,6 +80,7 @@ def dmm(
         summary = sync_dmm(db, client, open_store(settings) if embed else None, options, on_page=on_page)
     if as_json:
         print(json.dumps(summary.as_json(), ensure_ascii=False))
+        _embed_failed(summary.embed_error)
         return
     how = "resumed the interrupted sync of" if summary.resumed else "synced"
     out.print(f"{how} {config.scope}: {api_time(summary.since)} .. {api_time(summary.until)} JST")
@@ -97,6 +101,15 @@ def dmm(
         out.print("  no active model version: videos are embedded when one is deployed")
     mark = api_time(summary.watermark_after) + " JST" if summary.watermark_after else "unchanged"
     out.print(f"  watermark: {mark}")
+    _embed_failed(summary.embed_error)
+
+
+def _embed_failed(error: str | None) -> None:
+    from twotower.errors import TwoTowerError
+
+    if error:
+        raise TwoTowerError(f"the catalog is synced, but embedding new videos failed: {error} (the next sync or "
+                            "`twotower batch-update --no-users` catches up)")  # fmt: skip
 
 
 @app.command("fake-dmm")
