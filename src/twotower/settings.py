@@ -97,7 +97,9 @@ class Settings(BaseSettings):
     monitor_min_neighbour_overlap: float = Field(
         default=0.05, ge=0, le=1, description="Drift: neighbour overlap@10 with the previous generation."
     )
-    monitor_max_centroid_shift: float = Field(default=0.5, ge=0, le=2, description="Drift: centroid shift.")
+    monitor_max_centroid_shift: float = Field(
+        default=1.0, ge=0, le=2, description="Drift: centroid shift after alignment (two trainings differ by 0.3-0.7)."
+    )
     monitor_min_like_rate: float = Field(default=0.0, ge=0, le=1, description="Floor of the live like-rate (0: off).")
     monitor_min_like_samples: int = Field(default=200, ge=1, description="Swipes needed before the floor applies.")
     monitor_like_window_hours: float = Field(default=24.0, gt=0, le=24 * 90)
@@ -105,6 +107,9 @@ class Settings(BaseSettings):
         default=None, pattern=r"^https?://", description="Alerts are POSTed here as JSON (Slack-compatible relay)."
     )
     monitor_served_retention_days: int = Field(default=14, ge=1, le=3650, description="Served log kept this long.")
+    monitor_served_sample: float = Field(
+        default=0.1, ge=0, le=1, description="Share of users whose served recommendations are logged (by user id)."
+    )
 
     # --- scheduling (cron: five fields, or six with seconds last; empty disables) ------------------------
     schedule_batch_update: str = Field(default="0 3 * * *", description="When `batch-update` runs (UTC).")

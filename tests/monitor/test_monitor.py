@@ -108,6 +108,18 @@ def test_random_vectors_raise_drift_only(url: str, deployed: Path) -> None:
     report = _check(url, deployed)
     assert _names(report) == ["drift"], report.alerts
     assert report.check.metrics["drift"]["neighbour_overlap_at_10"] < 0.05
+    assert report.check.metrics["drift"]["centroid_shift"] > 0.5  # aligned, the centroids still differ
+
+
+def test_few_finite_rows_and_negative_zero_do_not_break_the_checks() -> None:
+    v = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v[5:] = np.nan  # 15 of 20 rows broken: too few left for a neighbour comparison
+    check = check_vectors(v, 8, Thresholds(), previous=(v, v.copy()))
+    assert [a.name for a in check.alerts] == ["nonfinite"] and "drift" not in check.metrics
+    json.dumps(check.metrics, allow_nan=False)  # storable as jsonb
+    twins = np.array([[0.0, 1.0], [-0.0, 1.0], [1.0, 0.0]], dtype=np.float32)
+    assert check_vectors(twins, 2, Thresholds()).metrics["duplicate_share"] == pytest.approx(1 / 3)
 
 
 def test_a_dimension_mismatch_raises_dimension_mismatch_only(url: str, deployed: Path) -> None:
@@ -125,9 +137,14 @@ def test_stale_embeddings_and_the_live_like_rate(url: str, deployed: Path) -> No
                      "LIMIT 100)")  # fmt: skip
         users = [uuid.uuid4() for _ in range(30)]
         videos = [r[0] for r in conn.execute("SELECT id FROM videos ORDER BY id LIMIT 10").fetchall()]
-        conn.execute("""INSERT INTO served_recommendations (served_at, user_id, video_id, model_version, algorithm)
-                        SELECT now() - interval '1 hour', u, v, 'v', 'two_tower' FROM unnest(%s::uuid[]) u,
-                        unnest(%s::uuid[]) v""", (users, videos))  # fmt: skip
+        conn.execute("""INSERT INTO served_recommendations (served_at, user_id, video_ids, model_version, algorithm)
+                        SELECT now() - interval '1 hour', u, %s, 'v', 'two_tower' FROM unnest(%s::uuid[]) u""",
+                     (videos, users))  # fmt: skip
+        conn.execute(
+            """INSERT INTO served_recommendations (served_at, user_id, video_ids, model_version, algorithm)
+                        SELECT now() - interval '1 hour', u, %s, 'v', 'popularity' FROM unnest(%s::uuid[]) u""",
+            (videos, users),
+        )  # fmt: skip  (fallback answers: not the model's, not counted)
         for i, u in enumerate(users):  # each user swipes 8 of their 10: 2 likes, 6 nopes
             for j, v in enumerate(videos[:8]):
                 conn.execute("INSERT INTO user_video_decisions (user_id, video_id, decision_type) VALUES (%s, %s, %s)",

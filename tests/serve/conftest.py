@@ -133,7 +133,7 @@ class ServerThread:
 def serve_settings(db_url: str, data_dir: Path, jwks_url: str | None = None, **extra: Any) -> Settings:
     return Settings(
         database_url=db_url, data_dir=data_dir, jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_jwks_url=jwks_url,
-        artifact_store=str(data_dir / "store"), serve_model_poll_seconds=1.0, **extra,
+        artifact_store=str(data_dir / "store"), serve_model_poll_seconds=1.0, monitor_served_sample=1.0, **extra,
     )  # fmt: skip
 
 

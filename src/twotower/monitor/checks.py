@@ -13,8 +13,9 @@ Every check turns into at most one named alert:
                          or the centroid moved far (after aligning the two generations' coordinates)
     like_rate            the live like-rate of served recommendations fell below the floor
 
-Alerts that follow from another are inhibited, as an alert manager would: with a dimension mismatch nothing
-else can be judged; a collapse makes duplicates and drift consequences, not causes.
+Alerts that follow from another are inhibited, as an alert manager would: a collapse makes duplicates and drift
+consequences, not causes. Rows of the wrong dimension or with NaN/Inf are left out of the other checks, so those
+stay meaningful (and silent) when only some rows are broken.
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ FloatArray = npt.NDArray[np.float32]
 ALERTS = ("nonfinite", "dimension_mismatch", "norm", "collapse", "duplicates", "coverage", "stale", "drift",
           "like_rate")  # fmt: skip
 _INHIBITS = {
-    "dimension_mismatch": {"nonfinite", "norm", "collapse", "duplicates", "coverage", "stale", "drift"},
+    # everything points one way: identical-looking vectors and scrambled neighbourhoods follow from it
     "collapse": {"duplicates", "drift"},
-    "nonfinite": {"norm"},
 }
 
 
@@ -52,7 +52,7 @@ class Thresholds:
     max_missing: float = 0.01
     max_stale: float = 0.05
     min_neighbour_overlap: float = 0.05
-    max_centroid_shift: float = 0.5
+    max_centroid_shift: float = 1.0
     neighbours: int = 10
     min_like_rate: float = 0.0
     min_like_samples: int = 200
@@ -124,7 +124,7 @@ def _duplicate_share(vectors: FloatArray) -> float:
     """Share of rows that repeat an earlier row exactly (to 1e-6)."""
     if len(vectors) < 2:
         return 0.0
-    rounded = np.ascontiguousarray(np.round(vectors, 6))
+    rounded = np.ascontiguousarray(np.round(vectors, 6) + np.float32(0.0))  # + 0.0: -0.0 and 0.0 alike
     keys = rounded.view(np.dtype((np.void, rounded.dtype.itemsize * rounded.shape[1]))).ravel()
     return 1.0 - len(np.unique(keys)) / len(keys)
 
@@ -149,7 +149,9 @@ def _aligned_centroid_shift(new: FloatArray, old: FloatArray, rng: np.random.Gen
     sample): two trainings of the same model give embeddings in unrelated coordinates, so the raw shift would
     measure the arbitrary rotation, not drift."""
     rows = rng.choice(len(new), size=min(sample, len(new)), replace=False)
-    u, _, vt = np.linalg.svd(new[rows].astype(np.float64).T @ old[rows].astype(np.float64))
+    a, b = new[rows].astype(np.float64), old[rows].astype(np.float64)
+    # the rotation is fitted on centred rows: fitted on raw ones it would line the centroids up by construction
+    u, _, vt = np.linalg.svd((a - a.mean(axis=0)).T @ (b - b.mean(axis=0)))
     rotation = u @ vt
     return float(np.linalg.norm(new.mean(axis=0, dtype=np.float64) @ rotation - old.mean(axis=0, dtype=np.float64)))
 
@@ -230,10 +232,12 @@ def check_vectors(
         check.alert("duplicates", f"{m['duplicate_share']:.2%} of embeddings repeat another video's exactly",
                     m["duplicate_share"], t.max_duplicates)  # fmt: skip
 
-    if previous is not None and len(previous[0]) > t.neighbours + 1 and previous[0].shape[1] == previous[1].shape[1]:
-        new, old = previous
-        ok = np.isfinite(new).all(axis=1) & np.isfinite(old).all(axis=1)
-        new, old = new[ok], old[ok]
+    pairs = None
+    if previous is not None and previous[0].shape[1:] == previous[1].shape[1:] == (dim,):
+        ok = np.isfinite(previous[0]).all(axis=1) & np.isfinite(previous[1]).all(axis=1)
+        pairs = (previous[0][ok], previous[1][ok])
+    if pairs is not None and len(pairs[0]) > t.neighbours + 1:
+        new, old = pairs
         q = rng.choice(len(new), size=min(queries, len(new)), replace=False).astype(np.int64)
         check.overlaps = _overlaps(new, old, q, t.neighbours)
         overlap = float(check.overlaps.mean())
@@ -246,7 +250,14 @@ def check_vectors(
         elif shift > t.max_centroid_shift:
             check.alert("drift", f"the centroid moved {shift:.3f} from the previous generation's (max "
                         f"{t.max_centroid_shift:g})", shift, t.max_centroid_shift)  # fmt: skip
-    for key, value in list(m.items()):
-        if isinstance(value, float) and not math.isfinite(value):
-            m[key] = None
+    check.metrics = _finite(m)
     return check
+
+
+def _finite(value: Any) -> Any:
+    """The metrics as JSON can hold them: NaN and Inf (at any depth) become None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -103,16 +103,19 @@ def _previous(conn: psycopg.Connection[Any], version: str, status: str) -> str |
 
 
 def like_rate(conn: psycopg.Connection[Any], hours: float, version: str | None = None) -> LiveStats:
-    """Of the videos served in the last ``hours`` (by ``version``, or any), how many were then swiped, and liked."""
+    """Of the videos the two-tower model served in the last ``hours`` (with ``version``, or any), how many were
+    then swiped, and liked. Fallback answers (popularity, linear) are not the model's and are left out."""
     since = datetime.now(UTC) - timedelta(hours=hours)
     row = conn.execute(
         """WITH served AS (
-               SELECT user_id, video_id, min(served_at) AS served_at FROM served_recommendations
-               WHERE served_at >= %s AND (%s::text IS NULL OR model_version = %s)
-               GROUP BY user_id, video_id)
+               SELECT s.user_id, v.video_id, min(s.served_at) AS served_at
+               FROM served_recommendations s, unnest(s.video_ids) AS v (video_id)
+               WHERE s.served_at >= %s AND s.algorithm = 'two_tower' AND (%s::text IS NULL OR s.model_version = %s)
+               GROUP BY s.user_id, v.video_id)
            SELECT count(*), count(d.video_id), count(*) FILTER (WHERE d.decision_type = 'like')
            FROM served s LEFT JOIN user_video_decisions d
-             ON d.user_id = s.user_id AND d.video_id = s.video_id AND d.created_at >= s.served_at""",
+             ON d.user_id = s.user_id AND d.video_id = s.video_id
+            AND d.created_at >= s.served_at - interval '1 minute'  -- the API's and the database's clocks differ""",
         (since, version, version),
     ).fetchone()
     assert row is not None
@@ -127,8 +130,12 @@ def monitor_version(
     like_window_hours: float = 24.0,
     record: bool = True,
     webhook_url: str | None = None,
+    context: str = "monitor",
 ) -> QualityReport:
-    """Check generation ``version`` (default: the active one); record it and raise its alerts."""
+    """Check generation ``version`` (default: the active one); record it and raise its alerts.
+
+    ``context`` says who asked (``monitor``, or ``deploy`` for a candidate that is not serving yet): it goes with
+    the alerts to the log and the webhook."""
     started = time.perf_counter()
     with db.direct() as conn:
         if version is None:
@@ -179,9 +186,10 @@ def monitor_version(
             assert row is not None
             report.report_id, report.created_at = int(row[0]), row[1]
     for alert in report.alerts:
-        log.warning(json.dumps({"event": "quality_alert", "version": version, **alert.as_json()}, ensure_ascii=False))
+        log.warning(json.dumps({"event": "quality_alert", "context": context, "version": version, **alert.as_json()},
+                               ensure_ascii=False))  # fmt: skip
     if report.alerts and webhook_url:
-        post_webhook(webhook_url, report)
+        post_webhook(webhook_url, report, context=context)
     return report
 
 
@@ -207,9 +215,9 @@ def _live(check: GenerationCheck, live: LiveStats, t: Thresholds) -> None:
                     t.min_like_rate)  # fmt: skip
 
 
-def post_webhook(url: str, report: QualityReport, timeout: float = 5.0) -> bool:
+def post_webhook(url: str, report: QualityReport, timeout: float = 5.0, context: str = "monitor") -> bool:
     """POST the alerts as JSON; a failure is logged, never raised (monitoring must not fail on its pager)."""
-    body = {"event": "twotower.quality_alert", **report.as_json()}
+    body = {"event": "twotower.quality_alert", "context": context, **report.as_json()}
     try:
         response = httpx.post(url, json=body, timeout=timeout)
         response.raise_for_status()

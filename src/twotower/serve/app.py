@@ -156,7 +156,8 @@ class Service:
         except Exception as exc:
             log.warning("no model loaded at start-up (%s): the watcher keeps trying", exc)
         self.holder.start()
-        self.served = ServedLog(self.db, retention_days=settings.monitor_served_retention_days)
+        self.served = ServedLog(self.db, sample=settings.monitor_served_sample,
+                                retention_days=settings.monitor_served_retention_days)  # fmt: skip
         self.served.start()
 
     def _poll(self, conn: psycopg.Connection[Any]) -> None:

@@ -1,8 +1,10 @@
 """What the API served, appended to ``served_recommendations`` in the background (for the live like-rate).
 
-A request only appends to an in-memory buffer; a thread writes the buffer with one COPY per second and prunes
-rows older than the retention once an hour. The buffer is bounded: when the database is slow or down, the
-oldest rows are dropped (and counted) rather than slowing requests or growing without limit.
+One row per answer (its videos as an array), for a stable sample of users (a user is in or out by a hash of
+their id), so the log stays small at any traffic. A request only appends to an in-memory buffer; a thread
+writes the buffer with one COPY per second on a pooled connection, and once an hour one process (under an
+advisory lock) prunes rows older than the retention. The buffer is bounded: when the database is slow or down,
+the oldest rows are dropped (and counted) rather than slowing requests or growing without limit.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ from twotower.db import Database
 __all__ = ["ServedLog"]
 
 log = logging.getLogger("twotower.serve")
-Row = tuple[datetime, uuid.UUID, uuid.UUID, str | None, str]
+Row = tuple[datetime, uuid.UUID, list[uuid.UUID], str | None, str]
+_PRUNE_LOCK = 0x7477_0000_0000_0001  # pg advisory lock key: one pruner at a time
 
 
 class ServedLog:
     def __init__(
-        self, db: Database, *, retention_days: int = 14, interval: float = 1.0, max_rows: int = 200_000
-    ) -> None:
+        self, db: Database, *, sample: float = 1.0, retention_days: int = 14, interval: float = 1.0,
+        max_rows: int = 20_000,
+    ) -> None:  # fmt: skip
         self.db = db
+        self.sample = sample
         self.retention_days = retention_days
         self.interval = interval
         self._rows: deque[Row] = deque(maxlen=max_rows)
@@ -38,13 +43,16 @@ class ServedLog:
         self.written = 0
         self.dropped = 0
 
+    def sampled(self, user: uuid.UUID) -> bool:
+        return user.int % 10_000 < self.sample * 10_000
+
     def record(self, user: uuid.UUID, videos: Sequence[uuid.UUID], version: str | None, algorithm: str) -> None:
-        now = datetime.now(UTC)
+        if not videos or not self.sampled(user):
+            return
         with self._lock:
-            overflow = len(self._rows) + len(videos) - (self._rows.maxlen or 0)
-            if overflow > 0:
-                self.dropped += min(overflow, len(self._rows) + len(videos))
-            self._rows.extend((now, user, v, version, algorithm) for v in videos)
+            if len(self._rows) == self._rows.maxlen:
+                self.dropped += 1
+            self._rows.append((datetime.now(UTC), user, list(videos), version, algorithm))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
@@ -68,8 +76,8 @@ class ServedLog:
         if not rows:
             return 0
         try:
-            with self.db.direct(autocommit=True) as conn, conn.cursor().copy(
-                "COPY served_recommendations (served_at, user_id, video_id, model_version, algorithm) FROM STDIN"
+            with self.db.connection() as conn, conn.cursor().copy(
+                "COPY served_recommendations (served_at, user_id, video_ids, model_version, algorithm) FROM STDIN"
             ) as copy:  # fmt: skip
                 for row in rows:
                     copy.write_row(row)
@@ -86,10 +94,12 @@ class ServedLog:
     def _prune(self) -> None:
         self._pruned_at = time.monotonic()
         try:
-            with self.db.direct(autocommit=True) as conn:
-                conn.execute(
-                    "DELETE FROM served_recommendations WHERE served_at < now() - make_interval(days => %s)",
-                    (self.retention_days,),
-                )
+            with self.db.connection() as conn, conn.transaction():
+                locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_PRUNE_LOCK,)).fetchone()
+                if locked and locked[0]:  # another server process is pruning: nothing to do here
+                    conn.execute(
+                        "DELETE FROM served_recommendations WHERE served_at < now() - make_interval(days => %s)",
+                        (self.retention_days,),
+                    )
         except Exception as exc:  # the database is down: the next hour's try will do it
             log.warning("could not prune served_recommendations: %s", exc)
