@@ -16,14 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
 	@touch $@
 
-# until `twotower demo` exists: the pipeline so far, on the embedded database under .twotower/demo
+# the whole pipeline on the embedded database under .twotower/demo; serves until Ctrl-C (a second run reuses it)
 DEMO_ENV := TWOTOWER_DATA_DIR=.twotower/demo
 demo: $(STAMP)
-	$(DEMO_ENV) $(BIN)/twotower db upgrade
-	$(DEMO_ENV) $(BIN)/twotower synth --videos 3000 --users 600 --decisions 50000 --seed 0
-	$(DEMO_ENV) $(BIN)/twotower deploy --epochs 5 --output-dir .twotower/demo/models --version demo-$$(date +%Y%m%d%H%M%S)
-	$(DEMO_ENV) $(BIN)/twotower models list
-	$(DEMO_ENV) $(BIN)/twotower evaluate --models .twotower/demo/models
+	$(DEMO_ENV) $(BIN)/twotower demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -40,6 +36,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	@mkdir -p bench/results
 	@set -e; for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	$(BIN)/python bench/_summary.py
 
 clean:
 	rm -rf $(VENV) .twotower .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ import platform
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ def machine() -> dict[str, Any]:
 def write(name: str, report: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
+    report = {"measured_at": datetime.now(UTC).isoformat(timespec="seconds"), **report}
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
     return path

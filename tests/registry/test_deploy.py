@@ -377,3 +377,23 @@ def test_cli_deploy_rollback_and_models_list(url: str, models: dict[str, Path], 
     ):
         run = cli(*args)
         assert run.returncode == code and text in run.stderr and "Traceback" not in run.stderr, (args, run.stderr)
+
+
+def test_a_video_changed_during_the_build_shows_as_stale(
+    db: Database, url: str, models: dict[str, Path], tmp_path: Path
+) -> None:
+    touched: list[bool] = []
+
+    def touch(table: str, rows: int) -> None:  # the catalog changes while the generation is being written
+        if not touched:
+            with psycopg.connect(url) as conn:
+                conn.execute("UPDATE videos SET title = title || ' (recut)' WHERE id = (SELECT min(id) FROM videos)")
+            touched.append(True)
+
+    _deploy(db, LocalStore(tmp_path / "store"), _copy(models, "a", tmp_path), tmp_path, on_chunk=touch)
+    with psycopg.connect(url) as conn:
+        stale = conn.execute(
+            "SELECT count(*) FROM videos v JOIN video_embeddings e ON e.video_id = v.id AND e.model_version = 'a' "
+            "WHERE e.created_at < v.updated_at"
+        ).fetchone()
+    assert stale == (1,)  # so the next sync or batch update re-embeds it

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -69,16 +70,23 @@ def write_embeddings(
     ids: Sequence[uuid.UUID],
     vectors: npt.NDArray[np.float32],
     on_chunk: Callable[[str, int], None] | None = None,
+    *,
+    as_of: datetime | None = None,
 ) -> None:
-    """Binary COPY of ``(version, id, vector)`` rows, in chunks (``on_chunk(table, rows_so_far)`` after each)."""
-    copy_sql = sql.SQL("COPY {} (model_version, {}, embedding) FROM STDIN WITH (FORMAT BINARY)").format(
-        sql.Identifier(table), sql.Identifier(key)
+    """Binary COPY of ``(version, id, vector)`` rows, in chunks (``on_chunk(table, rows_so_far)`` after each).
+
+    ``as_of``: when the data the vectors come from was read (the rows' time stamp; default: now). A video changed
+    after that moment then shows as stale, and the next sync or batch update re-embeds it."""
+    stamp = _STAMP.get(table, "created_at")
+    columns = [sql.Identifier(c) for c in ("model_version", key, "embedding", *([stamp] if as_of else []))]
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.SQL(", ").join(columns)
     )
     for start in range(0, len(ids), CHUNK):
         with conn.cursor().copy(copy_sql) as copy:
-            copy.set_types(["text", "uuid", "vector"])
+            copy.set_types(["text", "uuid", "vector", *(["timestamptz"] if as_of else [])])
             for rid, vec in zip(ids[start : start + CHUNK], vectors[start : start + CHUNK], strict=True):
-                copy.write_row((version, rid, vec))
+                copy.write_row((version, rid, vec, as_of) if as_of else (version, rid, vec))
         if on_chunk is not None:
             on_chunk(table, min(start + CHUNK, len(ids)))
 
@@ -193,6 +201,9 @@ def build_generation(
     say = on_progress or (lambda _: None)
     version = towers.version
     with db.direct() as conn:
+        row = conn.execute("SELECT now()").fetchone()  # the catalog as of this moment (the rows' time stamp)
+        assert row is not None
+        read_at: datetime = row[0]
         catalog = load_catalog(conn)
         log = load_decision_log(conn, catalog.ids)
     say(f"embedding {len(catalog):,} videos")
@@ -205,8 +216,8 @@ def build_generation(
         conn.execute("UPDATE model_versions SET status = 'building' WHERE version = %s", (version,))
         say("writing embeddings")
         with conn.transaction():
-            write_embeddings(conn, "video_embeddings", "video_id", version, catalog.ids, items, on_chunk)
-            write_embeddings(conn, "user_embeddings", "user_id", version, log.user_ids, users, on_chunk)
+            write_embeddings(conn, "video_embeddings", "video_id", version, catalog.ids, items, on_chunk, as_of=read_at)
+            write_embeddings(conn, "user_embeddings", "user_id", version, log.user_ids, users, on_chunk, as_of=read_at)
         say("building the HNSW index")
         create_generation_index(conn, version, towers.dim)
         done = conn.execute(
