@@ -387,7 +387,8 @@ def test_a_video_changed_during_the_build_shows_as_stale(
     def touch(table: str, rows: int) -> None:  # the catalog changes while the generation is being written
         if not touched:
             with psycopg.connect(url) as conn:
-                conn.execute("UPDATE videos SET title = title || ' (recut)' WHERE id = (SELECT min(id) FROM videos)")
+                conn.execute("UPDATE videos SET title = title || ' (recut)' "
+                             "WHERE id = (SELECT id FROM videos ORDER BY id LIMIT 1)")  # fmt: skip
             touched.append(True)
 
     _deploy(db, LocalStore(tmp_path / "store"), _copy(models, "a", tmp_path), tmp_path, on_chunk=touch)
