@@ -14,6 +14,7 @@ import typer
 from twotower import __version__
 from twotower.cli import (
     db_cmds,
+    demo_cmds,
     deploy_cmds,
     export_cmds,
     ingest_cmds,
@@ -54,6 +55,7 @@ app.command("serve")(serve_cmds.serve)
 app.command("batch-update")(jobs_cmds.batch_update)
 app.command("schedule")(jobs_cmds.schedule)
 app.command("monitor")(monitor_cmds.monitor)
+app.command("demo")(demo_cmds.demo)
 
 
 def _version(value: bool) -> None:
