@@ -227,3 +227,38 @@ def test_the_cli_exits_non_zero_on_alerts(url: str, deployed: Path, tmp_path: Pa
     assert hostile.returncode in (65, 66) and "Traceback" not in hostile.stderr
     folder = _cli(url, deployed, "--report", str(tmp_path))
     assert folder.returncode == 65 and "is a directory" in folder.stderr
+
+
+def test_identical_videos_may_share_a_vector_different_ones_may_not(url: str, deployed: Path) -> None:
+    with psycopg.connect(url) as conn:  # 20 videos made identical to the model: same metadata, no tags/performers
+        twins = [r[0] for r in conn.execute("SELECT id FROM videos ORDER BY id LIMIT 20").fetchall()]
+        conn.execute("DELETE FROM video_tags WHERE video_id = ANY(%s)", (twins,))
+        conn.execute("DELETE FROM video_performers WHERE video_id = ANY(%s)", (twins,))
+        conn.execute("UPDATE videos SET maker = 'Same', label = NULL, series = NULL, director = NULL, price = 500, "
+                     "duration_seconds = 3600, product_released_at = '2025-01-01', review_count = NULL, "
+                     "review_average = NULL, updated_at = now() - interval '1 day' WHERE id = ANY(%s)",
+                     (twins,))  # fmt: skip
+
+    def same(ids: list[uuid.UUID], v: np.ndarray) -> np.ndarray:
+        out = v.copy()
+        for i, vid in enumerate(ids):
+            if vid in twins:
+                out[i] = v[ids.index(twins[0])]
+        return out
+
+    _rewrite(url, same)
+    explained = _check(url, deployed)
+    assert explained.passed, explained.alerts
+    assert (
+        explained.check.metrics["duplicate_share"] > 0.02
+        and explained.check.metrics["unexplained_duplicate_share"] == 0
+    )
+
+    def clash(ids: list[uuid.UUID], v: np.ndarray) -> np.ndarray:  # different videos, one vector
+        out = v.copy()
+        out[20:40] = v[20]
+        return out
+
+    _rewrite(url, clash)
+    report = _check(url, deployed)
+    assert _names(report) == ["duplicates"], report.alerts

@@ -120,13 +120,25 @@ def _effective_rank(sample: FloatArray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def _duplicate_share(vectors: FloatArray) -> float:
-    """Share of rows that repeat an earlier row exactly (to 1e-6)."""
+def _duplicate_share(vectors: FloatArray, content: npt.NDArray[Any] | None = None) -> tuple[float, float]:
+    """``(share of rows repeating an earlier row exactly (to 1e-6), share of them left unexplained)``.
+
+    Videos whose content is identical (``content``: one key per row, e.g. a hash of what the item tower reads)
+    get the same vector by design when the model has no ID embedding for them (cold items): those repeats are
+    explained. A vector shared by videos of *different* content is not, and that is what the alert is about.
+    """
     if len(vectors) < 2:
-        return 0.0
+        return 0.0, 0.0
     rounded = np.ascontiguousarray(np.round(vectors, 6) + np.float32(0.0))  # + 0.0: -0.0 and 0.0 alike
     keys = rounded.view(np.dtype((np.void, rounded.dtype.itemsize * rounded.shape[1]))).ravel()
-    return 1.0 - len(np.unique(keys)) / len(keys)
+    _, group = np.unique(keys, return_inverse=True)
+    repeated = 1.0 - (group.max() + 1) / len(keys)
+    if content is None:
+        return repeated, repeated
+    # per group of identical vectors, each distinct content beyond the first is unexplained
+    _, content_ids = np.unique(content, return_inverse=True)
+    distinct_pairs = len(np.unique(np.stack([group.ravel(), content_ids.ravel()], axis=1), axis=0))
+    return repeated, (distinct_pairs - (group.max() + 1)) / len(keys)
 
 
 def _overlaps(new: FloatArray, old: FloatArray, queries: npt.NDArray[np.int64], k: int) -> FloatArray:
@@ -163,6 +175,7 @@ def check_vectors(
     *,
     dims: dict[int, int] | None = None,
     previous: tuple[FloatArray, FloatArray] | None = None,
+    content: npt.NDArray[Any] | None = None,
     sample: int = 5000,
     queries: int = 500,
     seed: int = 0,
@@ -171,6 +184,7 @@ def check_vectors(
 
     ``dims``: rows per stored dimension (from the database, where rows of another dimension cannot be loaded
     into one array). ``previous``: ``(new, old)`` rows of the videos both generations embed, aligned, for drift.
+    ``content``: a key per row of what the item tower reads (equal keys: identical videos to the model).
     """
     t = thresholds
     rng = np.random.default_rng(seed)
@@ -227,10 +241,12 @@ def check_vectors(
         _, _, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
         check.projection = (centred @ vt[:2].T.astype(np.float32)).astype(np.float32)
 
-    m["duplicate_share"] = _duplicate_share(good)
-    if m["duplicate_share"] > t.max_duplicates:
-        check.alert("duplicates", f"{m['duplicate_share']:.2%} of embeddings repeat another video's exactly",
-                    m["duplicate_share"], t.max_duplicates)  # fmt: skip
+    m["duplicate_share"], unexplained = _duplicate_share(good, content[finite] if content is not None else None)
+    m["unexplained_duplicate_share"] = unexplained
+    if unexplained > t.max_duplicates:
+        check.alert("duplicates", f"{unexplained:.2%} of embeddings repeat the vector of a video with different "
+                    f"content ({m['duplicate_share']:.2%} repeat one at all)", unexplained,
+                    t.max_duplicates)  # fmt: skip
 
     pairs = None
     if previous is not None and previous[0].shape[1:] == previous[1].shape[1:] == (dim,):

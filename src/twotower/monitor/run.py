@@ -102,6 +102,21 @@ def _previous(conn: psycopg.Connection[Any], version: str, status: str) -> str |
     return str(row[0]) if has else None
 
 
+# what the item tower reads of a video, as one key: videos with equal keys are identical to a cold model
+_CONTENT = """
+    SELECT md5(concat_ws('|', v.maker, v.label, v.series, v.director, v.price::text, v.duration_seconds::text,
+                         v.product_released_at::text, v.review_count::text, v.review_average::text, t.names, p.names))
+    FROM video_embeddings e
+    JOIN videos v ON v.id = e.video_id
+    LEFT JOIN (SELECT vt.video_id, string_agg(g.name, ',' ORDER BY g.name) AS names
+               FROM video_tags vt JOIN tags g ON g.id = vt.tag_id GROUP BY vt.video_id) t ON t.video_id = v.id
+    LEFT JOIN (SELECT vp.video_id, string_agg(f.name, ',' ORDER BY f.name) AS names
+               FROM video_performers vp JOIN performers f ON f.id = vp.performer_id GROUP BY vp.video_id) p
+           ON p.video_id = v.id
+    WHERE e.model_version = %s AND vector_dims(e.embedding) = %s
+    ORDER BY e.video_id"""
+
+
 def like_rate(conn: psycopg.Connection[Any], hours: float, version: str | None = None) -> LiveStats:
     """Of the videos the two-tower model served in the last ``hours`` (with ``version``, or any), how many were
     then swiped, and liked. Fallback answers (popularity, linear) are not the model's and are left out."""
@@ -149,8 +164,9 @@ def monitor_version(
             (version,)).fetchall()}  # fmt: skip
         (vectors,) = _vectors(
             conn, "COPY (SELECT embedding FROM video_embeddings WHERE model_version = %s "
-            "AND vector_dims(embedding) = %s) TO STDOUT (FORMAT BINARY)", (version, dim), dim, 1,
+            "AND vector_dims(embedding) = %s ORDER BY video_id) TO STDOUT (FORMAT BINARY)", (version, dim), dim, 1,
         )  # fmt: skip
+        content = np.array([r[0] for r in conn.execute(_CONTENT, (version, dim)).fetchall()], dtype=object)
         previous = _previous(conn, version, info.status)
         pairs = None
         if previous is not None:
@@ -169,7 +185,8 @@ def monitor_version(
             (version,),
         ).fetchone()
         live = like_rate(conn, like_window_hours, version)
-    check = check_vectors(vectors, dim, thresholds, dims=dims,
+    keys = content if len(content) == len(vectors) else None  # a video deleted between the two reads: no keys
+    check = check_vectors(vectors, dim, thresholds, dims=dims, content=keys,
                           previous=(pairs[0], pairs[1]) if pairs else None)  # fmt: skip
     _coverage(check, coverage, thresholds)
     _live(check, live, thresholds)
