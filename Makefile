@@ -35,7 +35,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	@mkdir -p bench/results
-	@set -e; for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	@set -e; for script in bench/[!_]*.py; do echo "== $$script"; \
+		TWOTOWER_BENCH_DATA_DIR=.twotower/bench $(BIN)/python $$script; done
 	$(BIN)/python bench/_summary.py
 
 clean:

@@ -240,6 +240,10 @@ def _environment(data_dir: Path | None, size: tuple[int, int, int]) -> Iterator[
     from twotower.registry.versions import active_version
     from twotower.settings import Settings
 
+    if data_dir is None and os.environ.get("TWOTOWER_BENCH_DATA_DIR"):  # `make bench`: one environment for all
+        data_dir = Path(os.environ["TWOTOWER_BENCH_DATA_DIR"])
+    if data_dir is not None and size != (100_000, 10_000, 1_000_000):
+        data_dir = data_dir.with_name(data_dir.name + "-small")  # never mix the sizes
     with ExitStack() as stack:
         if data_dir is None:
             db = stack.enter_context(embedded_database("tt-bench-serve-"))
