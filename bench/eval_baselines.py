@@ -17,6 +17,7 @@ import platform
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.synthetic:
         report["synthetic"] = time_synthetic(console, 10_000, 100_000)
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    report = {"measured_at": datetime.now(UTC).isoformat(timespec="seconds"), **report}
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {args.output}")
     return 0

@@ -14,6 +14,7 @@ import platform
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    report = {"measured_at": datetime.now(UTC).isoformat(timespec="seconds"), **report}
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0 if met else 1
