@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from twotower.monitor import Thresholds, history, monitor_version
     from twotower.monitor.checks import check_vectors
     from twotower.monitor.report import render_report
-    from twotower.monitor.run import _vectors
+    from twotower.monitor.run import _generation
     from twotower.registry.generation import write_embeddings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,10 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     with _environment(args.data_dir, size) as (db, _, _):
         with db.direct() as conn:
             dim = int(conn.execute("SELECT embedding_dim FROM model_versions WHERE version = 'bench'").fetchone()[0])  # type: ignore[index]
-            ids = [r[0] for r in conn.execute("SELECT video_id FROM video_embeddings WHERE model_version = 'bench' "
-                                              "ORDER BY video_id").fetchall()]  # fmt: skip
-            (vectors,) = _vectors(conn, "COPY (SELECT embedding FROM video_embeddings WHERE model_version = 'bench' "
-                                  "ORDER BY video_id) TO STDOUT (FORMAT BINARY)", (), dim, 1)  # fmt: skip
+            ids, vectors = _generation(conn, "bench", dim)
             rng = np.random.default_rng(0)
             noisy = vectors + rng.normal(scale=0.02, size=vectors.shape).astype(np.float32)
             noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)

@@ -207,9 +207,9 @@ class _Demo:
         return version
 
     def deploy(self, db: Database) -> str:
-        from twotower.cli.deploy_cmds import _STAGE_TEXT
         from twotower.monitor import Thresholds
         from twotower.registry.deploy import (
+            STAGE_TEXT,
             DeployFailed,
             DeployOptions,
             DeployResult,
@@ -240,7 +240,7 @@ class _Demo:
                 def on_stage(stage: str) -> None:
                     self._stage_done(clock)
                     clock["stage"], clock["t"] = stage, time.perf_counter()
-                    text = _STAGE_TEXT.get(stage, stage)
+                    text = STAGE_TEXT.get(stage, stage)
                     if stage == "train" and opts.model_dir is not None:
                         text = f"using the model trained above ({opts.model_dir.name})"
                     status.update(f"{stage}: {text} ...")
@@ -286,11 +286,11 @@ class _Demo:
         self.err.print(f"warning: {what}; never do this in production", markup=False, highlight=False)
 
     def _stage_done(self, clock: dict[str, Any]) -> None:
-        from twotower.cli.deploy_cmds import _STAGE_TEXT
+        from twotower.registry.deploy import STAGE_TEXT
 
         if clock["stage"]:
             took = time.perf_counter() - clock["t"]
-            text = _STAGE_TEXT.get(clock["stage"], clock["stage"])
+            text = STAGE_TEXT.get(clock["stage"], clock["stage"])
             self.out.print(f"   [dim]{clock['stage']:<9}[/] {text} [dim]({took:.1f}s)[/]")
 
     # -- the API -------------------------------------------------------------------------------------------
@@ -426,19 +426,14 @@ class _Demo:
         self.out.print(render_slices(report.results))
 
     def quality_report(self, db: Database, version: str) -> Path:
-        from twotower.monitor import Thresholds, history, monitor_version
-        from twotower.monitor.report import render_report
+        from twotower.monitor import Thresholds, monitor_version
+        from twotower.monitor.report import write_report
 
         target = self.data_dir / "quality.html"
         with self.step("quality report") as (_, done):
             result = monitor_version(db, Thresholds.from_settings(self.settings), version=version,
                                      like_window_hours=self.settings.monitor_like_window_hours)  # fmt: skip
-            with db.direct() as conn:
-                past = history(conn, result.version)
-            try:
-                target.write_text(render_report(result, past), encoding="utf-8")
-            except OSError as exc:
-                raise InputError(f"cannot write {target}: {exc.strerror}") from None
+            write_report(db, result, target)
             verdict = "no alerts" if result.passed else f"{len(result.alerts)} alert(s)"
             done["text"] = f"quality report of {version}: {verdict}"
         for alert in result.alerts:

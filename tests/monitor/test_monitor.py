@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import DEPLOYED_VIDEOS
 from twotower.db import Database
 from twotower.monitor import Thresholds, check_vectors, inhibit, monitor_version
-from twotower.monitor.run import _vectors
+from twotower.monitor.run import _generation
 from twotower.registry.generation import replace_embeddings
 from twotower.settings import Settings
 
@@ -41,10 +41,7 @@ def _check(url: str, data: Path, version: str = "v2", **kwargs: Any) -> Any:
 def _rewrite(url: str, transform: Any) -> None:
     """Replace generation v2's vectors with ``transform(ids, vectors)``."""
     with psycopg.connect(url) as conn:
-        ids = [r[0] for r in conn.execute("SELECT video_id FROM video_embeddings WHERE model_version = 'v2' "
-                                          "ORDER BY video_id").fetchall()]  # fmt: skip
-        (vectors,) = _vectors(conn, "COPY (SELECT embedding FROM video_embeddings WHERE model_version = 'v2' "
-                              "ORDER BY video_id) TO STDOUT (FORMAT BINARY)", (), DIM, 1)  # fmt: skip
+        ids, vectors = _generation(conn, "v2", DIM)
         new = transform(ids, vectors).astype(np.float32)
         replace_embeddings(conn, "video_embeddings", "video_id", "v2", ids, new)
 
@@ -70,8 +67,7 @@ def test_a_healthy_generation_raises_nothing(url: str, deployed: Path) -> None:
 def test_nan_rows_raise_nonfinite_only(url: str, deployed: Path) -> None:
     # pgvector refuses NaN, so they can only exist before a write: the deploy checks the towers' output there
     with psycopg.connect(url) as conn:
-        (vectors,) = _vectors(conn, "COPY (SELECT embedding FROM video_embeddings WHERE model_version = 'v') "
-                              "TO STDOUT (FORMAT BINARY)", (), DIM, 1)  # fmt: skip
+        _, vectors = _generation(conn, "v", DIM)
     vectors[np.random.default_rng(0).choice(len(vectors), len(vectors) // 100, replace=False), 3] = np.nan  # 1%
     check = check_vectors(vectors, DIM, Thresholds(), previous=(vectors, vectors.copy()))
     assert sorted(a.name for a in inhibit(check.alerts)) == ["nonfinite"]

@@ -41,7 +41,15 @@ from twotower.registry.generation import embed_videos
 from twotower.registry.store import ArtifactStore, fetch
 from twotower.registry.versions import active_version
 
-__all__ = ["SyncInProgress", "SyncOptions", "SyncSummary", "embed_missing", "embed_missing_ids", "sync_dmm"]
+__all__ = [
+    "SyncCursor",
+    "SyncInProgress",
+    "SyncOptions",
+    "SyncSummary",
+    "embed_missing",
+    "embed_missing_ids",
+    "sync_dmm",
+]
 
 log = logging.getLogger("twotower.catalog")
 SECOND = timedelta(seconds=1)
@@ -96,7 +104,7 @@ class SyncSummary:
 
 
 @dataclass
-class _Cursor:
+class SyncCursor:
     """Where a run is: ``[since, done_until]`` is stored; then ``window`` from ``offset`` (if any)."""
 
     since: datetime
@@ -115,7 +123,7 @@ class _Cursor:
         }  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> _Cursor | None:
+    def from_json(cls, data: dict[str, Any]) -> SyncCursor | None:
         try:
             window = data.get("window")
             return cls(
@@ -210,13 +218,13 @@ def embed_missing(db: Database, store: ArtifactStore, cache_dir: Path) -> tuple[
     return embedder.version, embedder.done
 
 
-def _start(conn: psycopg.Connection[Any], scope: str, options: SyncOptions) -> tuple[_Cursor, bool, datetime | None]:
+def _start(conn: psycopg.Connection[Any], scope: str, options: SyncOptions) -> tuple[SyncCursor, bool, datetime | None]:
     """The run to do: the interrupted one (resumed) or a new one. ``(cursor, resumed, watermark)``."""
     conn.execute("INSERT INTO sync_state (source) VALUES (%s) ON CONFLICT DO NOTHING", (scope,))
     row = conn.execute("SELECT watermark, cursor FROM sync_state WHERE source = %s", (scope,)).fetchone()
     assert row is not None
     watermark: datetime | None = row[0]
-    previous = _Cursor.from_json(row[1]) if row[1] else None
+    previous = SyncCursor.from_json(row[1]) if row[1] else None
     since = _second(options.since) if options.since else None
     until = _second(options.until) if options.until else None
     if previous is not None and (since is None or since == previous.since) and (until in (None, previous.until)):
@@ -241,10 +249,10 @@ def _start(conn: psycopg.Connection[Any], scope: str, options: SyncOptions) -> t
             raise InputError(f"--since ({since.isoformat()}) is after --until ({until.isoformat()})")
     if previous is not None:
         log.warning("an interrupted sync of %s..%s is abandoned for the new range", previous.since, previous.until)
-    return _Cursor(since, until, since - SECOND), False, watermark
+    return SyncCursor(since, until, since - SECOND), False, watermark
 
 
-def _save_cursor(conn: psycopg.Connection[Any], scope: str, cursor: _Cursor) -> None:
+def _save_cursor(conn: psycopg.Connection[Any], scope: str, cursor: SyncCursor) -> None:
     conn.execute("UPDATE sync_state SET cursor = %s WHERE source = %s", (Jsonb(cursor.as_json()), scope))
 
 
@@ -254,7 +262,7 @@ def sync_dmm(
     store: ArtifactStore | None,
     options: SyncOptions,
     *,
-    on_page: Callable[[SyncSummary, _Cursor], None] | None = None,
+    on_page: Callable[[SyncSummary, SyncCursor], None] | None = None,
 ) -> SyncSummary:
     """Sync ``[since, until]`` (or resume the interrupted run) and embed; the summary is also stored.
 
@@ -326,12 +334,12 @@ def _embed(embedder: _Embedder, summary: SyncSummary, *, catch_up: bool) -> None
 def _walk(
     conn: psycopg.Connection[Any],
     client: DmmClient,
-    cursor: _Cursor,
+    cursor: SyncCursor,
     scope: str,
     summary: SyncSummary,
     embedder: _Embedder,
     problems: Problems,
-    on_page: Callable[[SyncSummary, _Cursor], None] | None,
+    on_page: Callable[[SyncSummary, SyncCursor], None] | None,
 ) -> None:
     """Every window of the cursor's range still to do, oldest first; the cursor is saved with each page."""
     stack: list[tuple[datetime, datetime, int, str | None]] = []  # the oldest window last: popped first
@@ -403,7 +411,7 @@ def _fetch(client: DmmClient, gte: datetime, lte: datetime, offset: int, last_id
 def _store_page(
     conn: psycopg.Connection[Any],
     scope: str,
-    cursor: _Cursor,
+    cursor: SyncCursor,
     page: Page,
     summary: SyncSummary,
     embedder: _Embedder,

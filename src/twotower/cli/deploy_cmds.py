@@ -15,14 +15,6 @@ from twotower.settings import get_settings
 
 models_app = typer.Typer(help="Model versions: what is registered, what is active.", no_args_is_help=True)
 
-_STAGE_TEXT = {
-    "train": "training", "export": "exporting to ONNX", "validate": "validating PyTorch vs ONNX Runtime",
-    "gate": "quality gate (vs the linear model and the active version)", "upload": "uploading to the artifact store",
-    "monitor": "checking the new embeddings",
-    "build": "building the embedding generation (the active version keeps serving)", "promote": "promoting",
-    "prune": "pruning old generations",
-}  # fmt: skip
-
 
 def deploy(
     model_dir: Path | None = typer.Option(
@@ -76,7 +68,7 @@ def deploy(
     """Train, export, validate, gate, upload, build the new embedding generation beside the serving one, and
     promote it atomically (servers are notified and hot-swap). A failure leaves the active version serving."""
     from twotower.monitor import Thresholds
-    from twotower.registry.deploy import DeployOptions
+    from twotower.registry.deploy import STAGE_TEXT, DeployOptions
     from twotower.registry.deploy import deploy as run_deploy
     from twotower.registry.store import open_store
     from twotower.train.run import TrainOptions
@@ -115,8 +107,8 @@ def deploy(
     with open_db() as db, out.status("deploying ...") as status:
 
         def on_stage(stage: str) -> None:
-            out.print(f"[bold]{stage:<9}[/] {_STAGE_TEXT[stage]}")
-            status.update(_STAGE_TEXT[stage] + " ...")
+            out.print(f"[bold]{stage:<9}[/] {STAGE_TEXT[stage]}")
+            status.update(STAGE_TEXT[stage] + " ...")
 
         result = run_deploy(db, store, options, on_stage=on_stage, on_progress=lambda m: status.update(m + " ..."))
     for version_name in result.cleaned:

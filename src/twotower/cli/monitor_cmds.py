@@ -27,7 +27,7 @@ def monitor(
     the log and TWOTOWER_MONITOR_WEBHOOK_URL; the exit code is 1 when any alert fires (thresholds:
     TWOTOWER_MONITOR_*)."""
     from twotower.errors import InputError
-    from twotower.monitor import Thresholds, history, monitor_version
+    from twotower.monitor import Thresholds, monitor_version
 
     settings = get_settings()
     if report is not None and report.is_dir():
@@ -40,14 +40,9 @@ def monitor(
                 webhook_url=settings.monitor_webhook_url,
             )  # fmt: skip
         if report is not None:
-            from twotower.monitor.report import render_report
+            from twotower.monitor.report import write_report
 
-            with db.direct() as conn:
-                past = history(conn, result.version)
-            try:
-                report.write_text(render_report(result, past), encoding="utf-8")
-            except OSError as exc:
-                raise InputError(f"--report {report}: cannot write: {exc.strerror}") from None
+            write_report(db, result, report)
     if as_json:
         print(json.dumps(result.as_json(), default=str))
     else:

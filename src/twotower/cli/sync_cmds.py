@@ -56,6 +56,7 @@ def dmm(
 
     from twotower.catalog import DmmClient, DmmConfig, SyncOptions, sync_dmm
     from twotower.catalog.dmm import api_time
+    from twotower.catalog.sync import SyncCursor, SyncSummary
     from twotower.registry.store import open_store
 
     settings = get_settings()
@@ -69,10 +70,7 @@ def dmm(
                         transient=True, disable=as_json)  # fmt: skip
     task = progress.add_task("syncing")
 
-    def on_page(summary: object, cursor: object) -> None:
-        from twotower.catalog.sync import SyncSummary, _Cursor
-
-        assert isinstance(summary, SyncSummary) and isinstance(cursor, _Cursor)
+    def on_page(summary: SyncSummary, cursor: SyncCursor) -> None:
         at = api_time(cursor.window[0]) if cursor.window else api_time(cursor.done_until)
         progress.update(task, description=f"{summary.pages:,} pages, {summary.items:,} items (at {at} JST)")
 

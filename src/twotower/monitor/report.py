@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -323,3 +324,16 @@ def render_report(report: QualityReport, past: list[dict[str, Any]]) -> str:
     parts.append(f"<script>{_SCRIPT}</script>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def write_report(db: Any, report: QualityReport, path: Path) -> None:
+    """Render ``report`` with its version's history and write it to ``path`` (InputError if it cannot be written)."""
+    from twotower.errors import InputError
+    from twotower.monitor.run import history
+
+    with db.direct() as conn:
+        past = history(conn, report.version)
+    try:
+        path.write_text(render_report(report, past), encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write the report to {path}: {exc.strerror}") from None

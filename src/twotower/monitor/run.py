@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
@@ -69,22 +70,33 @@ class QualityReport:
         }  # fmt: skip
 
 
-def _vectors(
-    conn: psycopg.Connection[Any], copy_sql: str, params: tuple[Any, ...], dim: int, columns: int
-) -> list[Any]:
-    """Rows of ``columns`` vectors as ``(rows, dim)`` float32 arrays, by binary COPY."""
+def _generation(conn: psycopg.Connection[Any], version: str, dim: int) -> tuple[list[Any], npt.NDArray[np.float32]]:
+    """The ``dim``-dimensional rows of a generation, ordered by video id: ``(ids, (rows, dim) float32)``, by binary
+    COPY."""
     register_vector(conn)
-    out: list[list[Any]] = [[] for _ in range(columns)]
-    with conn.cursor().copy(copy_sql, params) as copy:
-        copy.set_types(["vector"] * columns)
-        for row in copy.rows():
-            for i, value in enumerate(row):
-                out[i].append(value)
-    return [
-        np.stack([getattr(x, "to_numpy", lambda x=x: x)() for x in v]).astype(np.float32, copy=False)
-        if v else np.zeros((0, dim), np.float32)
-        for v in out
-    ]  # fmt: skip
+    ids: list[Any] = []
+    rows: list[Any] = []
+    with conn.cursor().copy(
+        "COPY (SELECT video_id, embedding FROM video_embeddings WHERE model_version = %s "
+        "AND vector_dims(embedding) = %s ORDER BY video_id) TO STDOUT (FORMAT BINARY)", (version, dim)
+    ) as copy:  # fmt: skip
+        copy.set_types(["uuid", "vector"])
+        for vid, vec in copy.rows():
+            ids.append(vid)
+            rows.append(vec.to_numpy())
+    vectors = np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, dim), np.float32)
+    return ids, vectors
+
+
+def _aligned(
+    new_ids: list[Any], new: npt.NDArray[np.float32], old_ids: list[Any], old: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Rows of the videos both generations embed, in the same order."""
+    at = {vid: i for i, vid in enumerate(new_ids)}
+    both = [(at[vid], j) for j, vid in enumerate(old_ids) if vid in at]
+    rows_new = np.array([i for i, _ in both], dtype=np.int64)
+    rows_old = np.array([j for _, j in both], dtype=np.int64)
+    return new[rows_new], old[rows_old]
 
 
 def _previous(conn: psycopg.Connection[Any], version: str, status: str) -> str | None:
@@ -162,21 +174,12 @@ def monitor_version(
         dims = {int(d): int(c) for d, c in conn.execute(
             "SELECT vector_dims(embedding), count(*) FROM video_embeddings WHERE model_version = %s GROUP BY 1",
             (version,)).fetchall()}  # fmt: skip
-        (vectors,) = _vectors(
-            conn, "COPY (SELECT embedding FROM video_embeddings WHERE model_version = %s "
-            "AND vector_dims(embedding) = %s ORDER BY video_id) TO STDOUT (FORMAT BINARY)", (version, dim), dim, 1,
-        )  # fmt: skip
+        ids, vectors = _generation(conn, version, dim)
         content = np.array([r[0] for r in conn.execute(_CONTENT, (version, dim)).fetchall()], dtype=object)
         previous = _previous(conn, version, info.status)
         pairs = None
         if previous is not None:
-            pairs = tuple(_vectors(
-                conn,
-                "COPY (SELECT n.embedding, o.embedding FROM video_embeddings n JOIN video_embeddings o "
-                "ON o.video_id = n.video_id AND o.model_version = %s WHERE n.model_version = %s "
-                "AND vector_dims(n.embedding) = %s AND vector_dims(o.embedding) = %s) TO STDOUT (FORMAT BINARY)",
-                (previous, version, dim, dim), dim, 2,
-            ))  # fmt: skip
+            pairs = _aligned(ids, vectors, *_generation(conn, previous, dim))
         coverage = conn.execute(
             """SELECT count(*), count(*) FILTER (WHERE e.video_id IS NULL),
                       count(*) FILTER (WHERE e.created_at < v.updated_at)

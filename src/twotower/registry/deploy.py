@@ -100,6 +100,15 @@ class DeployOptions:
     webhook_url: str | None = None  # where the check's alerts are POSTed
 
 
+# what each stage does, in words (progress output of `deploy` and `demo`)
+STAGE_TEXT = {
+    "train": "training", "export": "exporting to ONNX", "validate": "validating PyTorch vs ONNX Runtime",
+    "gate": "quality gate (vs the linear model and the active version)", "upload": "uploading to the artifact store",
+    "monitor": "checking the new embeddings",
+    "build": "building the embedding generation (the active version keeps serving)", "promote": "promoting",
+    "prune": "pruning old generations",
+}  # fmt: skip
+
 _ADVISORY_AT_DEPLOY = frozenset({"coverage", "stale", "like_rate"})
 
 
