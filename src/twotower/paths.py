@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from twotower.errors import TwoTowerError
@@ -19,9 +20,9 @@ def writable_directory(path: Path, error: type[TwoTowerError], what: str) -> Pat
             break
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".twotower-write-probe"
-        probe.write_text("ok")
-        probe.unlink()
+        # a name of its own: several processes may check the same directory at once
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".twotower-write-probe-"):
+            pass
     except OSError as exc:
         raise error(f"{what} {path} is not writable: {exc.strerror or exc}") from None
     if not os.access(path, os.W_OK | os.X_OK):

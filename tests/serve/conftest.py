@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 import uvicorn
@@ -109,7 +110,8 @@ def seeded(pg_server: str, template_db: str) -> Iterator[str]:
 class ServerThread:
     """uvicorn serving ``create_app(settings)`` in a thread, on a free port of 127.0.0.1."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, wait_ready: bool = True) -> None:
+        self.wait_ready = wait_ready
         self.port = free_port()
         config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="error",
                                 access_log=False)  # fmt: skip
@@ -123,7 +125,13 @@ class ServerThread:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start")
             time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
+        base = f"http://127.0.0.1:{self.port}"
+        if self.wait_ready:  # the model loads in the background: wait until /readyz says it answers
+            while httpx.get(f"{base}/readyz", timeout=10).status_code != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server was not ready: {httpx.get(f'{base}/readyz').text}")
+                time.sleep(0.05)
+        return base
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -28,6 +29,7 @@ from twotower.inference.towers import OnnxTowers
 from twotower.model.weights import load_model
 from twotower.monitor import Thresholds, monitor_version
 from twotower.registry.generation import GenerationStats, build_generation
+from twotower.registry.snapshot import with_item_table
 from twotower.registry.store import ArtifactStore, fetch
 from twotower.registry.versions import (
     active_version,
@@ -291,7 +293,9 @@ def deploy(
                 if not gate.passed:
                     raise QualityGateFailed("quality gate: " + "; ".join(gate.reasons))
             step("upload")
-            uri = store.put(version, model_dir)
+            with tempfile.TemporaryDirectory(prefix=f"twotower-{version}-") as staging:
+                manifest = with_item_table(db, model_dir, Path(staging))  # what servers start from
+                uri = store.put(version, Path(staging))
             with db.connection() as conn:
                 conn.execute(
                     "INSERT INTO model_versions (version, status, embedding_dim, artifact_uri, manifest, metrics) "

@@ -42,7 +42,7 @@ from twotower.serve.runtime import LoadedModel, ModelHolder
 from twotower.serve.served import ServedLog
 from twotower.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "serving_session"]
 
 log = logging.getLogger("twotower.serve")
 T = TypeVar("T")
@@ -141,28 +141,22 @@ class Service:
         settings = self.settings
         self.db = Database.open(settings, migrate=False)
         self.db.autocommit = True  # one statement per round trip, no COMMIT round trip
-        self.db.session = {
-            "statement_timeout": str(settings.serve_statement_timeout_ms),
-            "hnsw.iterative_scan": "relaxed_order",
-            "hnsw.ef_search": str(settings.serve_ef_search),
-            # the statements are the same for every request (the version is a literal): plan them once
-            "plan_cache_mode": "force_generic_plan",
-        }
+        self.db.session = serving_session(settings)
         cache = (settings.data_dir / "models").expanduser().absolute()
         self.holder = ModelHolder(self.db, open_store(settings), cache, poll_seconds=settings.serve_model_poll_seconds,
                                   threads=settings.serve_onnx_threads, on_poll=self._poll)  # fmt: skip
-        try:
-            self.holder.refresh()
-        except Exception as exc:
-            log.warning("no model loaded at start-up (%s): the watcher keeps trying", exc)
         self.holder.start()
         self.served = ServedLog(self.db, sample=settings.monitor_served_sample,
                                 retention_days=settings.monitor_served_retention_days)  # fmt: skip
         self.served.start()
 
     def _poll(self, conn: psycopg.Connection[Any]) -> None:
+        """The watcher's periodic work, on its own connection: the fallbacks' data."""
         if self.popularity.stale():
             self.popularity.refresh(conn)
+        tags = self.recommender.tags
+        if self.model is None and tags.stale():  # the linear fallback answers users with likes
+            tags.refresh(conn)
 
     def stop(self) -> None:
         if self.served is not None:
@@ -191,6 +185,18 @@ class Service:
                     raise
                 self.db.pool.check()  # drop every dead idle connection before the retry
         raise AssertionError("unreachable")
+
+
+def serving_session(settings: Settings) -> dict[str, str]:
+    """The settings of every pooled connection of the server (the request path). Every statement it runs must stay
+    linear in its input under these, generic plans included (tests/serve/test_scale.py checks them)."""
+    return {
+        "statement_timeout": str(settings.serve_statement_timeout_ms),
+        "hnsw.iterative_scan": "relaxed_order",
+        "hnsw.ef_search": str(settings.serve_ef_search),
+        # the statements are the same for every request (the version is a literal): plan them once
+        "plan_cache_mode": "force_generic_plan",
+    }
 
 
 def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -414,12 +420,17 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"], responses={503: _ERRORS})
-    def readyz() -> dict[str, Any]:
-        """Ready to answer: the database responds (without a model the fallbacks answer)."""
+    def readyz() -> Response:
+        """Ready to answer: the database responds and the active model version is loaded (or none is active, and
+        the fallbacks answer). 503 with the reason while the model loads or after it failed to load."""
         service.run(lambda conn: conn.execute("SELECT 1").fetchone())
-        model = service.model
-        return {"status": "ready", "model_version": model.version if model else None,
-                "algorithm": "two_tower" if model else "fallback"}  # fmt: skip
+        assert service.holder is not None
+        state = service.holder.readiness()
+        if not state.ready:
+            return _error(503, "not_ready", state.reason or "not ready", {"Retry-After": "1"})
+        body = {"status": "ready", "model_version": state.serving, "active_version": state.active,
+                "algorithm": "two_tower" if state.serving else "fallback", "note": state.reason}  # fmt: skip
+        return JSONResponse(body)
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     def metrics() -> Response:

@@ -27,6 +27,7 @@ from twotower.features.examples import UserBatch
 from twotower.features.history import user_stats
 from twotower.inference.items import ItemIndex
 from twotower.inference.towers import OnnxTowers
+from twotower.serve.linear import TagIndex
 
 __all__ = [
     "Algorithm",
@@ -254,9 +255,8 @@ class PopularityCache:
 
 _LIST_QUERY = """
 WITH cand AS (
-    SELECT c.video_id, c.ord, s.score
-    FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS c(video_id, ord)
-    JOIN unnest(%(scores)s::float8[]) WITH ORDINALITY AS s(score, ord) USING (ord)
+    SELECT c.video_id, c.ord, c.score
+    FROM unnest(%(ids)s::uuid[], %(scores)s::float8[]) WITH ORDINALITY AS c(video_id, score, ord)
 ), hit AS MATERIALIZED (
     SELECT c.video_id, c.ord, c.score FROM cand c JOIN videos v ON v.id = c.video_id
     WHERE {where} ORDER BY c.ord LIMIT %(limit)s
@@ -294,8 +294,9 @@ def fetch_rows(conn: psycopg.Connection[Any], query: sql.Composed, params: dict[
 class Recommender:
     """One request's worth of logic; stateless apart from the popularity cache."""
 
-    def __init__(self, popularity: PopularityCache, seed: int | None = None) -> None:
+    def __init__(self, popularity: PopularityCache, seed: int | None = None, tags: TagIndex | None = None) -> None:
         self.popularity = popularity
+        self.tags = tags or TagIndex()
         self.rng = random.Random(seed)
 
     def two_tower(
@@ -328,5 +329,9 @@ class Recommender:
         self, conn: psycopg.Connection[Any], user: uuid.UUID, limit: int, exclude_liked: bool, filters: Filters
     ) -> list[dict[str, Any]]:
         """The simple linear model: the user's liked-tag profile · each video's normalised tag vector."""
-        rows = conn.execute(_LINEAR_CANDIDATES, {"user": user, "k": 20 * limit + 200}).fetchall()
-        return self.listed(conn, [(r[0], float(r[1])) for r in rows], user, limit, exclude_liked, filters)
+        k = 20 * limit + 200
+        if self.tags.ready:  # scored in memory (the server builds it while no model is loaded)
+            candidates = self.tags.candidates(conn, user, k)
+        else:
+            candidates = [(r[0], float(r[1])) for r in conn.execute(_LINEAR_CANDIDATES, {"user": user, "k": k})]
+        return self.listed(conn, candidates, user, limit, exclude_liked, filters)

@@ -4,6 +4,11 @@ A background thread LISTENs for the deploy ``NOTIFY`` and also checks the active
 net for missed notifications and database restarts). A new version is fetched from the artifact store (checksums
 verified) and loaded beside the current one; the swap is one reference assignment, so a request either uses the
 old version or the new one, never a mix. Both generations are in the database meanwhile.
+
+Loading runs on a connection of its own, outside the request pool and its session settings (generic plans, a
+short statement timeout): a start under full request traffic is not starved of connections, and the reads of a
+large catalog are planned for their real size. The server starts answering at once (with the fallbacks) while
+the first load runs; ``/readyz`` says 503 until it is done.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,14 +26,17 @@ import psycopg
 from psycopg import sql
 
 from twotower.db import Database
-from twotower.inference.items import ItemIndex, catalog_stamp
+from twotower.inference.items import ItemIndex
 from twotower.inference.towers import OnnxTowers
 from twotower.registry.store import ArtifactError, ArtifactStore, fetch
 from twotower.registry.versions import NOTIFY_CHANNEL, active_version
 
-__all__ = ["LoadedModel", "ModelHolder"]
+__all__ = ["LOADER_SESSION", "LoadedModel", "ModelHolder", "Readiness"]
 
 log = logging.getLogger("twotower.serve")
+
+# the loading connection's settings: custom plans (the default), and time enough for a large catalog
+LOADER_SESSION = {"statement_timeout": "300s", "plan_cache_mode": "auto", "application_name": "twotower loader"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,14 @@ class LoadedModel:
     towers: OnnxTowers
     items: ItemIndex
     loaded_at: float
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    active: str | None  # the version the database says is active (None: none is, or not checked yet)
+    serving: str | None  # the version answering now
+    reason: str | None  # why not ready, or why the active version is not the one serving
 
 
 class ModelHolder:
@@ -51,50 +68,94 @@ class ModelHolder:
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self.failed_version: str | None = None  # don't retry a broken version on every check
+        self.checked = False  # the active version has been read at least once
+        self.active: str | None = None  # as last read
+        self.loading: str | None = None  # the version being loaded now
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.reloads = 0
         self.on_poll = on_poll  # other periodic work of the server (the popularity cache), off the request path
 
+    # -- state -----------------------------------------------------------------------------------------------
+    def readiness(self) -> Readiness:
+        """Ready when the active version answers, or a version does (one being swapped in is loading), or none is
+        active (the fallbacks answer); not ready before the first check and while no model is loaded for an
+        active version."""
+        current = self.current.version if self.current else None
+        active = self.active
+        if not self.checked:
+            reason = self.last_error or "the active model version has not been read yet"
+            return Readiness(False, None, current, f"starting: {reason}")
+        if active == current:
+            return Readiness(True, active, current, None)
+        if self.loading == active:
+            reason = f"loading model {active}"
+        elif self.failed_version == active or self.last_error:
+            reason = f"model {active} failed to load: {self.last_error}"
+        else:
+            reason = f"model {active} is not loaded yet"
+        if active is None:
+            return Readiness(True, None, current, "no version is active: unloading")
+        return Readiness(current is not None, active, current, reason)
+
+    @contextmanager
+    def _loader(self) -> Iterator[psycopg.Connection[Any]]:
+        with self.db.direct(autocommit=True) as conn:
+            for name, value in LOADER_SESSION.items():
+                conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+            yield conn
+
     # -- loading ---------------------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> bool:
-        """Load the active version if it differs from the current one; True when the model changed.
-        ``force`` retries a version that failed to load before."""
+        """Load the active version if it differs from the current one, or bring the current one's item table up
+        to date with the catalog; True when the model changed. ``force`` retries a version that failed before."""
         with self._lock:
-            with self.db.connection(timeout=5) as conn:
-                version = active_version(conn)
-                current = self.current.version if self.current else None
-                if version == current and self.current is not None:
-                    if catalog_stamp(conn) != self.current.items.stamp:  # videos added or changed: re-encode
-                        items = ItemIndex.load(conn, self.current.towers.pipeline)
-                        self.current = replace(self.current, items=items)
-                    return False
-                if version == current:
-                    return False
-            if version is None:
-                log.warning("no active model version: answering with the fallbacks")
-                self.current = None
-                return True
-            if version == self.failed_version and not force:
-                return False
             try:
-                towers = OnnxTowers(fetch(self.store, version, self.cache_dir), threads=self.threads)
-                with self.db.connection(timeout=30) as conn:
-                    items = ItemIndex.load(conn, towers.pipeline)
-            except ArtifactError as exc:  # a broken version stays broken: don't fetch it on every check
-                self.failed_version, self.last_error = version, exc.message
-                log.error("cannot load model %s: %s (keeping %s)", version, exc.message, current or "the fallbacks")
-                return False
-            except Exception as exc:  # the store or the database was unreachable: try again at the next check
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("cannot load model %s yet (%s); retrying", version, self.last_error)
-                return False
-            self.current = LoadedModel(version, towers, items, time.time())
-            self.failed_version, self.last_error = None, None
-            self.reloads += 1
-            log.info("model %s loaded (was %s)", version, current)
-            return True
+                with self._loader() as conn:
+                    return self._refresh(conn, force)
+            except Exception as exc:  # the database was unreachable: the next check tries again
+                self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                raise
+
+    def _refresh(self, conn: psycopg.Connection[Any], force: bool) -> bool:
+        version = active_version(conn)
+        self.active, self.checked = version, True
+        current = self.current.version if self.current else None
+        if version is not None and version == current and self.current is not None:
+            items = self.current.items.refreshed(conn, self.current.towers.pipeline)  # videos added or changed
+            self.current = replace(self.current, items=items)
+            self.last_error = None
+            return False
+        if version is None:
+            if current is not None:
+                log.warning("no active model version: answering with the fallbacks")
+            self.current, self.last_error = None, None
+            return current is not None
+        if version == self.failed_version and not force:
+            return False
+        self.loading = version
+        started = time.perf_counter()
+        try:
+            directory = fetch(self.store, version, self.cache_dir)
+            towers = OnnxTowers(directory, threads=self.threads)
+            items = ItemIndex.open(directory, conn, towers.pipeline)
+        except ArtifactError as exc:  # a broken version stays broken: don't fetch it on every check
+            self.failed_version, self.last_error = version, exc.message
+            log.error("cannot load model %s: %s (keeping %s)", version, exc.message, current or "the fallbacks")
+            return False
+        except Exception as exc:  # the store or the database was unreachable: try again at the next check
+            self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            log.warning("cannot load model %s yet (%s); retrying", version, self.last_error)
+            return False
+        finally:
+            self.loading = None
+        self.current = LoadedModel(version, towers, items, time.time())
+        self.failed_version, self.last_error = None, None
+        self.reloads += 1
+        log.info("model %s loaded in %.1fs, %d videos (was %s)", version, time.perf_counter() - started, len(items),
+                 current)  # fmt: skip
+        return True
 
     # -- watching --------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -110,7 +171,7 @@ class ModelHolder:
         try:
             self.refresh()
             if self.on_poll is not None:
-                with self.db.connection(timeout=5) as conn:
+                with self._loader() as conn:
                     self.on_poll(conn)
         except Exception as exc:  # the watcher must outlive any error: it is the hot-swap
             log.warning("model check failed: %s: %s", type(exc).__name__, exc)
