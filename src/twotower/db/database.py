@@ -51,6 +51,7 @@ class Database:
         self.settings = settings
         self.embedded = embedded
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._closed = False
         self.session: dict[str, str] = {}  # settings applied to every pooled connection (set before first use)
         self.autocommit = False  # pooled connections in autocommit mode (set before first use)
 
@@ -84,6 +85,7 @@ class Database:
         return db
 
     def close(self) -> None:
+        self._closed = True  # a late user must not open a new pool that nobody closes
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -127,6 +129,8 @@ class Database:
 
     @property
     def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        if self._closed:
+            raise DatabaseUnavailable("the database connections are closed (shutting down)")
         if self._pool is None:
             pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
                 self.conninfo,
