@@ -115,3 +115,60 @@ def test_anon_and_engine_tables_closed(supabase_db: str) -> None:
 def test_no_auth_schema_no_policies(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_policies").fetchone() == (0,)
+
+
+SUPABASE_DEFAULT_PRIVILEGES = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+        CREATE ROLE service_role NOLOGIN BYPASSRLS;
+    END IF;
+END $$;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+"""
+ALLOWED = {  # (table, role) -> what the policies need; everything else must be refused
+    **{(t, r): {"SELECT"} for t in ("videos", "tags", "video_tags", "performers", "video_performers",
+                                    "video_embeddings") for r in ("anon", "authenticated")},
+    ("user_video_decisions", "authenticated"): {"SELECT", "INSERT", "UPDATE", "DELETE"},
+    ("user_embeddings", "authenticated"): {"SELECT"},
+}  # fmt: skip
+CHECKED = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+
+
+def test_supabase_default_grants_are_narrowed_to_what_the_policies_need(empty_db_url: str) -> None:
+    """Supabase gives every new table ALL to anon and authenticated; RLS does not cover TRUNCATE."""
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute(SUPABASE_AUTH.encode())
+        conn.execute(SUPABASE_DEFAULT_PRIVILEGES.encode())
+    with psycopg.connect(empty_db_url) as conn:
+        result = upgrade(conn)
+        assert any(c.startswith("revoked TRUNCATE on videos from anon") for c in result.rls_changes)
+        assert not upgrade(conn).changed  # idempotent
+        conn.execute("INSERT INTO videos (source, external_id, title) VALUES ('t', '1', 'one')")
+        conn.commit()
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()]  # fmt: skip
+        assert len(tables) >= 15
+        leaks = []
+        for table in tables:
+            for role in ("anon", "authenticated"):
+                for privilege in CHECKED:
+                    held = conn.execute("SELECT has_table_privilege(%s, %s, %s)", (role, table, privilege))
+                    if held.fetchone()[0] and privilege not in ALLOWED.get((table, role), set()):  # type: ignore[index]
+                        leaks.append(f"{role} {privilege} {table}")
+        sequences = conn.execute("SELECT relname FROM pg_class WHERE relkind = 'S'").fetchall()
+        for (sequence,) in sequences:
+            for role in ("anon", "authenticated"):
+                held = conn.execute("SELECT has_sequence_privilege(%s, %s, 'USAGE')", (role, sequence))
+                if held.fetchone()[0]:  # type: ignore[index]
+                    leaks.append(f"{role} USAGE {sequence}")
+        assert not leaks, leaks
+        for role in ("anon", "authenticated"):
+            for statement in ("TRUNCATE videos CASCADE", "TRUNCATE user_video_decisions",
+                              "DELETE FROM videos", "TRUNCATE model_versions CASCADE"):  # fmt: skip
+                _as(conn, role, A)
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+                conn.rollback()
+        assert conn.execute("SELECT count(*) FROM videos").fetchone() == (1,)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -65,6 +66,54 @@ def test_database_down_gives_503_quickly_then_recovers(own_server: tuple[Embedde
         r = c.post("/v1/recommendations", json={"limit": 5}, headers=headers)
         assert r.status_code == 200 and r.json()["total_count"] == 5, r.text
         assert c.get("/readyz").status_code == 200
+
+
+def test_serve_starts_with_the_database_down_and_recovers_within_seconds_of_any_outage(
+    own_server: tuple[EmbeddedServer, str], tmp_path: Path
+) -> None:
+    server, uri = own_server
+    _pg_ctl(server, "stop")
+    settings = serve_settings(uri, tmp_path / "data")
+    with ServerThread(settings, wait_ready=False) as base, httpx.Client(base_url=base, timeout=30) as c:
+        assert c.get("/healthz").status_code == 200  # alive with the database down
+        down = c.get("/readyz")
+        assert down.status_code == 503 and down.json()["error"] == "database_unavailable", down.text
+        _pg_ctl(server, "start")
+        deadline = time.monotonic() + 10
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, c.get("/readyz").text
+            time.sleep(0.1)
+        # a 20 s outage under load: answers come back within a few seconds of the database, not after the pool's
+        # doubling back-off (16 s and more)
+        stop = threading.Event()
+        ok_at: list[float] = []
+
+        def load() -> None:
+            headers = bearer(uuid.uuid4())
+            with httpx.Client(base_url=base, timeout=30) as client:
+                while not stop.is_set():
+                    if client.post("/v1/recommendations", json={"limit": 5}, headers=headers).status_code == 200:
+                        ok_at.append(time.monotonic())
+                    time.sleep(0.05)
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1)
+            _pg_ctl(server, "stop")
+            time.sleep(20)
+            _pg_ctl(server, "start")
+            back = time.monotonic()
+            deadline = back + 15
+            while not [t for t in ok_at if t > back] and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        recovered = min((t for t in ok_at if t > back), default=float("inf")) - back
+        assert recovered < 3.0, f"the first 200 came {recovered:.1f} s after the database was back"
 
 
 def test_serve_cli_refuses_without_a_way_to_verify_tokens(tmp_path: Path) -> None:

@@ -23,6 +23,10 @@ def serve(
         raise ConfigError("set TWOTOWER_JWT_SECRET (HS256) and/or TWOTOWER_JWT_JWKS_URL (RS256/ES256) to serve")
     if log_level not in ("critical", "error", "warning", "info", "debug"):
         raise ConfigError(f"--log-level {log_level!r}: use critical, error, warning, info or debug")
+    if settings.database_url is not None:  # a malformed URL is one line here, not a traceback in every worker
+        from twotower.db import Database
+
+        Database.parse_url(settings.database_url.get_secret_value())
     out.print(f"serving on http://{host}:{port} ({workers} worker(s)); docs at /docs")
     uvicorn.run("twotower.serve.factory:app", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)  # fmt: skip

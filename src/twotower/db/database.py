@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,26 +12,64 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff  # the pool's reconnection schedule (see _Attempt)
 
 from twotower.db.embedded import EmbeddedServer
 from twotower.errors import ConfigError, DatabaseUnavailable
 from twotower.settings import Settings
 
-__all__ = ["Database", "redact"]
+__all__ = ["Database", "redact", "scrub"]
 
 log = logging.getLogger(__name__)
 
 
 def redact(conninfo: str) -> str:
-    """``user@host:port/dbname`` for messages: never the password."""
+    """``user@host:port/dbname`` for messages: never the password, nor a host that holds a piece of it (a password
+    with an unencoded ``@`` or ``/`` is parsed into the host)."""
     try:
         parts = conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError:
         return "<unparseable database URL>"
-    host = parts.get("host") or "localhost"
+    host = str(parts.get("host") or "localhost")
+    if _secrets(conninfo) & _pieces(host) or any(c in host for c in "@ "):
+        host = "<malformed host>"
     port = f":{parts['port']}" if parts.get("port") else ""
     user = f"{parts['user']}@" if parts.get("user") else ""
-    return f"{user}{host}{port}/{parts.get('dbname', '')}"
+    return scrub(f"{user}{host}{port}/{parts.get('dbname', '')}", conninfo)
+
+
+_URL_SECRET = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*:(?P<secret>[^?#]*)@")
+_KEYWORD_SECRET = re.compile(r"password\s*=\s*(?P<secret>'(?:[^'\\]|\\.)*'|.*)", re.IGNORECASE)
+
+
+def _pieces(text: str) -> set[str]:
+    """The text and its parts between separators (``@ / : % =`` and white space), those of 4 characters or more."""
+    return {text} | {p for p in re.split(r"[@/:%=\s'\[\]]+", text) if len(p) >= 4}
+
+
+def _secrets(conninfo: str) -> set[str]:
+    """What may be (a piece of) the password in a connection string, parsed or not: the parsed password, the URL's
+    user-info after the first ``:`` up to the last ``@`` before the path, a ``password=`` value to the end."""
+    found: set[str] = set()
+    with contextlib.suppress(psycopg.ProgrammingError):
+        password = conninfo_to_dict(conninfo).get("password")
+        if password:
+            found |= _pieces(str(password))
+    authority = conninfo.split("/", 3)[2] if "://" in conninfo and conninfo.count("/") >= 2 else ""
+    if "@" in authority and ":" in authority.rsplit("@", 1)[0]:
+        found |= _pieces(authority.rsplit("@", 1)[0].split(":", 1)[1])
+    if (match := _URL_SECRET.match(conninfo)) is not None:
+        found |= _pieces(match["secret"].rsplit("@", 1)[0])
+    if (match := _KEYWORD_SECRET.search(conninfo)) is not None:
+        found |= _pieces(match["secret"].strip("'"))
+    return {f for f in found if f}
+
+
+def scrub(message: str, conninfo: str) -> str:
+    """``message`` with everything that may be a piece of the connection string's password replaced by ``***``."""
+    for secret in sorted(_secrets(conninfo), key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -57,19 +96,22 @@ class Database:
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, settings: Settings, *, migrate: bool | None = None) -> Database:
+    def open(cls, settings: Settings, *, migrate: bool | None = None, check: bool = True) -> Database:
         """Connect and check the connection works; start the embedded server when no URL is configured.
 
         ``migrate``: apply pending migrations first. Default: yes for the embedded server (zero set-up),
-        no for an external database (run ``twotower db upgrade`` there, on purpose).
+        no for an external database (run ``twotower db upgrade`` there, on purpose). ``check=False`` (the server):
+        only parse the URL; connections are made when first needed, and retried while the database is down.
         """
         embedded: EmbeddedServer | None = None
         if settings.database_url is None:
             embedded = EmbeddedServer(settings.embedded_pg_dir)
             conninfo = embedded.start()
         else:
-            conninfo = settings.database_url.get_secret_value()
+            conninfo = cls.parse_url(settings.database_url.get_secret_value())
         db = cls(conninfo, settings, embedded)
+        if not check:
+            return db
         try:
             db.check()
             if migrate is None:
@@ -83,6 +125,15 @@ class Database:
             db.close()
             raise
         return db
+
+    @staticmethod
+    def parse_url(conninfo: str) -> str:
+        """The URL itself when libpq can parse it; else a ``ConfigError`` that shows no piece of the password."""
+        try:
+            conninfo_to_dict(conninfo)
+        except psycopg.ProgrammingError as exc:
+            raise _invalid_url(conninfo, exc) from None
+        return conninfo
 
     def close(self) -> None:
         self._closed = True  # a late user must not open a new pool that nobody closes
@@ -117,10 +168,10 @@ class Database:
             conn = psycopg.connect(self.conninfo, autocommit=autocommit, **self._connect_kwargs())
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(
-                f"cannot connect to the database at {redact(self.conninfo)}: {_first_line(exc)}"
+                f"cannot connect to the database at {redact(self.conninfo)}: {scrub(_first_line(exc), self.conninfo)}"
             ) from None
         except psycopg.ProgrammingError as exc:
-            raise ConfigError(f"invalid database URL: {_first_line(exc)}") from None
+            raise _invalid_url(self.conninfo, exc) from None
         try:
             _configure(conn)
             yield conn
@@ -132,7 +183,7 @@ class Database:
         if self._closed:
             raise DatabaseUnavailable("the database connections are closed (shutting down)")
         if self._pool is None:
-            pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            pool: ConnectionPool[psycopg.Connection[Any]] = _Pool(
                 self.conninfo,
                 min_size=self.settings.db_pool_min_size,
                 max_size=self.settings.db_pool_max_size,
@@ -160,6 +211,27 @@ class Database:
                 yield conn
         except PoolTimeout:
             raise DatabaseUnavailable(f"no database connection within {wait:g}s ({redact(self.conninfo)})") from None
+
+
+class _Attempt(AttemptWithBackoff):
+    """Reconnection attempts at most ``MAX_DELAY`` apart: psycopg_pool doubles the wait without a cap, so after a
+    40 s outage the next attempt could be 16 s after the database is back."""
+
+    MAX_DELAY = 1.0
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, self.MAX_DELAY)
+
+
+class _Pool(ConnectionPool[psycopg.Connection[Any]]):
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        super()._add_connection(attempt or _Attempt(timeout=self.reconnect_timeout), growing)
+
+
+def _invalid_url(conninfo: str, exc: BaseException) -> ConfigError:
+    return ConfigError(f"invalid database URL: {scrub(_first_line(exc), conninfo)} (characters such as @ / : % in "
+                       "the password must be percent-encoded)")  # fmt: skip
 
 
 def _first_line(exc: BaseException) -> str:

@@ -4,6 +4,10 @@ A signed-in user (role ``authenticated``) reads and writes only their own swipes
 embedding; the catalog and item embeddings are readable by ``anon`` and ``authenticated`` but writable by
 neither; the engine's own tables are closed to both (the engine connects as the owner, or as a role with
 BYPASSRLS such as Supabase's ``service_role``). Every step checks first, so running it again changes nothing.
+
+Grants are exact: Supabase's default privileges give every new table ALL (TRUNCATE, REFERENCES and TRIGGER
+included) to ``anon`` and ``authenticated``, and row-level security does not cover TRUNCATE, so every privilege
+those roles hold on twotower's tables and sequences beyond the ones listed here is revoked first.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ _GRANTS = [
 ]
 
 
+_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+
+
 def has_auth_uid(conn: psycopg.Connection[Any]) -> bool:
     row = conn.execute("SELECT to_regprocedure('auth.uid()') IS NOT NULL").fetchone()
     return bool(row and row[0])
@@ -99,6 +106,7 @@ def ensure_rls(conn: psycopg.Connection[Any]) -> list[str]:
         conn.execute(stmt)
         changes.append(f"created policy {pol.name} on {pol.table}")
 
+    changes += _revoke_extra(conn, roles)
     for table, privilege, grantees in _GRANTS:
         for role in grantees:
             if role not in roles:
@@ -110,4 +118,41 @@ def ensure_rls(conn: psycopg.Connection[Any]) -> list[str]:
                 sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privilege), sql.Identifier(table), sql.Identifier(role))
             )
             changes.append(f"granted {privilege} on {table} to {role}")
+    return changes
+
+
+def _revoke_extra(conn: psycopg.Connection[Any], roles: set[str]) -> list[str]:
+    """Revoke from ``anon``/``authenticated`` every privilege on twotower's tables and their sequences that
+    ``_GRANTS`` does not list (Supabase's default privileges grant them all)."""
+    wanted = {(t, p, r) for t, p, grantees in _GRANTS for r in grantees}
+    version = conn.execute("SHOW server_version_num").fetchone()
+    privileges = _TABLE_PRIVILEGES + (("MAINTAIN",) if version and int(version[0]) >= 170000 else ())
+    changes = []
+    tables = [r[0] for r in conn.execute(
+        "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL",
+        ([*_CATALOG, "user_video_decisions", "user_embeddings", *_ENGINE],),
+    ).fetchall()]  # fmt: skip
+    for table in tables:
+        for role in sorted(roles):
+            for privilege in privileges:
+                if (table, privilege, role) in wanted:
+                    continue
+                held = conn.execute("SELECT has_table_privilege(%s, %s, %s)", (role, table, privilege)).fetchone()
+                if held and held[0]:
+                    conn.execute(sql.SQL("REVOKE {} ON {} FROM {}").format(
+                        sql.SQL(privilege), sql.Identifier(table), sql.Identifier(role)))  # fmt: skip
+                    changes.append(f"revoked {privilege} on {table} from {role}")
+    sequences = conn.execute(
+        "SELECT DISTINCT s.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+        "JOIN pg_class t ON t.oid = d.refobjid WHERE t.oid = ANY(%s::regclass[])",
+        (tables,),
+    ).fetchall()
+    for (sequence,) in sequences:
+        for role in sorted(roles):
+            for privilege in ("USAGE", "SELECT", "UPDATE"):
+                held = conn.execute("SELECT has_sequence_privilege(%s, %s, %s)", (role, sequence, privilege))
+                if (row := held.fetchone()) and row[0]:
+                    conn.execute(sql.SQL("REVOKE {} ON SEQUENCE {} FROM {}").format(
+                        sql.SQL(privilege), sql.Identifier(sequence), sql.Identifier(role)))  # fmt: skip
+                    changes.append(f"revoked {privilege} on sequence {sequence} from {role}")
     return changes

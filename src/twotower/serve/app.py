@@ -139,7 +139,7 @@ class Service:
 
     def start(self) -> None:
         settings = self.settings
-        self.db = Database.open(settings, migrate=False)
+        self.db = Database.open(settings, migrate=False, check=False)  # the database may be down: /readyz says so
         self.db.autocommit = True  # one statement per round trip, no COMMIT round trip
         self.db.session = serving_session(settings)
         cache = (settings.data_dir / "models").expanduser().absolute()

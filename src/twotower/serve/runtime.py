@@ -188,7 +188,7 @@ class ModelHolder:
             except Exception as exc:
                 log.warning("model watcher lost the database (%s); retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 1.0)  # the model loads within about a second of the database's return
 
     def _listen(self, conn: psycopg.Connection[Any]) -> None:
         next_poll = time.monotonic() + self.poll_seconds
