@@ -231,6 +231,44 @@ def test_bad_input_gets_4xx_with_error_and_message(served: Served) -> None:
         assert client.post("/v1/embeddings/items", json=too_many, headers=service_headers()).status_code == 422
 
 
+def test_json_types_are_not_coerced_and_bad_bodies_are_malformed_json(served: Served) -> None:
+    headers = bearer(uuid.uuid4())
+    lax = [  # each was answered 200 when pydantic coerced it
+        ("/v1/recommendations", {"limit": True}, headers),
+        ("/v1/recommendations", {"limit": 5.5}, headers),
+        ("/v1/recommendations", {"exclude_liked": 0}, headers),
+        ("/v1/recommendations", {"limit": "5"}, headers),
+        ("/v1/recommendations", {"filters": {"released_after": 0}}, headers),
+        ("/v1/recommendations", {"filters": {"max_price": True}}, headers),
+        ("/v1/recommendations", {"filters": {"include_tags": [" "]}}, headers),
+        ("/functions/v1/two_tower_recommendations", {"exclude_liked": 0}, headers),
+        ("/functions/v1/two_tower_recommendations", {"limit": True}, headers),
+        ("/v1/embeddings/items", {"videos": [{"title": "x", "review_average": False}]}, service_headers()),
+        ("/v1/embeddings/items", {"videos": [{"title": "x", "duration_seconds": "60"}]}, service_headers()),
+    ]
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        for path, body, who in lax:
+            r = client.post(path, json=body, headers=who)
+            assert r.status_code == 422 and r.json()["error"] == "invalid_request", (path, body, r.text)
+        fine = client.post("/v1/recommendations", json={"limit": 3, "filters": {"max_price": 2000,
+                           "released_after": "2020-01-01T00:00:00Z"}}, headers=headers)  # fmt: skip
+        assert fine.status_code == 200, fine.text
+        for query in ("20.0", "2e1", "-1", "x"):
+            r = client.get(f"/v1/videos/{uuid.uuid4()}/similar?limit={query}", headers=headers)
+            assert r.status_code == 422 and r.json()["error"] == "invalid_request", (query, r.text)
+        json_headers = {**headers, "Content-Type": "application/json"}
+        for body in (b'{"limit": "\xff\xfe"}', b"\xff\xfe{}", b"[" * 100_000 + b"]" * 100_000):
+            r = client.post("/v1/recommendations", content=body, headers=json_headers)
+            assert r.status_code in (400, 413) and r.json()["error"] in ("malformed_json", "payload_too_large"), r.text
+        deep = client.post("/v1/recommendations", content=b"[" * 50_000 + b"]" * 50_000, headers=json_headers)
+        assert deep.status_code == 400 and deep.json()["error"] == "malformed_json", deep.text
+        big = client.post("/v1/recommendations", json={}, headers={"Authorization": "Bearer " + "x" * 100_000})
+        assert big.status_code == 431 and big.json()["error"] == "headers_too_large", big.text
+        schema = client.get("/openapi.json").json()
+        responses = schema["paths"]["/v1/recommendations"]["post"]["responses"]
+        assert {"200", "400", "401", "413", "422", "431", "503"} <= set(responses)
+
+
 def test_similar_videos(served: Served) -> None:
     tastes = _videos_by_taste(served.db_url)
     taste_of = _taste_of(served.db_url)

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from psycopg import sql
 from psycopg_pool import PoolTimeout
+from pydantic import BeforeValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -48,7 +49,7 @@ log = logging.getLogger("twotower.serve")
 T = TypeVar("T")
 _ERRORS = {"model": s.ErrorOut}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: _ERRORS, 403: _ERRORS, 404: _ERRORS, 413: _ERRORS, 422: _ERRORS, 503: _ERRORS,
+    400: _ERRORS, 401: _ERRORS, 403: _ERRORS, 404: _ERRORS, 413: _ERRORS, 422: _ERRORS, 431: _ERRORS, 503: _ERRORS,
 }  # fmt: skip
 
 
@@ -57,16 +58,23 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, whether or not Content-Length is sent."""
+    """Refuse request bodies over ``limit`` bytes with 413, whether or not Content-Length is sent, and headers over
+    ``header_limit`` bytes in all with 431."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, header_limit: int = 16 << 10) -> None:
+        self.app, self.limit, self.header_limit = app, limit, header_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = scope.get("headers") or []
+        if sum(len(k) + len(v) for k, v in headers) > self.header_limit:
+            await _error(431, "headers_too_large", f"request headers are limited to {self.header_limit:,} bytes")(
+                scope, receive, send
+            )
+            return
+        declared = dict(headers).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await _error(413, "payload_too_large", f"request bodies are limited to {self.limit:,} bytes")(
                 scope, receive, send
@@ -285,7 +293,7 @@ def create_app(settings: Settings) -> FastAPI:
              tags=["recommendations"])  # fmt: skip
     def similar(
         video_id: Annotated[uuid.UUID, Path()], caller: Caller,
-        limit: Annotated[int, Query(ge=1, le=s.MAX_LIMIT)] = 20,
+        limit: Annotated[int, Query(ge=1, le=s.MAX_LIMIT), BeforeValidator(s.whole_number)] = 20,
     ) -> s.RecommendationsOut:  # fmt: skip
         """Videos closest to this one in the active model's embedding space."""
         if not caller.is_service:
@@ -375,7 +383,7 @@ def create_app(settings: Settings) -> FastAPI:
     def quality(
         caller: Caller,
         model_version: Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = None,
-        history_limit: Annotated[int, Query(ge=0, le=1000)] = 20,
+        history_limit: Annotated[int, Query(ge=0, le=1000), BeforeValidator(s.whole_number)] = 20,
     ) -> dict[str, Any]:
         """Embedding quality of a version (default: the active one): its latest check (`twotower monitor`), past
         checks, and the live like-rate of what was served (service role)."""
@@ -486,6 +494,8 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and request.method in ("POST", "PUT", "PATCH"):  # a body that is not UTF-8 JSON
+            return _error(400, "malformed_json", "the request body is not valid JSON (UTF-8, nested less deeply)")
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )

@@ -6,13 +6,46 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import Strict as PydanticStrict
 
-# names are matched against the database: no control characters (Postgres text cannot hold NUL)
+# names are matched against the database: no control characters (Postgres text cannot hold NUL), and not blank
+# (the schema says so: white space around a name is stripped)
 Name = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=r"^[^\x00-\x1f\x7f]+$")
-]
+    str,
+    StringConstraints(
+        min_length=1, max_length=200, strip_whitespace=True,
+        pattern=r"^[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$",
+    ),
+]  # fmt: skip
 MAX_LIMIT = 100
+
+
+def _iso_only(value: object) -> object:
+    if not isinstance(value, str | datetime):
+        raise ValueError("expected an ISO 8601 date-time string")
+    return value
+
+
+def whole_number(value: object) -> object:
+    """A query parameter that is a whole number as written (``20``, not ``20.0`` or ``2e1``)."""
+    if isinstance(value, str) and not value.isdigit():
+        raise ValueError("expected a whole number")
+    return value
+
+
+def _json_integer(value: object) -> object:
+    """A JSON integer (``5``, or ``5.0``, which JSON Schema counts as one): not ``true``, not ``"5"``."""
+    if isinstance(value, bool | str):
+        raise ValueError("expected an integer")
+    return value
+
+
+# JSON types are taken as they are: no true for 1, 0 for false, a number for a date (pydantic coerces by default)
+JsonInteger = BeforeValidator(_json_integer)  # after the type's bounds: Annotated[int, Field(ge=..), JsonInteger]
+Number = Annotated[float, PydanticStrict()]  # an integer is a number too; true is not
+Bool = Annotated[bool, PydanticStrict()]
+DateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 class Strict(BaseModel):
@@ -23,13 +56,15 @@ class FiltersIn(Strict):
     exclude_tags: list[Name] = Field(default_factory=list, max_length=100, description="Skip videos with any of these.")
     include_tags: list[Name] = Field(default_factory=list, max_length=100, description="Only videos with one of these.")
     makers: list[Name] = Field(default_factory=list, max_length=100, description="Only videos from these makers.")
-    max_price: float | None = Field(default=None, ge=0, le=1e9)
-    released_after: datetime | None = None
+    max_price: Annotated[Number, Field(ge=0, le=1e9)] | None = None
+    released_after: DateTime | None = None
 
 
 class RecommendationsIn(Strict):
-    limit: int = Field(default=20, ge=1, le=MAX_LIMIT, description="How many videos (exactly this many if available).")
-    exclude_liked: bool = Field(default=True, description="Also exclude videos the user liked (nopes always are).")
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT), JsonInteger] = Field(
+        default=20, description="How many videos (exactly this many if available)."
+    )
+    exclude_liked: Bool = Field(default=True, description="Also exclude videos the user liked (nopes always are).")
     filters: FiltersIn = Field(default_factory=FiltersIn)
 
 
@@ -37,8 +72,8 @@ class EdgeRecommendationsIn(BaseModel):
     """The app's edge-function request: the same two fields (other fields are ignored, as the function did)."""
 
     model_config = ConfigDict(extra="ignore")
-    limit: int = Field(default=20, ge=1, le=MAX_LIMIT)
-    exclude_liked: bool = True
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT), JsonInteger] = 20
+    exclude_liked: Bool = True
 
 
 class EdgeVideoOut(BaseModel):
@@ -102,11 +137,11 @@ class ItemIn(Strict):
     label: Name | None = None
     series: Name | None = None
     director: Name | None = None
-    price: float | None = Field(default=None, ge=0, le=1e9)
-    duration_seconds: int | None = Field(default=None, ge=0, le=10**7)
-    product_released_at: datetime | None = None
-    review_count: int | None = Field(default=None, ge=0, le=10**9)
-    review_average: float | None = Field(default=None, ge=0, le=5)
+    price: Annotated[Number, Field(ge=0, le=1e9)] | None = None
+    duration_seconds: Annotated[int, Field(ge=0, le=10**7), JsonInteger] | None = None
+    product_released_at: DateTime | None = None
+    review_count: Annotated[int, Field(ge=0, le=10**9), JsonInteger] | None = None
+    review_average: Annotated[Number, Field(ge=0, le=5)] | None = None
 
 
 class ItemsIn(Strict):
