@@ -91,6 +91,7 @@ class Database:
         self.embedded = embedded
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._closed = False
+        self._unsupported: set[str] = set()  # session settings the server refused (logged once)
         self.session: dict[str, str] = {}  # settings applied to every pooled connection (set before first use)
         self.autocommit = False  # pooled connections in autocommit mode (set before first use)
 
@@ -199,7 +200,14 @@ class Database:
     def _configure_pooled(self, conn: psycopg.Connection[Any]) -> None:
         _configure(conn)
         for name, value in self.session.items():
-            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+            try:
+                conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+            except psycopg.errors.InvalidName:  # pgvector < 0.8 has no hnsw.iterative_scan: run without it
+                conn.rollback()
+                if name not in self._unsupported:
+                    self._unsupported.add(name)
+                    log.warning("the database does not know the setting %s (pgvector < 0.8?): running without it",
+                                name)  # fmt: skip
         conn.commit()
 
     @contextmanager

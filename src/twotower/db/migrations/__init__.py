@@ -131,6 +131,7 @@ def upgrade(conn: psycopg.Connection[Any]) -> UpgradeResult:
     Concurrent upgrades (two processes starting on a fresh database) serialise on the lock; the second
     finds nothing left to do.
     """
+    from twotower.db.pgvector import check_pgvector
     from twotower.db.rls import ensure_rls
 
     if conn.autocommit:
@@ -140,6 +141,8 @@ def upgrade(conn: psycopg.Connection[Any]) -> UpgradeResult:
     conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
     conn.commit()
     try:
+        check_pgvector(conn, create=True)  # one clear line when it is missing, too old or not ours to create
+        conn.commit()
         with conn.transaction():
             _ensure_table(conn)
         known = discover()
