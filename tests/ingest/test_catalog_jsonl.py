@@ -132,3 +132,24 @@ def test_cli_strict_exit_code(cli_env: dict[str, str], tmp_path: Path) -> None:
     lenient = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=60)
     assert lenient.returncode == 0, lenient.stderr
     assert "line 2: malformed JSON" in lenient.stderr
+
+
+def test_values_postgres_cannot_store_are_reported_per_line(db: Database, tmp_path: Path) -> None:
+    """A NUL in a title, a tag or a key, or a count beyond an integer: reported with the file's line number, the
+    other lines imported (each used to abort the whole file with exit 70 and no line number)."""
+    f = tmp_path / "c.jsonl"
+    lines = [
+        {"external_id": "ok-1", "title": "Fine"},
+        {"external_id": "nul-title", "title": "a\u0000b"},
+        {"external_id": "nul-tag", "title": "T", "tags": ["x\u0000"]},
+        {"external_id": "nul-key", "title": "T", "extra": {"k\u0000": 1}},
+        {"external_id": "huge", "title": "T", "review_count": 1e20},
+        {"external_id": "ok-2", "title": "Fine too"},
+    ]
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    report = import_catalog(db, f, source="shop")
+    got = {p.line: p.message for p in report.problems.sorted()}
+    assert set(got) == {2, 3, 4, 5}, got
+    assert all("NUL" in got[n] for n in (2, 3, 4)) and "review_count" in got[5]
+    with db.connection() as conn:
+        assert {r[0] for r in conn.execute("SELECT external_id FROM videos")} == {"ok-1", "ok-2"}

@@ -67,9 +67,9 @@ def test_bad_rows_reported_with_line_numbers(db: Database, catalog: dict[str, uu
         "u1,v1,superlike,2024-01-01",  # 4 invalid decision_type
         "u1,v1,like,not-a-date",  # 5 bad timestamp
         "u1,v1",  # 6 wrong field count
-        '"u1,v1,like',  # 7 malformed quoting
-        ",v2,like,",  # 8 missing user
-        "u1,,like,",  # 9 missing video
+        ",v2,like,",  # 7 missing user
+        "u1,,like,",  # 8 missing video
+        '"u1,v1,like',  # 9 an unterminated quote: a CSV parser reads to the end of the file for it
     )
     report = import_decisions(db, f, source="shop")
     assert report.decisions is not None and report.decisions.inserted == 1
@@ -107,3 +107,33 @@ def test_cli_unknown_video_strict(cli_env: dict[str, str], tmp_path: Path) -> No
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "line 2: unknown video catalog:v404" in result.stderr
+
+
+def test_hostile_csv_lines_are_reported_with_their_line_numbers(
+    db: Database, catalog: dict[str, uuid.UUID], tmp_path: Path
+) -> None:
+    u = uuid.uuid4()
+    f = tmp_path / "d.csv"
+    f.write_bytes(
+        b"user_id,external_id,decision_type,created_at\n"
+        + b'"ru\n1",v0,like,2024-01-01\n'  # line 2-3: a quoted newline inside a field
+        + f"{u},v1,like,2024-01-01\n".encode()  # line 4: fine
+        + f"{u},v2,li\x00ke,2024-01-01\n".encode()  # line 5: a NUL byte
+        + f"{u},v3,like,2199-01-01\n".encode()  # line 6: a date far in the future
+        + f"{u},v4,nope,2024-01-02\n".encode()  # line 7: fine
+    )
+    result = import_decisions(db, f, source="shop")
+    lines = {p.line: p.message for p in result.problems.sorted()}
+    assert result.decisions is not None and result.decisions.inserted == 3, lines
+    assert set(lines) == {5, 6}, lines
+    assert "NUL" in lines[5] and "future" in lines[6]
+    with db.connection() as conn:
+        users = {r[0] for r in conn.execute("SELECT DISTINCT user_id FROM user_video_decisions")}
+    assert users == {u, user_uuid("shop", "ru\n1")}  # the quoted newline is part of the id, not a new row
+
+
+def test_a_utf16_file_is_named_as_such(db: Database, catalog: dict[str, uuid.UUID], tmp_path: Path) -> None:
+    f = tmp_path / "d.csv"
+    f.write_bytes("user_id,external_id,decision_type\nalice,v0,like\n".encode("utf-16"))
+    with pytest.raises(InputError, match="UTF-16"):
+        import_decisions(db, f, source="shop")

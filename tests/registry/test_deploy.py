@@ -34,6 +34,7 @@ from twotower.registry.deploy import (
     DeployResult,
     EmbeddingAlerts,
     QualityGateFailed,
+    VersionConflict,
     deploy,
 )
 from twotower.registry.versions import NOTIFY_CHANNEL, RollbackRefused, hnsw_index_name, rollback
@@ -398,3 +399,51 @@ def test_a_video_changed_during_the_build_shows_as_stale(
             "WHERE e.created_at < v.updated_at"
         ).fetchone()
     assert stale == (1,)  # so the next sync or batch update re-embeds it
+
+
+_KILLED_AT = """
+import os, signal, sys
+from pathlib import Path
+from twotower.db import Database
+from twotower.registry import LocalStore
+from twotower.registry.deploy import DeployOptions, deploy
+from twotower.settings import Settings
+
+url, model_dir, store, cache, where = sys.argv[1:]
+
+def die(*_):
+    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind: a real crash
+
+stage = lambda name: die() if name == where else None
+with Database.open(Settings(database_url=url, data_dir=cache), migrate=False) as db:
+    options = DeployOptions(model_dir=Path(model_dir), cache_dir=Path(cache), gate=False)
+    deploy(db, LocalStore(Path(store)), options, on_stage=stage, on_chunk=die if where == "chunk" else None)
+"""
+
+
+def test_a_killed_deploy_can_be_run_again_under_its_name(
+    db: Database, url: str, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Killed when the version is registered, building, and built but unchecked: the same command then runs
+    again and finishes; a built-but-unchecked version can never be rolled back to."""
+    store = LocalStore(tmp_path / "store")
+    _deploy(db, store, _copy(models, "a", tmp_path), tmp_path)
+    b = _copy(models, "b", tmp_path)
+    for where, status in (("build", "registered"), ("chunk", "building"), ("monitor", "ready")):
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_AT, url, str(b), str(store.root), str(tmp_path / "cache"), where],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        )  # fmt: skip
+        assert killed.returncode == -9, killed.stderr
+        _intact(url, "a")
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT status FROM model_versions WHERE version = 'b'").fetchone() == (status,)
+            if status == "ready":  # its checks never ran: no way to serve it
+                with pytest.raises(RollbackRefused, match="never promoted"):
+                    rollback(conn, "b")
+    result = _deploy(db, store, b, tmp_path, gate=False)  # the same command, once more
+    assert result.version == "b" and result.previous == "a" and result.cleaned == ["b"]
+    state = _state(url)
+    assert state["version"] == "b" and state["videos"] == 800 and state["index_used"]
+    with pytest.raises(VersionConflict, match=r"already registered \(active\)"):  # taken for good; no stage named
+        _deploy(db, store, b, tmp_path, gate=False)

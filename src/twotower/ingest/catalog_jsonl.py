@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from twotower.ingest.parsing import open_text_lines, parse_timestamp
+from twotower.ingest.parsing import has_nul, open_text_lines, parse_timestamp
 from twotower.ingest.records import Problems, VideoRecord
 
 __all__ = ["CatalogItem", "read_catalog_jsonl"]
@@ -43,7 +43,7 @@ class CatalogItem(BaseModel):
     thumbnail_url: _Url | None = None
     sample_video_url: _Url | None = None
     product_url: _Url | None = None
-    review_count: Annotated[int, Field(ge=0)] | None = None
+    review_count: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     review_average: Annotated[float, Field(ge=0, le=100)] | None = None
     is_active: bool = True
     tags: Annotated[list[_Name], Field(max_length=500)] = []
@@ -91,6 +91,9 @@ def read_catalog_jsonl(path: Path, source: str, problems: Problems) -> list[Vide
             continue
         if not isinstance(obj, dict):
             problems.add(number, f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        if has_nul(obj):
+            problems.add(number, "contains a NUL character (\\u0000), which PostgreSQL cannot store")
             continue
         try:
             item = CatalogItem.model_validate(obj)

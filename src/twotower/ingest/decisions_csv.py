@@ -9,6 +9,7 @@ UUID is mapped to a stable one (the same id always gives the same UUID).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from twotower.ingest.parsing import parse_timestamp, parse_uuid, read_csv_rows
@@ -17,6 +18,7 @@ from twotower.ingest.records import DECISION_TYPES, DecisionRecord, Problems, us
 __all__ = ["read_decisions_csv"]
 
 _MAX_ID = 200
+FUTURE_SKEW = timedelta(days=1)  # clocks disagree; more than a day ahead is a wrong date
 
 
 def read_decisions_csv(path: Path, source: str, problems: Problems) -> Iterator[DecisionRecord]:
@@ -36,6 +38,9 @@ def read_decisions_csv(path: Path, source: str, problems: Problems) -> Iterator[
                 created = parse_timestamp(row["created_at"])
             except ValueError as exc:
                 problems.add(number, str(exc))
+                continue
+            if created > datetime.now(UTC) + FUTURE_SKEW:  # it would win over every real later swipe of the pair
+                problems.add(number, f"created_at {row['created_at'][:40]!r} is in the future")
                 continue
         rec = DecisionRecord(
             user_id=parse_uuid(user) or user_uuid(source, user),

@@ -25,6 +25,7 @@ from twotower.errors import InputError, TwoTowerError
 from twotower.evaluation import LinearScorer, evaluate
 from twotower.export import export_model, validate_model
 from twotower.features.pipeline import FeaturePipeline
+from twotower.inference.items import ITEMS_FILE
 from twotower.inference.towers import OnnxTowers
 from twotower.model.weights import load_model
 from twotower.monitor import Thresholds, monitor_version
@@ -51,6 +52,7 @@ __all__ = [
     "DeployResult",
     "GateResult",
     "QualityGateFailed",
+    "VersionConflict",
     "deploy",
     "deploy_lock",
 ]
@@ -66,6 +68,12 @@ class DeployInProgress(TwoTowerError):
     code = "deploy_in_progress"
     exit_code = 75  # EX_TEMPFAIL: try again later
     http_status = 409
+
+
+class VersionConflict(InputError):
+    """The version name is taken (registered, or in the store with other files)."""
+
+    code = "version_conflict"
 
 
 class QualityGateFailed(TwoTowerError):
@@ -295,11 +303,14 @@ def deploy(
             step("upload")
             with tempfile.TemporaryDirectory(prefix=f"twotower-{version}-") as staging:
                 manifest = with_item_table(db, model_dir, Path(staging))  # what servers start from
-                uri = store.put(version, Path(staging))
+                uri = _upload(store, version, Path(staging), manifest)
             with db.connection() as conn:
-                conn.execute(
+                conn.execute(  # a failed deploy of this version leaves its row: this run takes it over
                     "INSERT INTO model_versions (version, status, embedding_dim, artifact_uri, manifest, metrics) "
-                    "VALUES (%s, 'registered', %s, %s, %s, %s)",
+                    "VALUES (%s, 'registered', %s, %s, %s, %s) ON CONFLICT (version) DO UPDATE SET "
+                    "status = 'registered', error = NULL, embedding_dim = EXCLUDED.embedding_dim, "
+                    "artifact_uri = EXCLUDED.artifact_uri, manifest = EXCLUDED.manifest, metrics = EXCLUDED.metrics, "
+                    "created_at = now() WHERE model_versions.status = 'failed'",
                     (version, manifest["embedding_dim"], uri, Jsonb(manifest),
                      Jsonb({"gate": gate.to_json() if gate else None, **manifest.get("metrics", {})})),
                 )  # fmt: skip
@@ -327,8 +338,8 @@ def deploy(
         except BaseException as exc:
             if registered and version is not None:
                 _mark_failed(lock, version, stage, exc)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, VersionConflict)):
+                raise  # a name taken is no stage's failure
             with db.connection() as conn:
                 serving = active_version(conn)
             still = f"the active version {serving} is still serving" if serving else "no version is active"
@@ -413,12 +424,26 @@ def _version_of(model_dir: Path) -> str:
 
 
 def _check_new(db: Database, store: ArtifactStore, version: str) -> None:
+    """A version name is used once, except by a deploy of the same version that failed or died: that one may run
+    again (it resumes with what it left in the store, see ``_upload``)."""
     with db.connection() as conn:
         row = conn.execute("SELECT status FROM model_versions WHERE version = %s", (version,)).fetchone()
-    if row is not None:
-        raise InputError(f"version {version} is already registered ({row[0]}); versions are immutable")
-    if store.exists(version):
-        raise InputError(f"version {version} is already in the artifact store; versions are immutable")
+    if row is not None and row[0] != "failed":
+        raise VersionConflict(f"version {version} is already registered ({row[0]}); versions are immutable")
+    if row is None and store.exists(version):
+        raise VersionConflict(f"version {version} is already in the artifact store; versions are immutable")
+
+
+def _upload(store: ArtifactStore, version: str, staging: Path, manifest: dict[str, Any]) -> str:
+    """Put the version in the store, or keep the copy an earlier, failed deploy of the same files put there."""
+    if not store.exists(version):
+        return store.put(version, staging)
+    stored = store.manifest(version).get("checksums", {})
+    mine = manifest["checksums"]
+    if {k: v for k, v in stored.items() if k != ITEMS_FILE} != {k: v for k, v in mine.items() if k != ITEMS_FILE}:
+        raise VersionConflict(f"version {version} is in the artifact store with other files; versions are immutable "
+                              "(deploy these under a new version name)")  # fmt: skip
+    return store.uri(version)
 
 
 def _mark_failed(conn: psycopg.Connection[Any], version: str, stage: str, exc: BaseException) -> None:

@@ -93,6 +93,7 @@ class ArtifactStore(Protocol):
     def exists(self, version: str) -> bool: ...
     def versions(self) -> list[str]: ...
     def uri(self, version: str) -> str: ...
+    def manifest(self, version: str) -> dict[str, Any]: ...
 
 
 class LocalStore:
@@ -130,6 +131,12 @@ class LocalStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return self.uri(version)
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        path = self.root / _check_version(version) / MANIFEST
+        if not path.is_file():
+            raise NotFound(f"version {version} is not in {self.root}")
+        return _read_manifest(path)
 
     def get(self, version: str, target: Path) -> Path:
         source = self.root / _check_version(version)
@@ -193,6 +200,16 @@ class S3Store:
             raise ArtifactError(f"upload of version {version} to s3://{self.bucket} failed: {exc}") from None
         return self.uri(version)
 
+    def manifest(self, version: str) -> dict[str, Any]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                self.client.download_file(self.bucket, self._key(version, MANIFEST), str(Path(tmp) / MANIFEST))
+            except (BotoCoreError, ClientError) as exc:
+                raise ArtifactError(f"cannot read the manifest of {version} in s3://{self.bucket}: {exc}") from None
+            return _read_manifest(Path(tmp) / MANIFEST)
+
     def get(self, version: str, target: Path) -> Path:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -207,6 +224,14 @@ class S3Store:
             raise ArtifactError(f"download of version {version} from s3://{self.bucket} failed: {exc}") from None
         verify_directory(target)
         return target
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: not a valid manifest ({exc})") from None
+    return manifest
 
 
 def _manifest_names(directory: Path) -> list[str]:

@@ -103,7 +103,9 @@ def _switch(conn: psycopg.Connection[Any], version: str, action: str) -> str | N
     previous = active_version(conn)
     if previous == version:
         return previous
-    if row[0] not in ("ready", "retired"):
+    # a deploy promotes the 'ready' version it built and checked; a rollback returns to a version that served
+    # before ('ready' ones a dead deploy left behind never passed their checks)
+    if row[0] not in (("ready", "retired") if action == "promote" else ("retired",)):
         raise RollbackRefused(_not_switchable(version, str(row[0])))
     conn.execute("UPDATE model_versions SET status = 'retired', retired_at = now() WHERE status = 'active'")
     conn.execute(
@@ -124,6 +126,9 @@ def _not_switchable(version: str, status: str) -> str:
             f"version {version}'s embedding generation was pruned (see TWOTOWER_KEEP_GENERATIONS); "
             f"its artifacts are still in the store: deploy it again with `twotower deploy --from-store {version}`"
         )
+    if status == "ready":
+        return (f"version {version} was built but never promoted (its deploy stopped before its checks ended): "
+                f"deploy it again")  # fmt: skip
     return f"version {version} is {status}: only a version with a complete embedding generation can be activated"
 
 
@@ -192,13 +197,14 @@ def prune_generations(conn: psycopg.Connection[Any], keep: int) -> list[str]:
 
 
 def fail_stale_builds(conn: psycopg.Connection[Any], reason: str) -> list[str]:
-    """Versions left 'registered' or 'building' by a deploy that died: mark them failed and drop their rows.
+    """Versions left 'registered', 'building' or 'ready' (built, never promoted) by a deploy that died: mark them
+    failed and drop their rows.
 
     Call it only while holding the deploy lock (then no other deploy can be building). Autocommit connection.
     """
     rows = conn.execute(
         "UPDATE model_versions SET status = 'failed', error = %s WHERE status IN ('registered', 'building') "
-        "RETURNING version",
+        "OR (status = 'ready' AND activated_at IS NULL) RETURNING version",
         (reason,),
     ).fetchall()
     for (version,) in rows:
