@@ -1,6 +1,6 @@
 """Benchmark the baselines (popularity, simple linear model, EASE) on MovieLens ml-latest-small.
 
-    .venv/bin/python bench/eval_baselines.py [--movielens ../shared/data/ml-latest-small --lam 200]
+    .venv/bin/python bench/eval_baselines.py [--movielens data/movielens/ml-latest-small --lam 200]
     .venv/bin/python bench/eval_baselines.py --synthetic   # also time evaluate() on 10k users x 100k items
 
 Starts an embedded Postgres in a temporary directory, imports MovieLens, splits temporally, fits and
@@ -47,7 +47,7 @@ from twotower.ingest.service import import_movielens
 from twotower.train.split import Split, temporal_split
 
 ROOT = Path(__file__).resolve().parents[1]
-MOVIELENS = ROOT.parent / "shared" / "data" / "ml-latest-small"
+MOVIELENS = ROOT / "data" / "movielens" / "ml-latest-small"
 RESULTS = ROOT / "bench" / "results" / "eval_baselines.json"
 
 

@@ -27,10 +27,32 @@ from _common import machine, write
 from serve import SECRET, _environment, _server, _wait_ready
 
 
+def _checker(
+    strategy: Any, examples: int, base: str, token: str, name: str, counts: dict[str, int], failures: list[str]
+) -> Any:
+    """A hypothesis test over ``strategy``: each request as ``token``, every check on the answer."""
+    from hypothesis import HealthCheck, given, settings
+
+    @given(case=strategy)
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+              derandomize=True)  # fmt: skip
+    def check(case: Any) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}
+        response = case.call(base_url=base, timeout=30)
+        counts[name] += 1
+        try:
+            case.validate_response(response)
+        except (Exception, BaseExceptionGroup) as exc:
+            failures.append(f"{name}: {' '.join(str(exc).split())[:500]}")
+        if response.status_code >= 400 and set(response.json()) != {"error", "message"}:
+            failures.append(f"{name}: error body {response.text[:200]}")
+
+    return check
+
+
 def main(argv: list[str] | None = None) -> int:
     import jwt
     import schemathesis
-    from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
     from schemathesis.generation import GenerationMode
 
@@ -62,20 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                         name = f"{operation.method.upper()} {operation.path} as {who}, {mode.value}"
                         counts[name] = 0
 
-                        @given(case=operation.as_strategy(generation_mode=mode))
-                        @settings(max_examples=args.examples, deadline=None, database=None,
-                                  suppress_health_check=list(HealthCheck), derandomize=True)  # fmt: skip
-                        def check(case: Any, name: str = name, token: str = token) -> None:
-                            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}
-                            response = case.call(base_url=base, timeout=30)
-                            counts[name] += 1
-                            try:
-                                case.validate_response(response)
-                            except (Exception, BaseExceptionGroup) as exc:
-                                failures.append(f"{name}: {' '.join(str(exc).split())[:500]}")
-                            if response.status_code >= 400 and set(response.json()) != {"error", "message"}:
-                                failures.append(f"{name}: error body {response.text[:200]}")
-
+                        check = _checker(operation.as_strategy(generation_mode=mode), args.examples, base, token,
+                                         name, counts, failures)  # fmt: skip
                         with contextlib.suppress(Unsatisfiable):  # nothing invalid to send for this one
                             check()
                         print(f"  {name}: {counts[name]} requests", flush=True)

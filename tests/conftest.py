@@ -13,10 +13,11 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from twotower.db import Database, EmbeddedServer, upgrade
+from twotower.ingest.movielens import BUNDLED_MOVIELENS
 from twotower.settings import Settings
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MOVIELENS = SHARED / "data" / "ml-latest-small"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+MOVIELENS = BUNDLED_MOVIELENS  # in the repository: nothing is read from outside it
 _counter = itertools.count()
 
 

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from tests.catalog.conftest import END, START
-from tests.conftest import SHARED
+from tests.conftest import FIXTURES
 from twotower.catalog import dmm
 from twotower.catalog.dmm import DmmClient, DmmConfig, RateLimiter, parse_item
 from twotower.catalog.fake import FAULT_KINDS, FakeCatalog, FakeDmmServer, Faults, make_items
 from twotower.errors import UpstreamError
 
-SAMPLE = json.loads((SHARED / "fixtures" / "dmm_itemlist_v3_sample.json").read_text())["result"]["items"]
+SAMPLE = json.loads((FIXTURES / "dmm_itemlist_v3_sample.json").read_text())["result"]["items"]
 
 
 def _client(url: str, **kwargs: Any) -> DmmClient:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.conftest import MOVIELENS
 from twotower.db import Database
 from twotower.evaluation import EASEScorer, LinearScorer, PopularityScorer, Scorer, evaluate, tag_matrix
@@ -11,8 +9,6 @@ from twotower.features.catalog import load_catalog
 from twotower.features.decisions import load_decision_log
 from twotower.ingest.service import import_movielens
 from twotower.train.split import temporal_split
-
-pytestmark = pytest.mark.skipif(not MOVIELENS.is_dir(), reason=f"{MOVIELENS} not available")
 
 
 def test_baselines_on_movielens(db: Database) -> None:

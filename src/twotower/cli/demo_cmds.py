@@ -7,14 +7,18 @@ from pathlib import Path
 import typer
 
 from twotower.cli.console import err, out
+from twotower.ingest.movielens import BUNDLED_MOVIELENS
 from twotower.settings import get_settings
 
 
 def demo(
-    movielens: Path | None = typer.Option(
+    movielens: bool = typer.Option(
+        False, "--movielens", help="Use the MovieLens sample that ships with the repository instead of synthetic data."
+    ),
+    movielens_dir: Path | None = typer.Option(
         None,
-        "--movielens",
-        help="Import this MovieLens folder (e.g. ../shared/data/ml-latest-small) instead of synthetic data.",
+        "--movielens-dir",
+        help="Use this MovieLens folder (ratings.csv, movies.csv, tags.csv) instead.",
         show_default=False,
     ),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Keep serving the API until Ctrl-C."),
@@ -30,6 +34,8 @@ def demo(
     evaluation table against the baselines and the quality report. A second run reuses the data and the model."""
     from twotower.demo import DemoOptions, run_demo
 
-    options = DemoOptions(movielens=movielens, serve=serve, port=port, videos=videos, users=users,
+    if movielens and movielens_dir is None:
+        movielens_dir = BUNDLED_MOVIELENS
+    options = DemoOptions(movielens=movielens_dir, serve=serve, port=port, videos=videos, users=users,
                           decisions=decisions, seed=seed, epochs=epochs)  # fmt: skip
     run_demo(options, get_settings(), out, err)

@@ -19,7 +19,10 @@ from twotower.errors import NotFound
 from twotower.ingest.parsing import parse_timestamp, read_csv_rows
 from twotower.ingest.records import DecisionRecord, Problems, VideoRecord, user_uuid
 
-__all__ = ["SOURCE", "MovieLensFiles", "RatingCounts", "read_movies", "read_ratings"]
+__all__ = ["BUNDLED_MOVIELENS", "SOURCE", "MovieLensFiles", "RatingCounts", "read_movies", "read_ratings"]
+
+# the ml-latest-small sample shipped with the repository (its README carries the licence; a source checkout only)
+BUNDLED_MOVIELENS = Path(__file__).resolve().parents[3] / "data" / "movielens" / "ml-latest-small"
 
 SOURCE = "movielens"
 LIKE_AT = 4.0
