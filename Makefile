@@ -21,7 +21,14 @@ DEMO_ENV := TWOTOWER_DATA_DIR=.twotower/demo
 demo: $(STAMP)
 	$(DEMO_ENV) $(BIN)/twotower demo
 
-test: $(STAMP)
+# onnxruntime-node for the JavaScript parity test, pinned by js/package-lock.json (skipped without npm)
+JS := $(VENV)/js
+$(JS)/.installed: js/package.json js/package-lock.json | $(STAMP)
+	@if command -v npm >/dev/null 2>&1; then mkdir -p $(JS) && cp js/package.json js/package-lock.json $(JS)/ \
+		&& cd $(JS) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && touch .installed; \
+	else echo "npm not found: the JavaScript parity test will be skipped"; fi
+
+test: $(STAMP) $(JS)/.installed
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

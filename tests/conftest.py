@@ -145,12 +145,12 @@ def cli_env(db_url: str, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-ONNXRUNTIME_NODE = "onnxruntime-node@1.30.0"
+JS = Path(__file__).resolve().parents[1] / "js"  # package.json + package-lock.json: onnxruntime-node, pinned
 
 
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
-    """``node_modules`` with onnxruntime-node, installed with npm on first use (kept under .venv/js)."""
+    """``node_modules`` with onnxruntime-node: ``npm ci`` of js/ into .venv/js (``make test`` does it first)."""
     import shutil
     import subprocess
 
@@ -158,14 +158,16 @@ def node_modules() -> Path:
         pytest.skip("Node.js is not installed: the JavaScript check of the ONNX towers cannot run")
     root = Path(__file__).resolve().parents[1] / ".venv" / "js"
     target = root / "node_modules"
-    if not (target / "onnxruntime-node" / "package.json").is_file():
+    lock = (JS / "package-lock.json").read_bytes()
+    if not (target / "onnxruntime-node" / "package.json").is_file() or (
+        not (root / "package-lock.json").is_file() or (root / "package-lock.json").read_bytes() != lock
+    ):
         root.mkdir(parents=True, exist_ok=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy(JS / name, root / name)
         # --ignore-scripts: the CPU binaries ship in the package; the install script only fetches GPU extras
-        subprocess.run(
-            ["npm", "install", "--prefix", str(root), "--no-audit", "--no-fund", "--ignore-scripts",
-             "--no-save", ONNXRUNTIME_NODE],
-            check=True, capture_output=True, timeout=600,
-        )  # fmt: skip
+        subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"], cwd=root,
+                       check=True, capture_output=True, timeout=600)  # fmt: skip
     return target
 
 
