@@ -111,7 +111,7 @@ def _job_id(output: str) -> int:
 
 def _ensure_index(db: Any) -> None:
     """The generation's HNSW index, rebuilt if an interrupted run of this bench left it dropped."""
-    from twotower.registry.generation import create_generation_index
+    from twotower.embeddings.generation import create_generation_index
     from twotower.registry.versions import hnsw_index_name
 
     with db.direct(autocommit=True) as conn:
@@ -127,7 +127,7 @@ def _ensure_index(db: Any) -> None:
 def _perturb(db: Any) -> float:
     """Move every stored vector of the generation, so the next re-embed has to rewrite every row. The HNSW index
     is dropped and rebuilt around the update (quicker than 100k index updates) and the table vacuumed."""
-    from twotower.registry.generation import create_generation_index
+    from twotower.embeddings.generation import create_generation_index
     from twotower.registry.versions import hnsw_index_name
 
     started = time.perf_counter()

@@ -41,10 +41,10 @@ from twotower.evaluation import (
     tag_matrix,
     to_json,
 )
+from twotower.evaluation.split import Split, temporal_split
 from twotower.features.catalog import load_catalog
 from twotower.features.decisions import DecisionLog, load_decision_log
 from twotower.ingest.service import import_movielens
-from twotower.train.split import Split, temporal_split
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS = ROOT / "data" / "movielens" / "ml-latest-small"

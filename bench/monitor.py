@@ -29,11 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from psycopg.types.json import Jsonb
 
+    from twotower.embeddings.generation import write_embeddings
     from twotower.monitor import Thresholds, history, monitor_version
     from twotower.monitor.checks import check_vectors
     from twotower.monitor.report import render_report
     from twotower.monitor.run import _generation
-    from twotower.registry.generation import write_embeddings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path)

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import embedded_database, machine, write
 
+from twotower.pipeline.deploy import DeployOptions, deploy
 from twotower.registry import LocalStore
-from twotower.registry.deploy import DeployOptions, deploy
 from twotower.synth import SynthConfig, generate
 from twotower.train.run import TrainOptions, train
 

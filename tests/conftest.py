@@ -66,8 +66,8 @@ def deploy_template(pg_server: str, template: str, name: str, data: Path, config
     """``seed_template``, then train, export and deploy version "v" (artifacts under ``data``: the store in
     ``data/store``, the fetched copies in ``data/models``)."""
     from twotower.export import export_model
+    from twotower.pipeline.deploy import DeployOptions, deploy
     from twotower.registry import LocalStore
-    from twotower.registry.deploy import DeployOptions, deploy
     from twotower.train.run import TrainOptions, train
 
     seed_template(pg_server, template, name, config)

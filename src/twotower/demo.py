@@ -208,7 +208,7 @@ class _Demo:
 
     def deploy(self, db: Database) -> str:
         from twotower.monitor import Thresholds
-        from twotower.registry.deploy import (
+        from twotower.pipeline.deploy import (
             STAGE_TEXT,
             DeployFailed,
             DeployOptions,
@@ -216,7 +216,7 @@ class _Demo:
             EmbeddingAlerts,
             QualityGateFailed,
         )
-        from twotower.registry.deploy import deploy as run_deploy
+        from twotower.pipeline.deploy import deploy as run_deploy
         from twotower.registry.store import open_store
         from twotower.train.run import TrainOptions
 
@@ -286,7 +286,7 @@ class _Demo:
         self.err.print(f"warning: {what}; never do this in production", markup=False, highlight=False)
 
     def _stage_done(self, clock: dict[str, Any]) -> None:
-        from twotower.registry.deploy import STAGE_TEXT
+        from twotower.pipeline.deploy import STAGE_TEXT
 
         if clock["stage"]:
             took = time.perf_counter() - clock["t"]

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from twotower.evaluation.split import Split
 from twotower.features.decisions import DecisionLog
-from twotower.train.split import Split
 
 
 def make_split(

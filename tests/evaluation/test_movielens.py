@@ -5,10 +5,10 @@ from __future__ import annotations
 from tests.conftest import MOVIELENS
 from twotower.db import Database
 from twotower.evaluation import EASEScorer, LinearScorer, PopularityScorer, Scorer, evaluate, tag_matrix
+from twotower.evaluation.split import temporal_split
 from twotower.features.catalog import load_catalog
 from twotower.features.decisions import load_decision_log
 from twotower.ingest.service import import_movielens
-from twotower.train.split import temporal_split
 
 
 def test_baselines_on_movielens(db: Database) -> None:

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from tests.evaluation.helpers import FixedScorer, make_split
 from twotower.evaluation import PROTOCOL, EvalResult, describe_split, evaluate, render_slices, render_table, to_json
-from twotower.train.split import Split
+from twotower.evaluation.split import Split
 
 
 @pytest.fixture

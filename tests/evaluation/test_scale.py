@@ -10,8 +10,8 @@ import numpy.typing as npt
 import pytest
 
 from twotower.evaluation import evaluate
+from twotower.evaluation.split import Split, temporal_split
 from twotower.features.decisions import DecisionLog
-from twotower.train.split import Split, temporal_split
 
 
 class RandomScorer:

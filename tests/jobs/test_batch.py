@@ -195,8 +195,8 @@ def test_batch_update_rewrites_only_changed_rows(url: str, deployed: Path) -> No
 def test_embed_videos_leaves_exactly_one_current_row(url: str, deployed: Path) -> None:
     import uuid
 
+    from twotower.embeddings.generation import embed_videos, embed_videos_counted
     from twotower.inference.towers import OnnxTowers
-    from twotower.registry.generation import embed_videos, embed_videos_counted
     from twotower.registry.store import fetch
 
     towers = OnnxTowers(fetch(LocalStore(deployed / "store"), "v", deployed / "models"))

@@ -20,9 +20,9 @@ import pytest
 
 from tests.conftest import DEPLOYED_VIDEOS
 from twotower.db import Database
+from twotower.embeddings.generation import replace_embeddings
 from twotower.monitor import Thresholds, check_vectors, inhibit, monitor_version
 from twotower.monitor.run import _generation
-from twotower.registry.generation import replace_embeddings
 from twotower.settings import Settings
 
 DIM = 64

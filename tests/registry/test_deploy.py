@@ -26,8 +26,7 @@ from tests.conftest import _drop_db, database_copy, seed_template
 from twotower.db import Database
 from twotower.export import export_model
 from twotower.monitor import Thresholds
-from twotower.registry import ArtifactError, LocalStore, S3Store
-from twotower.registry.deploy import (
+from twotower.pipeline.deploy import (
     DeployFailed,
     DeployInProgress,
     DeployOptions,
@@ -37,6 +36,7 @@ from twotower.registry.deploy import (
     VersionConflict,
     deploy,
 )
+from twotower.registry import ArtifactError, LocalStore, S3Store
 from twotower.registry.versions import NOTIFY_CHANNEL, RollbackRefused, hnsw_index_name, rollback
 from twotower.settings import Settings
 from twotower.synth import SynthConfig
@@ -263,7 +263,7 @@ import os, signal, sys
 from pathlib import Path
 from twotower.db import Database
 from twotower.registry import LocalStore
-from twotower.registry.deploy import DeployOptions, deploy
+from twotower.pipeline.deploy import DeployOptions, deploy
 from twotower.settings import Settings
 
 def die(table, rows):
@@ -406,7 +406,7 @@ import os, signal, sys
 from pathlib import Path
 from twotower.db import Database
 from twotower.registry import LocalStore
-from twotower.registry.deploy import DeployOptions, deploy
+from twotower.pipeline.deploy import DeployOptions, deploy
 from twotower.settings import Settings
 
 url, model_dir, store, cache, where = sys.argv[1:]

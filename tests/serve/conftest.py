@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tests.conftest import _drop_db, database_copy, free_port, seed_template
 from twotower.db import Database
 from twotower.export import export_model
+from twotower.pipeline.deploy import DeployOptions, deploy
 from twotower.registry import LocalStore
-from twotower.registry.deploy import DeployOptions, deploy
 from twotower.serve import create_app
 from twotower.settings import Settings
 from twotower.synth import SynthConfig

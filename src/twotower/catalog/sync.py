@@ -33,11 +33,11 @@ from psycopg.types.json import Jsonb
 
 from twotower.catalog.dmm import DmmClient, Page, api_time, parse_item
 from twotower.db import Database
+from twotower.embeddings.generation import embed_videos
 from twotower.errors import InputError, TwoTowerError, UpstreamError
 from twotower.inference.towers import OnnxTowers
 from twotower.ingest.loader import VideoLoadResult, load_videos
 from twotower.ingest.records import Problems, VideoRecord
-from twotower.registry.generation import embed_videos
 from twotower.registry.store import ArtifactStore, fetch
 from twotower.registry.versions import active_version
 

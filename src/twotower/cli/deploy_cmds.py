@@ -68,8 +68,8 @@ def deploy(
     """Train, export, validate, gate, upload, build the new embedding generation beside the serving one, and
     promote it atomically (servers are notified and hot-swap). A failure leaves the active version serving."""
     from twotower.monitor import Thresholds
-    from twotower.registry.deploy import STAGE_TEXT, DeployOptions
-    from twotower.registry.deploy import deploy as run_deploy
+    from twotower.pipeline.deploy import STAGE_TEXT, DeployOptions
+    from twotower.pipeline.deploy import deploy as run_deploy
     from twotower.registry.store import open_store
     from twotower.train.run import TrainOptions
 

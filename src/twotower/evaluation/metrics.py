@@ -31,7 +31,7 @@ import scipy.sparse as sp
 from twotower.errors import InputError
 from twotower.evaluation.ranking import auc_per_target, rank_of, top_k
 from twotower.evaluation.scorers import Scorer, train_likes_matrix
-from twotower.train.split import Split
+from twotower.evaluation.split import Split
 
 __all__ = ["ITEM_SLICES", "SLICES", "EvalResult", "evaluate", "metric_names", "test_likes_matrix"]
 

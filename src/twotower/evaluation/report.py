@@ -11,7 +11,7 @@ from rich.table import Table
 
 from twotower.evaluation.metrics import NEW_USER_MAX_LIKES, SLICES, EvalResult, metric_names, test_likes_matrix
 from twotower.evaluation.scorers import train_likes_matrix
-from twotower.train.split import Split
+from twotower.evaluation.split import Split
 
 __all__ = ["PROTOCOL", "describe_split", "render_slices", "render_table", "to_json"]
 

@@ -19,7 +19,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from twotower.errors import InputError, TwoTowerError
-from twotower.train.split import Split
+from twotower.evaluation.split import Split
 
 __all__ = [
     "EASE_MAX_ITEMS",

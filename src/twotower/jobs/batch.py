@@ -35,12 +35,12 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from twotower.db import Database
+from twotower.embeddings.generation import embed_videos_counted, update_embeddings
 from twotower.errors import InputError, NotFound, TwoTowerError
 from twotower.features.decisions import load_decision_log
 from twotower.features.examples import Histories
 from twotower.inference.items import ItemIndex
 from twotower.inference.towers import OnnxTowers
-from twotower.registry.generation import embed_videos_counted, update_embeddings
 from twotower.registry.store import ArtifactStore, fetch
 from twotower.registry.versions import active_version, get_version, hnsw_index_name
 

@@ -3,7 +3,7 @@
 Imports torch: serving code must not import this package.
 """
 
+from twotower.evaluation.split import Split, temporal_split
 from twotower.train.run import TrainOptions, TrainResult, train
-from twotower.train.split import Split, temporal_split
 
 __all__ = ["Split", "TrainOptions", "TrainResult", "temporal_split", "train"]

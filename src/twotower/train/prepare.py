@@ -10,10 +10,10 @@ import numpy as np
 import psycopg
 
 from twotower.errors import InputError
+from twotower.evaluation.split import Split, temporal_split
 from twotower.features.catalog import Catalog, load_catalog
 from twotower.features.decisions import DecisionLog, load_decision_log
 from twotower.features.pipeline import FeaturePipeline, ItemFeatures
-from twotower.train.split import Split, temporal_split
 
 __all__ = ["Prepared", "prepare"]
 

@@ -10,8 +10,8 @@ import torch
 from psycopg.types.json import Jsonb
 
 from twotower.db import Database
+from twotower.embeddings.generation import write_embeddings
 from twotower.errors import InputError
-from twotower.registry.generation import write_embeddings
 from twotower.train.scorer import TwoTowerScorer
 
 if TYPE_CHECKING:

@@ -6,12 +6,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from twotower.evaluation.split import Split
 from twotower.features.decisions import DecisionLog
 from twotower.features.examples import Histories
 from twotower.features.history import HistoryConfig
 from twotower.features.pipeline import ItemFeatures
 from twotower.model.towers import TwoTowerModel
-from twotower.train.split import Split
 from twotower.train.tables import FeatureTables
 
 __all__ = ["TwoTowerScorer"]

@@ -21,6 +21,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from twotower.db import Database
+from twotower.embeddings.generation import GenerationStats, build_generation
 from twotower.errors import InputError, TwoTowerError
 from twotower.evaluation import LinearScorer, evaluate
 from twotower.export import export_model, validate_model
@@ -29,8 +30,7 @@ from twotower.inference.items import ITEMS_FILE
 from twotower.inference.towers import OnnxTowers
 from twotower.model.weights import load_model
 from twotower.monitor import Thresholds, monitor_version
-from twotower.registry.generation import GenerationStats, build_generation
-from twotower.registry.snapshot import with_item_table
+from twotower.pipeline.snapshot import with_item_table
 from twotower.registry.store import ArtifactStore, fetch
 from twotower.registry.versions import (
     active_version,

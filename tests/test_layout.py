@@ -1,0 +1,65 @@
+"""The package layout: imports between the stages of ``src/twotower`` go one way (function-local imports too)."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "twotower"
+
+
+def _package_imports() -> dict[str, dict[str, set[str]]]:
+    """package -> imported package -> the modules that import it."""
+    edges: dict[str, dict[str, set[str]]] = {}
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        package = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "twotower" and len(parts) > 1 and parts[1] != package:
+                    edges.setdefault(package, {}).setdefault(parts[1], set()).add(str(rel))
+    return edges
+
+
+def _cycle(edges: dict[str, dict[str, set[str]]]) -> list[str] | None:
+    """One cycle between packages, if any (depth-first search)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, {})):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_packages() -> None:
+    edges = _package_imports()
+    assert {"db", "serve", "pipeline", "train"} <= set(edges)  # the walk sees the code
+    cycle = _cycle(edges)
+    if cycle:
+        where = [f"{a} -> {b} in {sorted(edges[a][b])}" for a, b in itertools.pairwise(cycle)]
+        raise AssertionError("import cycle between packages: " + "; ".join(where))
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert _cycle({"a": {"b": {"a/x.py"}}, "b": {"c": {"b/y.py"}}, "c": {"a": {"c/z.py"}}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b": {"a/x.py"}}, "b": {}}) is None
