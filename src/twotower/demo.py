@@ -28,18 +28,13 @@ from rich.status import Status
 from rich.table import Table
 
 from twotower.db import Database
-from twotower.errors import InputError, TwoTowerError
+from twotower.errors import DemoError, InputError
 from twotower.settings import Settings
 
 __all__ = ["DemoOptions", "pick_users", "run_demo"]
 
 STATE_FILE = "demo.json"  # under the data dir: what the last demo generated and deployed
 TOKEN_HOURS = 12
-
-
-class DemoError(TwoTowerError):
-    code = "demo_failed"
-    exit_code = 70
 
 
 @dataclass
@@ -207,15 +202,9 @@ class _Demo:
         return version
 
     def deploy(self, db: Database) -> str:
+        from twotower.errors import DeployFailed, EmbeddingAlerts, QualityGateFailed
         from twotower.monitor import Thresholds
-        from twotower.pipeline.deploy import (
-            STAGE_TEXT,
-            DeployFailed,
-            DeployOptions,
-            DeployResult,
-            EmbeddingAlerts,
-            QualityGateFailed,
-        )
+        from twotower.pipeline.deploy import STAGE_TEXT, DeployOptions, DeployResult
         from twotower.pipeline.deploy import deploy as run_deploy
         from twotower.registry.store import open_store
         from twotower.train.run import TrainOptions

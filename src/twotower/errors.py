@@ -1,34 +1,60 @@
-"""The one exception tree of twotower.
+"""The one exception tree of twotower: every error the engine raises on purpose, with its exit code and HTTP status.
 
-Every error the engine raises on purpose is a :class:`TwoTowerError`. The edges translate it:
-the CLI prints ``error: <message>`` on one line and exits with :attr:`TwoTowerError.exit_code`;
-the HTTP API answers ``{"error": code, "message": ...}`` with :attr:`TwoTowerError.http_status`.
+The edges translate it: the CLI prints ``error: <message>`` on one line and exits with
+:attr:`TwoTowerError.exit_code`; the HTTP API answers ``{"error": code, "message": ...}`` with
+:attr:`TwoTowerError.http_status`. The README's exit-code table is checked against these classes
+(tests/test_errors.py).
 
     TwoTowerError
-    ├── ConfigError              settings that cannot work (bad URL, unsafe secret, bad path)
-    ├── StoreError               the database
-    │   ├── DatabaseUnavailable  cannot connect, or the connection dropped
-    │   ├── EmbeddedServerError  the embedded Postgres could not start
-    │   └── MigrationError       a migration failed or the schema is newer/foreign
-    ├── UpstreamError            the content provider's API failed (after its retries) or refused a request
-    ├── InputError               bad input from a file, a flag or a request
-    │   └── ImportRejected       ``--strict`` import refused because some rows were bad
-    └── NotFound                 a referenced object does not exist
+    ├── ConfigError              78  settings that cannot work (bad URL, unsafe secret, bad path)
+    ├── StoreError               69  the database
+    │   ├── DatabaseUnavailable  69  cannot connect, or the connection dropped
+    │   ├── EmbeddedServerError  69  the embedded Postgres could not start
+    │   ├── PermissionDenied     77  the role may not do what is needed (create the pgvector extension)
+    │   └── MigrationError       70  a migration failed or the schema is newer/foreign
+    ├── UpstreamError            69  the content provider's API failed (after its retries) or refused a request
+    ├── InputError               65  bad input from a file, a flag or a request
+    │   ├── ImportRejected       65  ``--strict`` import refused because some rows were bad
+    │   └── VersionConflict      65  a model version name that is taken
+    ├── NotFound                 66  a referenced object does not exist
+    ├── ArtifactError            65  an artifact is missing, incomplete or fails its checksum
+    ├── QualityGateFailed        65  the new model does not beat the linear model / regresses
+    ├── EmbeddingAlerts          65  the new embeddings failed their quality checks
+    ├── RollbackRefused          65  no version to switch to, or one that cannot serve
+    ├── DeployFailed             --  a deploy stage failed: the exit code is its cause's
+    ├── SyncInProgress           75  another catalog sync runs
+    ├── DeployInProgress         75  another deploy runs
+    ├── DemoError                70  the demo could not finish
+    └── (HTTP only) Unauthorized 401, Forbidden 403, AuthUnavailable 503, ModelUnavailable 503
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ArtifactError",
+    "AuthUnavailable",
     "ConfigError",
     "DatabaseUnavailable",
+    "DemoError",
+    "DeployFailed",
+    "DeployInProgress",
     "EmbeddedServerError",
+    "EmbeddingAlerts",
+    "Forbidden",
     "ImportRejected",
     "InputError",
     "MigrationError",
+    "ModelUnavailable",
     "NotFound",
+    "PermissionDenied",
+    "QualityGateFailed",
+    "RollbackRefused",
     "StoreError",
+    "SyncInProgress",
     "TwoTowerError",
+    "Unauthorized",
     "UpstreamError",
+    "VersionConflict",
 ]
 
 
@@ -96,3 +122,92 @@ class UpstreamError(TwoTowerError):
     code = "upstream_error"
     exit_code = 69  # EX_UNAVAILABLE
     http_status = 502
+
+
+class ArtifactError(TwoTowerError):
+    """An artifact is missing, incomplete or does not match its checksum."""
+
+    code = "artifact_error"
+    exit_code = 65
+    http_status = 409
+
+
+class PermissionDenied(StoreError):
+    code = "permission_denied"
+    exit_code = 77  # EX_NOPERM
+
+
+class SyncInProgress(TwoTowerError):
+    code = "sync_in_progress"
+    exit_code = 75  # EX_TEMPFAIL
+    http_status = 409
+
+
+class DeployInProgress(TwoTowerError):
+    """Another deploy holds the lock."""
+
+    code = "deploy_in_progress"
+    exit_code = 75  # EX_TEMPFAIL: try again later
+    http_status = 409
+
+
+class VersionConflict(InputError):
+    """The version name is taken (registered, or in the store with other files)."""
+
+    code = "version_conflict"
+
+
+class QualityGateFailed(TwoTowerError):
+    code = "quality_gate_failed"
+    exit_code = 65
+    http_status = 422
+
+
+class RollbackRefused(TwoTowerError):
+    code = "rollback_refused"
+    exit_code = 65
+    http_status = 409
+
+
+class EmbeddingAlerts(TwoTowerError):
+    """The new generation failed its quality checks (see ``twotower monitor``)."""
+
+    code = "embedding_alerts"
+    exit_code = 65  # EX_DATAERR: the model's output is bad
+
+
+class DeployFailed(TwoTowerError):
+    """A stage failed; the active version was left serving. ``exit_code`` is the cause's."""
+
+    code = "deploy_failed"
+
+    def __init__(self, message: str, stage: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.cause = cause
+        self.exit_code = getattr(cause, "exit_code", 70)
+
+
+class ModelUnavailable(TwoTowerError):
+    code = "model_unavailable"
+    http_status = 503
+
+
+class Unauthorized(TwoTowerError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class AuthUnavailable(TwoTowerError):
+    code = "auth_unavailable"
+    http_status = 503
+
+
+class Forbidden(TwoTowerError):
+    code = "forbidden"
+    http_status = 403
+
+
+class DemoError(TwoTowerError):
+    code = "demo_failed"
+    exit_code = 70

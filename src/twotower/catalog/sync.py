@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 from twotower.catalog.dmm import DmmClient, Page, api_time, parse_item
 from twotower.db import Database
 from twotower.embeddings.generation import embed_videos
-from twotower.errors import InputError, TwoTowerError, UpstreamError
+from twotower.errors import InputError, SyncInProgress, TwoTowerError, UpstreamError
 from twotower.inference.towers import OnnxTowers
 from twotower.ingest.loader import VideoLoadResult, load_videos
 from twotower.ingest.records import Problems, VideoRecord
@@ -54,12 +54,6 @@ __all__ = [
 log = logging.getLogger("twotower.catalog")
 SECOND = timedelta(seconds=1)
 _EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)
-
-
-class SyncInProgress(TwoTowerError):
-    code = "sync_in_progress"
-    exit_code = 75  # EX_TEMPFAIL
-    http_status = 409
 
 
 @dataclass

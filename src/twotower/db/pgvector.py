@@ -13,18 +13,13 @@ from typing import Any
 
 import psycopg
 
-from twotower.errors import StoreError
+from twotower.errors import PermissionDenied, StoreError
 
 __all__ = ["MINIMUM", "PermissionDenied", "check_pgvector", "parse_version"]
 
 log = logging.getLogger(__name__)
 MINIMUM = (0, 7)
 ITERATIVE_SCANS = (0, 8)
-
-
-class PermissionDenied(StoreError):
-    code = "permission_denied"
-    exit_code = 77  # EX_NOPERM
 
 
 def parse_version(text: str) -> tuple[int, ...]:

@@ -22,7 +22,15 @@ from psycopg.types.json import Jsonb
 
 from twotower.db import Database
 from twotower.embeddings.generation import GenerationStats, build_generation
-from twotower.errors import InputError, TwoTowerError
+from twotower.errors import (
+    DeployFailed,
+    DeployInProgress,
+    EmbeddingAlerts,
+    InputError,
+    QualityGateFailed,
+    TwoTowerError,
+    VersionConflict,
+)
 from twotower.evaluation import LinearScorer, evaluate
 from twotower.export import export_model, validate_model
 from twotower.features.pipeline import FeaturePipeline
@@ -62,38 +70,6 @@ STAGES = ("train", "export", "validate", "gate", "upload", "build", "promote", "
 GATE_METRIC = "recall@20"
 
 
-class DeployInProgress(TwoTowerError):
-    """Another deploy holds the lock."""
-
-    code = "deploy_in_progress"
-    exit_code = 75  # EX_TEMPFAIL: try again later
-    http_status = 409
-
-
-class VersionConflict(InputError):
-    """The version name is taken (registered, or in the store with other files)."""
-
-    code = "version_conflict"
-
-
-class QualityGateFailed(TwoTowerError):
-    code = "quality_gate_failed"
-    exit_code = 65
-    http_status = 422
-
-
-class DeployFailed(TwoTowerError):
-    """A stage failed; the active version was left serving. ``exit_code`` is the cause's."""
-
-    code = "deploy_failed"
-
-    def __init__(self, message: str, stage: str, cause: BaseException) -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.cause = cause
-        self.exit_code = getattr(cause, "exit_code", 70)
-
-
 @dataclass
 class DeployOptions:
     train: TrainOptions = field(default_factory=TrainOptions)
@@ -120,13 +96,6 @@ STAGE_TEXT = {
 }  # fmt: skip
 
 _ADVISORY_AT_DEPLOY = frozenset({"coverage", "stale", "like_rate"})
-
-
-class EmbeddingAlerts(TwoTowerError):
-    """The new generation failed its quality checks (see ``twotower monitor``)."""
-
-    code = "embedding_alerts"
-    exit_code = 1
 
 
 @dataclass

@@ -17,7 +17,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twotower.errors import ConfigError, InputError, NotFound, TwoTowerError
+from twotower.errors import ArtifactError, ConfigError, InputError, NotFound
 
 if TYPE_CHECKING:
     from twotower.settings import Settings
@@ -28,14 +28,6 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class ArtifactError(TwoTowerError):
-    """An artifact is missing, incomplete or does not match its checksum."""
-
-    code = "artifact_error"
-    exit_code = 65
-    http_status = 409
 
 
 def valid_version(version: str) -> bool:

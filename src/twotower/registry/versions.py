@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from twotower.errors import InputError, NotFound, TwoTowerError
+from twotower.errors import InputError, NotFound, RollbackRefused
 
 __all__ = [
     "NOTIFY_CHANNEL",
@@ -35,12 +35,6 @@ __all__ = [
 
 NOTIFY_CHANNEL = "twotower_model"
 _SWITCH_LOCK = 0x7477_0002  # serialises promote/rollback (the deploy lock is held for a whole deploy)
-
-
-class RollbackRefused(TwoTowerError):
-    code = "rollback_refused"
-    exit_code = 65
-    http_status = 409
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from twotower import __version__
 from twotower.db import Database
-from twotower.errors import DatabaseUnavailable, NotFound, TwoTowerError
+from twotower.errors import DatabaseUnavailable, ModelUnavailable, NotFound, TwoTowerError
 from twotower.features.catalog import Catalog
 from twotower.registry.store import open_store
 from twotower.registry.versions import list_versions
@@ -445,11 +445,6 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-class ModelUnavailable(TwoTowerError):
-    code = "model_unavailable"
-    http_status = 503
 
 
 def _require_model(service: Service) -> LoadedModel:

@@ -13,28 +13,13 @@ from typing import Any
 
 import jwt
 
-from twotower.errors import TwoTowerError
+from twotower.errors import AuthUnavailable, Forbidden, Unauthorized
 from twotower.settings import Settings
 
 __all__ = ["SERVICE_ROLE", "Authenticator", "Forbidden", "Principal", "Unauthorized"]
 
 SERVICE_ROLE = "service_role"
 _ASYMMETRIC = ("RS256", "ES256")
-
-
-class Unauthorized(TwoTowerError):
-    code = "unauthorized"
-    http_status = 401
-
-
-class AuthUnavailable(TwoTowerError):
-    code = "auth_unavailable"
-    http_status = 503
-
-
-class Forbidden(TwoTowerError):
-    code = "forbidden"
-    http_status = 403
 
 
 @dataclass(frozen=True)
