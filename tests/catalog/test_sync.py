@@ -19,7 +19,7 @@ import pytest
 from tests.catalog.conftest import END, START, sync_cli
 from twotower.catalog import DmmClient, DmmConfig, SyncOptions, sync_dmm
 from twotower.catalog.fake import FakeCatalog, FakeDmmServer, Faults, make_items
-from twotower.db import Database
+from twotower.db import Database, locks
 from twotower.registry import LocalStore
 from twotower.settings import Settings
 
@@ -171,7 +171,7 @@ def test_an_api_that_keeps_failing_stops_cleanly_and_the_next_run_resumes(url: s
 
 def test_a_second_sync_at_once_is_refused(url: str, deployed: Path) -> None:
     with psycopg.connect(url, autocommit=True) as conn, FakeDmmServer(FakeCatalog()) as fake:
-        conn.execute("SELECT pg_advisory_lock(hashtext('twotower sync dmm:FANZA/digital/videoa'))")
+        locks.wait_lock(conn, "sync dmm:FANZA/digital/videoa")
         run = sync_cli(url, deployed, fake.url, "--since", "2026-01-01")
         _, err = run.communicate(timeout=60)
     assert run.returncode == 75 and "another sync of dmm:FANZA/digital/videoa is running" in err

@@ -106,3 +106,18 @@ def test_newer_database_is_refused(db_url: str) -> None:
             upgrade(conn)
         with pytest.raises(MigrationError):
             status(conn)
+
+
+def test_advisory_lock_names_map_to_stable_distinct_keys(db_url: str) -> None:
+    from twotower.db import locks
+
+    names = ["deploy", "switch", "migrate", "prune served", "sync dmm:a", "sync dmm:b", "batch-update:v1"]
+    keys = {locks.lock_key(n) for n in names}
+    assert len(keys) == len(names) and all(-(2**63) <= k < 2**63 for k in keys)
+    assert locks.lock_key("deploy") == locks.lock_key("deploy")
+    with psycopg.connect(db_url, autocommit=True) as a, psycopg.connect(db_url, autocommit=True) as b:
+        assert locks.try_lock(a, "deploy") and not locks.try_lock(b, "deploy")
+        held = locks.holder(b, "deploy")
+        assert held is not None and held[0] == a.info.backend_pid
+        locks.unlock(a, "deploy")
+        assert locks.holder(b, "deploy") is None and locks.try_lock(b, "deploy")

@@ -32,7 +32,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from twotower.catalog.dmm import DmmClient, Page, api_time, parse_item
-from twotower.db import Database
+from twotower.db import Database, locks
 from twotower.embeddings.generation import embed_videos
 from twotower.errors import InputError, SyncInProgress, TwoTowerError, UpstreamError
 from twotower.inference.towers import OnnxTowers
@@ -140,13 +140,12 @@ def _second(ts: datetime) -> datetime:
 def _sync_lock(db: Database, scope: str) -> Iterator[None]:
     """One sync per catalog at a time (held on a dedicated connection: released even by a crash)."""
     with db.direct(autocommit=True) as conn:
-        row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"twotower sync {scope}",)).fetchone()
-        if not (row and row[0]):
+        if not locks.try_lock(conn, f"sync {scope}"):
             raise SyncInProgress(f"another sync of {scope} is running; wait for it to finish")
         try:
             yield
         finally:
-            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"twotower sync {scope}",))
+            locks.unlock(conn, f"sync {scope}")
 
 
 class _Embedder:

@@ -34,7 +34,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from twotower.db import Database
+from twotower.db import Database, locks
 from twotower.embeddings.generation import embed_videos_counted, update_embeddings
 from twotower.errors import InputError, NotFound, TwoTowerError
 from twotower.features.decisions import load_decision_log
@@ -149,7 +149,7 @@ def plan_batch(db: Database, options: BatchOptions) -> BatchPlan:
 def _create_or_join(db: Database, options: BatchOptions) -> int:
     """The unfinished job for this version and these targets, or a new one (one transaction, under a lock)."""
     with db.direct() as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{KIND}:{options.version}",))
+        locks.xact_lock(conn, f"{KIND}:{options.version}")
         existing = _open_job(conn, options)
         if existing is not None:
             return existing[0]
@@ -298,8 +298,7 @@ def _finish(conn: psycopg.Connection[Any], job_id: int, version: str) -> str:
         return "running"
     status = "failed" if failed else "succeeded"
     lock = f"{KIND}:finish:{job_id}"
-    got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (lock,)).fetchone()
-    if got is None or not got[0]:
+    if not locks.try_lock(conn, lock):
         return "running"  # another worker is closing it
     try:
         row = conn.execute("SELECT status, started_at, params FROM jobs WHERE id = %s", (job_id,)).fetchone()
@@ -315,7 +314,7 @@ def _finish(conn: psycopg.Connection[Any], job_id: int, version: str) -> str:
             (status, f"{failed} chunk(s) failed" if failed else None, job_id),
         )
     finally:
-        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
+        locks.unlock(conn, lock)
     return status
 
 

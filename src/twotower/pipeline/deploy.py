@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from twotower.db import Database
+from twotower.db import Database, locks
 from twotower.embeddings.generation import GenerationStats, build_generation
 from twotower.errors import (
     DeployFailed,
@@ -65,7 +65,7 @@ __all__ = [
     "deploy_lock",
 ]
 
-DEPLOY_LOCK = 0x7477_0001
+DEPLOY_LOCK = "deploy"
 STAGES = ("train", "export", "validate", "gate", "upload", "build", "promote", "prune")
 GATE_METRIC = "recall@20"
 
@@ -135,8 +135,7 @@ def deploy_lock(db: Database, *, wait: bool = False, timeout: float = 0.0) -> It
         # deploy's CREATE INDEX CONCURRENTLY would wait for that snapshot, a deadlock Postgres cannot see
         deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
         while True:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (DEPLOY_LOCK,)).fetchone()
-            if row and row[0]:
+            if locks.try_lock(conn, DEPLOY_LOCK):
                 break
             if not wait:
                 raise DeployInProgress(_holder(conn))
@@ -147,15 +146,11 @@ def deploy_lock(db: Database, *, wait: bool = False, timeout: float = 0.0) -> It
             yield conn
         finally:
             with suppress(psycopg.Error):
-                conn.execute("SELECT pg_advisory_unlock(%s)", (DEPLOY_LOCK,))
+                locks.unlock(conn, DEPLOY_LOCK)
 
 
 def _holder(conn: psycopg.Connection[Any]) -> str:
-    row = conn.execute(
-        "SELECT a.pid, a.backend_start, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s",
-        (DEPLOY_LOCK >> 32, DEPLOY_LOCK & 0xFFFFFFFF),
-    ).fetchone()
+    row = locks.holder(conn, DEPLOY_LOCK)
     who = f" (database pid {row[0]}, running since {row[1]:%Y-%m-%d %H:%M:%S %Z})" if row else ""
     return f"another deploy is running{who}; wait for it, or run with --wait to queue behind it"
 

@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from twotower.db import locks
 from twotower.errors import InputError, NotFound, RollbackRefused
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 NOTIFY_CHANNEL = "twotower_model"
-_SWITCH_LOCK = 0x7477_0002  # serialises promote/rollback (the deploy lock is held for a whole deploy)
+_SWITCH_LOCK = "switch"  # serialises promote/rollback (the deploy lock is held for a whole deploy)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def active_version(conn: psycopg.Connection[Any]) -> str | None:
 
 def _switch(conn: psycopg.Connection[Any], version: str, action: str) -> str | None:
     """Make ``version`` active in one transaction (caller's), retire the old one, record it, notify."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SWITCH_LOCK,))
+    locks.xact_lock(conn, _SWITCH_LOCK)
     row = conn.execute("SELECT status FROM model_versions WHERE version = %s FOR UPDATE", (version,)).fetchone()
     if row is None:
         raise NotFound(f"model version {version!r} is not registered (see `twotower models list`)")
@@ -139,7 +140,7 @@ def rollback(conn: psycopg.Connection[Any], version: str | None = None) -> tuple
     """
     with conn.transaction():
         if version is None:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SWITCH_LOCK,))
+            locks.xact_lock(conn, _SWITCH_LOCK)
             row = conn.execute(
                 "SELECT version FROM model_versions WHERE status = 'retired' "
                 "ORDER BY retired_at DESC NULLS LAST, activated_at DESC NULLS LAST LIMIT 1"

@@ -17,13 +17,12 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from twotower.db import Database
+from twotower.db import Database, locks
 
 __all__ = ["ServedLog"]
 
 log = logging.getLogger("twotower.serve")
 Row = tuple[datetime, uuid.UUID, list[uuid.UUID], str | None, str]
-_PRUNE_LOCK = 0x7477_0000_0000_0001  # pg advisory lock key: one pruner at a time
 
 
 class ServedLog:
@@ -95,8 +94,7 @@ class ServedLog:
         self._pruned_at = time.monotonic()
         try:
             with self.db.connection() as conn, conn.transaction():
-                locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_PRUNE_LOCK,)).fetchone()
-                if locked and locked[0]:  # another server process is pruning: nothing to do here
+                if locks.try_xact_lock(conn, "prune served"):  # else another server process is pruning
                     conn.execute(
                         "DELETE FROM served_recommendations WHERE served_at < now() - make_interval(days => %s)",
                         (self.retention_days,),

@@ -17,13 +17,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from twotower.db import locks
 from twotower.errors import MigrationError
 
 __all__ = ["Migration", "MigrationStatus", "UpgradeResult", "discover", "status", "upgrade"]
 
 TABLE = "twotower_migrations"
-# pg_advisory_lock key: "twotower" + "migrate", fixed so every process agrees on it
-LOCK_KEY = 0x7477_6D69_6772_6174 & 0x7FFF_FFFF_FFFF_FFFF
+# the advisory lock (see twotower.db.locks) every process takes to migrate
+LOCK = "migrate"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -138,7 +139,7 @@ def upgrade(conn: psycopg.Connection[Any]) -> UpgradeResult:
         conn.autocommit = False
     conn.commit()  # start from a clean slate: each migration is its own transaction
     result = UpgradeResult()
-    conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    locks.wait_lock(conn, LOCK)
     conn.commit()
     try:
         check_pgvector(conn, create=True)  # one clear line when it is missing, too old or not ours to create
@@ -174,7 +175,7 @@ def upgrade(conn: psycopg.Connection[Any]) -> UpgradeResult:
     finally:
         if not conn.closed and not conn.broken:
             conn.rollback()
-            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            locks.unlock(conn, LOCK)
             conn.commit()
     # the vector type may have just been created: register the adapters on this connection too
     from twotower.db.database import _configure
