@@ -217,7 +217,7 @@ class _Demo:
                              refit=False)  # fmt: skip
         options = DeployOptions(
             train=train, gate=True, tolerance=settings.deploy_tolerance, keep_generations=settings.keep_generations,
-            cache_dir=self.data_dir / "models", thresholds=Thresholds.from_settings(settings),
+            cache_dir=self.settings.model_cache_dir, thresholds=Thresholds.from_settings(settings),
             webhook_url=settings.monitor_webhook_url,
         )  # fmt: skip
         store = open_store(settings)
@@ -402,7 +402,7 @@ class _Demo:
         from twotower.train.evaluate import evaluate_model
 
         with self.step("evaluation") as (status, done):
-            model_dir = fetch(open_store(self.settings), version, self.data_dir / "models")
+            model_dir = fetch(open_store(self.settings), version, self.settings.model_cache_dir)
             report = evaluate_model(db, model_dir, baselines=True, progress=status.update)
             d = report.data
             done["text"] = (

@@ -167,6 +167,11 @@ class Settings(BaseSettings):
         return (self.pg_dir or self.data_dir / "pg").expanduser().absolute()
 
     @property
+    def model_cache_dir(self) -> Path:
+        """Where versions fetched from the artifact store are kept (verified) for loading."""
+        return (self.data_dir / "models").expanduser().absolute()
+
+    @property
     def uses_embedded(self) -> bool:
         return self.database_url is None
 

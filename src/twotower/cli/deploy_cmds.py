@@ -98,7 +98,7 @@ def deploy(
         keep_generations=settings.keep_generations if keep is None else keep,
         wait=wait,
         lock_timeout=lock_timeout,
-        cache_dir=(settings.data_dir / "models").expanduser().absolute(),
+        cache_dir=settings.model_cache_dir,
         monitor=monitor,
         thresholds=Thresholds.from_settings(settings),
         webhook_url=settings.monitor_webhook_url,

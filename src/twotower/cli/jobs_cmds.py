@@ -29,7 +29,7 @@ def batch_update(
     settings = get_settings()
     options = BatchOptions(
         version=model_version, videos=videos, users=users, chunk_size=chunk_size, max_rate=max_rate,
-        retries=retries, cache_dir=(settings.data_dir / "models").expanduser().absolute(),
+        retries=retries, cache_dir=settings.model_cache_dir,
     )  # fmt: skip
     with open_db() as db:
         plan = plan_batch(db, options)

@@ -64,7 +64,7 @@ def dmm(
     options = SyncOptions(
         since=_when(since, "--since"), until=_when(until, "--until"), embed=embed,
         lookback=timedelta(hours=settings.dmm_lookback_hours),
-        cache_dir=(settings.data_dir / "models").expanduser().absolute(),
+        cache_dir=settings.model_cache_dir,
     )  # fmt: skip
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                         transient=True, disable=as_json)  # fmt: skip

@@ -185,8 +185,8 @@ class _Embedder:
 
     @functools.cached_property
     def items(self) -> ItemIndex:
-        with self.db.direct() as conn:
-            return ItemIndex.load(conn, self.towers.pipeline)
+        with self.db.direct() as conn:  # the version's item table, brought up to date
+            return ItemIndex.open(self.towers.directory, conn, self.towers.pipeline)
 
     @functools.cached_property
     def catalog_ids(self) -> list[Any]:

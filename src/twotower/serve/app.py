@@ -150,7 +150,7 @@ class Service:
         self.db = Database.open(settings, migrate=False, check=False)  # the database may be down: /readyz says so
         self.db.autocommit = True  # one statement per round trip, no COMMIT round trip
         self.db.session = serving_session(settings)
-        cache = (settings.data_dir / "models").expanduser().absolute()
+        cache = settings.model_cache_dir
         self.holder = ModelHolder(self.db, open_store(settings), cache, poll_seconds=settings.serve_model_poll_seconds,
                                   threads=settings.serve_onnx_threads, on_poll=self._poll)  # fmt: skip
         self.holder.start()
