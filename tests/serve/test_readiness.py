@@ -42,7 +42,7 @@ def test_readyz_is_503_while_the_model_loads_and_200_once_it_answers(
 ) -> None:
     url, data = deployed
     store = PausedStore(data / "store")
-    monkeypatch.setattr("twotower.serve.app.open_store", lambda settings: store)
+    monkeypatch.setattr("twotower.serve.service.open_store", lambda settings: store)
     settings = serve_settings(url, tmp_path)  # an empty model cache: the version is fetched from the store
     with ServerThread(settings, wait_ready=False) as base, httpx.Client(base_url=base, timeout=30) as client:
         assert store.waiting.wait(30)

@@ -1,0 +1,195 @@
+"""HTTP plumbing of the API: error bodies, body and header limits, request metrics, exception handlers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from psycopg_pool import PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from twotower.errors import DatabaseUnavailable, TwoTowerError
+
+__all__ = ["BodyLimit", "Measure", "Metrics", "error_response", "install_error_handlers", "observe"]
+
+log = logging.getLogger("twotower.serve")
+_MALFORMED = "the request body is not valid JSON (UTF-8, nested less deeply)"
+_DB_DOWN = "the database is unavailable; retry shortly"
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether or not Content-Length is sent, and headers over
+    ``header_limit`` bytes in all with 431."""
+
+    def __init__(self, app: ASGIApp, limit: int, header_limit: int = 16 << 10) -> None:
+        self.app, self.limit, self.header_limit = app, limit, header_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers") or []
+        if sum(len(k) + len(v) for k, v in headers) > self.header_limit:
+            await error_response(
+                431, "headers_too_large", f"request headers are limited to {self.header_limit:,} bytes"
+            )(scope, receive, send)
+            return
+        declared = dict(headers).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await error_response(413, "payload_too_large", f"request bodies are limited to {self.limit:,} bytes")(
+                scope, receive, send
+            )
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge(self.limit)
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await error_response(413, "payload_too_large", f"request bodies are limited to {self.limit:,} bytes")(
+                scope, receive, send
+            )
+
+
+class _TooLarge(StarletteHTTPException):
+    """Raised from ``receive``: FastAPI re-raises HTTP exceptions met while reading the body as they are."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request bodies are limited to {limit:,} bytes")
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    answers: Counter
+    model: Gauge
+
+    @classmethod
+    def create(cls) -> Metrics:
+        registry = CollectorRegistry()
+        return cls(
+            registry,
+            Counter("twotower_http_requests", "HTTP requests", ["route", "method", "status"], registry=registry),
+            Histogram(
+                "twotower_http_request_seconds",
+                "Request latency",
+                ["route"],
+                registry=registry,
+                buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            ),
+            Counter("twotower_recommendations", "Recommendation answers", ["algorithm"], registry=registry),
+            Gauge("twotower_model_loaded", "1 for the model version being served", ["version"], registry=registry),
+        )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TwoTowerError)
+    async def _ours(request: Request, exc: TwoTowerError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.http_status == 503 else None
+        if exc.http_status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        message = exc.message
+        if isinstance(exc, DatabaseUnavailable):  # the message names the server: for the logs, not for clients
+            log.warning("%s", exc.message)
+            message = "the database is unavailable; retry shortly"
+        return error_response(exc.http_status, exc.code, message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "malformed_json", "the request body is not valid JSON")
+        parts = []
+        for e in errors[:5]:
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        return error_response(422, "invalid_request", "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and request.method in ("POST", "PUT", "PATCH"):  # a body that is not UTF-8 JSON
+            return error_response(
+                400, "malformed_json", "the request body is not valid JSON (UTF-8, nested less deeply)"
+            )
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _db_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", " ".join(str(exc).split())[:200])
+        return error_response(
+            503, "database_unavailable", "the database is unavailable; retry shortly", {"Retry-After": "1"}
+        )
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool(request: Request, exc: PoolTimeout) -> JSONResponse:
+        return error_response(
+            503, "database_unavailable", "the database is unavailable; retry shortly", {"Retry-After": "1"}
+        )
+
+    @app.exception_handler(psycopg.DataError)
+    async def _data(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        log.info("data error: %s", " ".join(str(exc).split())[:200])
+        return error_response(422, "invalid_request", "a value in the request is out of range for the database")
+
+    @app.exception_handler(psycopg.errors.QueryCanceled)
+    async def _slow(request: Request, exc: psycopg.errors.QueryCanceled) -> JSONResponse:
+        return error_response(503, "timeout", "the query took too long; retry shortly", {"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal error (logged)")
+
+
+def observe(app: FastAPI, metrics: Metrics) -> None:
+    app.add_middleware(Measure, metrics=metrics)
+
+
+class Measure:
+    """Request count and latency per route template (a plain ASGI middleware: no per-request task overhead)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
