@@ -119,3 +119,43 @@ def test_javascript_check_skipped_with_reason(trained: tuple[str, Path], tmp_pat
     required = subprocess.run([sys.executable, "-m", "twotower", "validate", str(model_dir), "--js", "require"],
                               env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert required.returncode == 65 and "JavaScript check cannot run" in required.stderr
+
+
+def test_every_user_tower_variant_exports_with_parity(tmp_path: Path) -> None:
+    """Separate history IDs and learned history pooling export as plain ONNX ops, for any history length."""
+    import onnxruntime as ort
+    import torch
+
+    from twotower.export.onnx_export import _examples, _export, _UserTower
+    from twotower.inference.towers import USER_INPUTS
+    from twotower.model import TowerConfig, TwoTowerModel
+
+    cfg = TowerConfig(n_items=300, n_tags=40, n_performers=20, n_categorical=(5, 5, 5, 5), max_likes=8, max_nopes=4,
+                      history_ids=True, history_pooling="learned", history_dropout=0.3)  # fmt: skip
+    torch.manual_seed(0)
+    model = TwoTowerModel(cfg).eval()
+    with torch.no_grad():
+        model.like_score.weight.normal_()
+        model.recency_slope.fill_(0.7)
+    model.encoder.fused = False
+    _, user_args = _examples(model)
+    likes, nopes = torch.export.Dim("likes", min=1, max=4096), torch.export.Dim("nopes", min=1, max=4096)
+    dyn: dict[str, dict[int, object]] = {"stats": {0: torch.export.Dim("batch", min=1, max=1 << 20)}}
+    for name in USER_INPUTS[:-1]:
+        dyn[name] = {0: dyn["stats"][0], 1: likes if name.startswith("like_") else nopes}
+    _export(_UserTower(model), user_args, USER_INPUTS, "user_embedding", tmp_path / "user.onnx", dyn)  # type: ignore[arg-type]
+    session = ort.InferenceSession(str(tmp_path / "user.onnx"), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(1)
+
+    def hist(b: int, n: int) -> list[torch.Tensor]:
+        return [torch.randint(0, 300, (b, n), generator=g), torch.randint(0, 40, (b, n, cfg.max_tags), generator=g),
+                torch.randint(0, 20, (b, n, cfg.max_performers), generator=g),
+                torch.randint(0, 5, (b, n, 4), generator=g), torch.randn(b, n, cfg.numeric_width, generator=g),
+                (torch.rand(b, n, generator=g) < 0.8).float()]  # fmt: skip
+
+    for b, h in ((3, 8), (2, 60)):  # the configured history length, and a longer one than training saw
+        args = (*hist(b, h), *hist(b, 4), torch.rand(b, cfg.stats_width, generator=g))
+        with torch.no_grad():
+            ref = model.user_tower(*args).numpy()
+        got = session.run(None, {n: a.numpy() for n, a in zip(USER_INPUTS, args, strict=True)})[0]
+        assert np.abs(ref - got).max() <= 1e-4

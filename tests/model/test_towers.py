@@ -82,3 +82,75 @@ def test_logq_correction_favours_rare_items() -> None:
 def test_embedding_dim_bounds(dim: int) -> None:
     with pytest.raises(InputError, match="embedding-dim"):
         TowerConfig(embedding_dim=dim)
+
+
+def test_learned_pooling_starts_as_the_mean() -> None:
+    torch.manual_seed(0)
+    mean = TwoTowerModel(_cfg(history_pooling="mean")).eval()
+    learned = TwoTowerModel(_cfg(history_pooling="learned")).eval()
+    missing = learned.load_state_dict(mean.state_dict(), strict=False).missing_keys
+    assert set(missing) == {"like_score.weight", "recency_slope"}
+    users = _users(6, _cfg())
+    assert torch.allclose(mean.user_tower(*users), learned.user_tower(*users), atol=1e-6)
+    with torch.no_grad():  # a recency slope weighs the most recent likes more: the embedding moves
+        learned.recency_slope.fill_(1.0)
+    assert not torch.allclose(mean.user_tower(*users), learned.user_tower(*users), atol=1e-3)
+
+
+def test_history_ids_are_apart_from_candidate_ids() -> None:
+    cfg = _cfg(history_ids=True)
+    model = TwoTowerModel(cfg).eval()
+    users, items = _users(6, cfg), _items(9, cfg)
+    u0, v0 = model.user_tower(*users), model.item_tower(*items)
+    with torch.no_grad():
+        assert model.encoder.context_ids is not None
+        model.encoder.context_ids.weight.add_(0.5)
+    assert torch.equal(model.item_tower(*items), v0)  # candidates use their own ID embeddings
+    assert not torch.allclose(model.user_tower(*users), u0, atol=1e-3)  # the history reads the context ones
+    with torch.no_grad():
+        model.encoder.ids.weight.add_(0.5)
+    assert not torch.allclose(model.item_tower(*items), v0, atol=1e-3)
+
+
+def test_history_dropout_only_in_training() -> None:
+    cfg = _cfg(history_dropout=0.5)
+    model = TwoTowerModel(cfg).eval()
+    users = _users(6, cfg)
+    assert torch.equal(model.user_tower(*users), model.user_tower(*users))
+    model.train()
+    torch.manual_seed(1)
+    a = model.user_tower(*users)
+    torch.manual_seed(2)
+    assert not torch.allclose(a, model.user_tower(*users))
+
+
+def test_loss_never_counts_a_users_own_likes_as_negatives() -> None:
+    torch.manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    v = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    uniform = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    ids, uniform_ids, log_q = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5, 6]), torch.zeros(3)
+    # user 0 also liked items 1 (in batch) and 4 (uniform); user 1 liked item 1 (its own positive); item 9 is no
+    # candidate at all
+    liked = (torch.tensor([0, 0, 1, 2]), torch.tensor([1, 4, 1, 9]))
+    masked = retrieval_loss(u, v, ids, log_q, 0.1, uniform=uniform, uniform_ids=uniform_ids, liked=liked)
+    # by hand: user 0 without the columns of items 1 and 4; the others unchanged (own positive kept)
+    logits = torch.cat([u @ v.T, u @ uniform.T], dim=1) / 0.1
+    logits[0, 1] = logits[0, 4] = float("-inf")
+    expected = torch.nn.functional.cross_entropy(logits, ids)
+    assert torch.isclose(masked, expected, atol=1e-6)
+    assert not torch.isclose(masked, retrieval_loss(u, v, ids, log_q, 0.1, uniform=uniform, uniform_ids=uniform_ids))
+
+
+@pytest.mark.parametrize(("field", "value"), [("history_pooling", "max"), ("history_dropout", 1.0)])
+def test_new_switches_are_checked(field: str, value: object) -> None:
+    with pytest.raises(InputError, match=field):
+        _cfg(**{field: value})
+
+
+def test_configs_saved_before_the_new_fields_load_as_they_were() -> None:
+    old = {k: v for k, v in _cfg().to_json().items()
+           if k not in ("history_ids", "history_pooling", "history_dropout", "mask_likes")}  # fmt: skip
+    cfg = TowerConfig.from_json(old)
+    assert (cfg.history_pooling, cfg.history_dropout, cfg.mask_likes, cfg.history_ids) == ("mean", 0.0, False, False)
+    assert TowerConfig.from_json(_cfg().to_json()) == _cfg()

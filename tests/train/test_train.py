@@ -102,6 +102,16 @@ def test_interrupted_run_resumes_from_checkpoint(synth_db: Database, tmp_path: P
         assert torch.allclose(va, vb, atol=1e-6)
 
 
+def test_a_run_with_other_options_does_not_resume_a_finished_one(synth_db: Database, tmp_path: Path) -> None:
+    """v2 with --epochs 1 after v1 with --epochs 2 (same output directory, data and settings) trains afresh: it
+    neither reuses v1's finished checkpoint nor reports v1's epochs as its own."""
+    first = train(synth_db, _opts(tmp_path, epochs=2, patience=10, resume=True, batch_size=1024, version="v1"))
+    second = train(synth_db, _opts(tmp_path, epochs=1, patience=10, resume=True, batch_size=1024, version="v2"))
+    assert len(first.history) == 2 and second.resumed_from == 0 and len(second.history) == 1
+    again = train(synth_db, _opts(tmp_path, epochs=2, patience=10, resume=True, batch_size=1024, version="v3"))
+    assert again.resumed_from == 2  # the same options: v1's checkpoint is this run's
+
+
 def test_update_db_writes_a_generation(synth_db: Database, tmp_path: Path) -> None:
     from twotower.train.publish import publish_embeddings
 
@@ -174,7 +184,12 @@ def test_cli_train_and_evaluate(synth_url: str, cli_env: dict[str, str], tmp_pat
 
 @pytest.mark.parametrize(
     "tower",
-    [{"history": "profile", "targets_per_history": 4}, {"target_window": 5, "targets_per_history": 2}],
+    [
+        {"history": "profile", "targets_per_history": 4},
+        {"target_window": 5, "targets_per_history": 2},
+        {"history_ids": True, "history_pooling": "learned", "history_dropout": 0.2, "mask_likes": True},
+        {"history": "profile", "targets_per_history": 4, "mask_likes": True},
+    ],
 )
 def test_alternative_objectives_train(synth_db: Database, tmp_path: Path, tower: dict[str, object]) -> None:
     """The set-based and windowed objectives (one user-tower pass, several positives) learn something too."""
@@ -182,3 +197,19 @@ def test_alternative_objectives_train(synth_db: Database, tmp_path: Path, tower:
     [stats] = result.history
     assert stats.examples >= 0.9 * (result.prepared.split.fit & result.prepared.log.like).sum()
     assert np.isfinite(stats.loss) and stats.valid_recall_at_20 > 0.05
+
+
+def test_cosine_schedule_and_id_weight_decay_train(synth_db: Database, tmp_path: Path) -> None:
+    from twotower.train.trainer import TrainConfig, scheduled_lr
+
+    config = TrainConfig(epochs=10, learning_rate=1e-3, lr_schedule="cosine")
+    assert scheduled_lr(config, 0) == pytest.approx(1e-3)
+    assert scheduled_lr(config, 5) == pytest.approx(5e-4)
+    assert scheduled_lr(config, 10) == pytest.approx(0.0, abs=1e-12)
+    assert scheduled_lr(TrainConfig(learning_rate=1e-3), 7.5) == 1e-3  # constant
+    result = train(synth_db, _opts(tmp_path, epochs=2, batch_size=1024, refit=False, lr_schedule="cosine",
+                                   id_weight_decay=0.1))  # fmt: skip
+    assert [h.learning_rate for h in result.history][-1] < 2e-3 / 2  # the last step of epoch 2 of 2
+    assert all(np.isfinite(h.loss) for h in result.history)
+    with pytest.raises(InputError, match="lr_schedule"):
+        train(synth_db, _opts(tmp_path, lr_schedule="linear"))

@@ -13,6 +13,8 @@ __all__ = ["MAX_DIM", "MIN_DIM", "TowerConfig"]
 
 MIN_DIM = 32
 MAX_DIM = 768
+# what a saved config written before these fields existed meant (it still loads as the model it was)
+_LEGACY = {"history_ids": False, "history_pooling": "mean", "history_dropout": 0.0, "mask_likes": False}
 
 
 @dataclass
@@ -37,6 +39,15 @@ class TowerConfig:
     hidden_dim: int = 256
     dropout: float = 0.1
     id_dropout: float = 0.15  # probability of hiding an item's ID in training: cold items then work
+    # an item as history context gets its own ID embedding, apart from the one it has as a candidate (FISM,
+    # Mult-VAE's encoder vs decoder, EASE's asymmetric weights): "people who liked X" != "looks like X"
+    history_ids: bool = False
+    # how the like history is pooled: "mean", or "learned": softmax weights from a learned per-item score and
+    # a learned recency slope (informative and recent likes count more); both export as plain gathers
+    history_pooling: str = "learned"
+    # training only: each history like/nope is hidden with this probability (denoising, as Mult-DAE's input
+    # dropout): the tower learns a taste from any part of a history, not from a few items it memorised
+    history_dropout: float = 0.25
     # loss
     # "past": a user state is what they did before a like, the target is that like (sequential);
     # "profile": the state is the user's whole training profile, targets are likes hidden from it (set-based)
@@ -47,6 +58,9 @@ class TowerConfig:
     logq_weight: float = 1.0  # 1: full popularity correction; 0: none (favours popular items)
     uniform_negatives: int = 2048  # sampled from the whole catalog, shared by the batch
     hard_negatives: bool = True  # the user's nopes
+    # a user's own likes (other than the target) are never negatives for them: ranking excludes what a user
+    # already liked, and the likes that follow a history are positives, not negatives
+    mask_likes: bool = True
 
     def __post_init__(self) -> None:
         if not MIN_DIM <= self.embedding_dim <= MAX_DIM:
@@ -55,6 +69,10 @@ class TowerConfig:
             raise InputError(f"temperature must be in (0, 1], got {self.temperature}")
         if not 0.0 <= self.id_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
             raise InputError("dropout and id_dropout must be in [0, 1)")
+        if not 0.0 <= self.history_dropout < 1.0:
+            raise InputError(f"history_dropout must be in [0, 1), got {self.history_dropout}")
+        if self.history_pooling not in ("mean", "learned"):
+            raise InputError(f"history_pooling must be 'mean' or 'learned', got {self.history_pooling!r}")
         if self.history not in ("past", "profile"):
             raise InputError(f"history must be 'past' or 'profile', got {self.history!r}")
         self.n_categorical = tuple(self.n_categorical)  # type: ignore[assignment]
@@ -70,7 +88,7 @@ class TowerConfig:
         unknown = set(data) - known
         if unknown:
             raise InputError(f"unknown TowerConfig fields: {', '.join(sorted(unknown))}")
-        return cls(**{**data, "n_categorical": tuple(data.get("n_categorical", (2, 2, 2, 2)))})
+        return cls(**{**_LEGACY, **data, "n_categorical": tuple(data.get("n_categorical", (2, 2, 2, 2)))})
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2))

@@ -37,6 +37,8 @@ class TrainOptions:
     batch_size: int = 512
     epochs: int = 20
     learning_rate: float = 2e-3
+    lr_schedule: str = "constant"  # or "cosine" (see TrainConfig)
+    id_weight_decay: float = 0.0
     seed: int = 0
     patience: int = 5
     output_dir: Path = Path("models")
@@ -54,6 +56,10 @@ class TrainOptions:
             raise InputError(f"--epochs must be between 1 and 1000, got {self.epochs}")
         if not 0 < self.learning_rate < 1:
             raise InputError(f"--learning-rate must be in (0, 1), got {self.learning_rate}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise InputError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0 <= self.id_weight_decay < 1:
+            raise InputError(f"id_weight_decay must be in [0, 1), got {self.id_weight_decay}")
         TowerConfig(embedding_dim=self.embedding_dim)  # raises a clear error for 0 or 5000
 
 
@@ -96,9 +102,9 @@ def _run_key(options: TrainOptions, prepared: Prepared, cfg: TowerConfig) -> str
     import hashlib
 
     blob = json.dumps(
-        # the epoch budget and patience may grow between attempts: the same run, resumed further
-        {"opt": {k: str(v) for k, v in asdict(options).items()
-                 if k not in ("version", "update_db", "resume", "epochs", "patience")},
+        # a run resumes only a checkpoint of identical options, epochs included (a finished 3-epoch run is not a
+        # 2-epoch run, and the learning-rate schedule depends on the budget)
+        {"opt": {k: str(v) for k, v in asdict(options).items() if k not in ("version", "update_db", "resume")},
          "cfg": cfg.to_json(), "data": prepared.fingerprint},
         sort_keys=True,
     )  # fmt: skip
@@ -140,7 +146,8 @@ def train(
     tables = FeatureTables(prepared.features, device, cfg.history_tags, cfg.history_performers)
     train_config = TrainConfig(
         epochs=options.epochs, batch_size=options.batch_size, learning_rate=options.learning_rate,
-        seed=options.seed, patience=options.patience,
+        seed=options.seed, patience=options.patience, lr_schedule=options.lr_schedule,
+        id_weight_decay=options.id_weight_decay,
     )  # fmt: skip
     run_dir = out_dir / ".checkpoints" / _run_key(options, prepared, cfg)
 

@@ -30,6 +30,10 @@ class TrainConfig:
     batch_size: int = 512
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
+    # "constant", or "cosine": the learning rate follows half a cosine from its value to 0 over `epochs`
+    # (a function of the step, so a resumed run and the refit follow the same schedule)
+    lr_schedule: str = "constant"
+    id_weight_decay: float = 0.0  # decoupled (AdamW) weight decay on the item-ID embeddings only
     seed: int = 0
     patience: int = 5  # epochs without a better validation Recall@20 before stopping
     max_valid_users: int = 2000
@@ -74,6 +78,29 @@ def recall_at_k(
     return float(np.mean(hits))
 
 
+def _optimizer(model: TwoTowerModel, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.id_weight_decay <= 0:
+        return torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    tables = [model.encoder.ids.weight]
+    if model.encoder.context_ids is not None:
+        tables.append(model.encoder.context_ids.weight)
+    ids = {id(t) for t in tables}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return torch.optim.AdamW(
+        [{"params": tables, "weight_decay": config.id_weight_decay},
+         {"params": rest, "weight_decay": config.weight_decay}],
+        lr=config.learning_rate,
+    )  # fmt: skip
+
+
+def scheduled_lr(config: TrainConfig, progress: float) -> float:
+    """The learning rate after ``progress`` epochs (0 at the start of training)."""
+    if config.lr_schedule == "cosine":
+        t = min(max(progress / max(config.epochs, 1), 0.0), 1.0)
+        return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * t))
+    return config.learning_rate
+
+
 class Trainer:
     def __init__(
         self,
@@ -92,7 +119,7 @@ class Trainer:
         self.valid = valid  # (users, their validation likes)
         self.rank, self.world_size = world
         self.device = tables.device
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = _optimizer(model, config)
         self.state = TrainState()
         self.train_model: torch.nn.Module = model  # the DDP wrapper when distributed
         ex_users, ex_items, ex_p, ex_q = histories.examples()
@@ -135,9 +162,13 @@ class Trainer:
         u, v = self.train_model(user_in, self.tables.items(torch.cat(parts)))
         b = items.shape[0]
         groups = None
+        liked = self._liked(users) if cfg.mask_likes else None
         if k > 1:
             u = u.repeat_interleave(k, dim=0)
             groups = torch.arange(len(states), device=self.device).repeat_interleave(k)
+            if liked is not None:  # row r becomes rows r*k .. r*k+k-1
+                offsets = torch.arange(k, device=self.device)
+                liked = ((liked[0][:, None] * k + offsets).reshape(-1), liked[1].repeat_interleave(k))
         return retrieval_loss(
             u,
             v[:b],
@@ -150,7 +181,16 @@ class Trainer:
             hard=v[b + m :].repeat_interleave(k, dim=0) if cfg.hard_negatives else None,
             hard_mask=hard_mask,
             groups=groups,
+            liked=liked,
         )
+
+    def _liked(self, users: npt.NDArray[np.int64]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(row, item)`` for every item each user of the batch liked in the rows the trainer sees."""
+        counts = self.hist.like_count[users]
+        rows = np.repeat(np.arange(users.size), counts)
+        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        cols = self.hist.like_items[np.repeat(self.hist.like_start[users], counts) + offsets]
+        return torch.from_numpy(rows).to(self.device), torch.from_numpy(cols.astype(np.int64)).to(self.device)
 
     @property
     def targets_per_state(self) -> int:
@@ -170,11 +210,15 @@ class Trainer:
         states = rng.permutation(self.n_examples)[: -(-self.n_examples // k)][self.rank :: self.world_size]
         bs = max(1, self.config.batch_size // k)
         start, total, steps, seen = time.perf_counter(), 0.0, 0, 0
+        n_batches = max(-(-states.size // bs), 1)
         for i in range(0, states.size, bs):
             ex = states[i : i + bs]
             if ex.size * k < 2:
                 continue
             seen += ex.size * k
+            lr = scheduled_lr(self.config, epoch - 1 + (i // bs) / n_batches)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             loss = self._batch_loss(ex, rng)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
