@@ -218,8 +218,8 @@ def test_failure_leaves_active_version_serving(
         message = "do not match PyTorch"
     elif failure == "gate":
         message = "does not beat the linear model"
-    elif failure == "regression":  # "b" scores below "a" by more than 2%
-        kwargs["tolerance"] = 0.02
+    elif failure == "regression":  # "b" (another seed of "a") must beat "a" by half: it cannot, whatever the seeds
+        kwargs["tolerance"] = -0.5
         message = "regresses vs the active version a"
     elif failure == "upload":  # a real S3 server that has no such bucket
         client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
