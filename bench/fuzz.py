@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     with _environment(args.data_dir, size) as (db, data, _seconds):
         env = {**os.environ, "DATABASE_URL": db.conninfo, "TWOTOWER_DATA_DIR": str(data),
                "TWOTOWER_ARTIFACT_STORE": str(data / "store"), "TWOTOWER_JWT_SECRET": SECRET}  # fmt: skip
-        with _server(env, 1) as (port, up):
+        with _server(env, 1) as (port, up, _pid):
             base = f"http://127.0.0.1:{port}"
             _wait_ready(base, up, expect="bench")
             api = schemathesis.openapi.from_url(f"{base}/openapi.json")

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                "TWOTOWER_ARTIFACT_STORE": str(data / "store"), "TWOTOWER_JWT_SECRET": SECRET,
                "TWOTOWER_DB_POOL_MAX_SIZE": "20"}  # fmt: skip
         algorithms: Counter[str] = Counter()
-        with _server(env, args.workers) as (port, started):
+        with _server(env, args.workers) as (port, started, pid):
             report["ready_seconds"] = _wait_ready(f"http://127.0.0.1:{port}", started, expect="bench")
             asyncio.run(_drive(port, tokens, args.clients, 3.0))  # warm-up
             runs = {}
@@ -207,12 +207,12 @@ def main(argv: list[str] | None = None) -> int:
             popularity = Counter[str]()
             latencies, errors, short = asyncio.run(_drive(port, newcomers, 1, 5.0, algorithms=popularity))
             runs["popularity_fallback"] = {**_summary(latencies, errors, short, 5.0, None), "algorithms": popularity}
-            rss = _rss_mb(_server_pid[0])
+            rss = _rss_mb(pid)
         report["ann_floor"] = _ann_floor(db, users[:300])
         with tempfile.TemporaryDirectory() as empty:  # a store (and cache) without the version: it cannot load
             linear = Counter[str]()
             broken = {**env, "TWOTOWER_ARTIFACT_STORE": empty, "TWOTOWER_DATA_DIR": empty}
-            with _server(broken, 1) as (port, started):
+            with _server(broken, 1) as (port, started, _pid):
                 _wait_ready(f"http://127.0.0.1:{port}", started, expect=None)
                 time.sleep(3)  # the fallback's tag index is built by the watcher right after the failed load
                 latencies, errors, short = asyncio.run(_drive(port, tokens, 1, 5.0, algorithms=linear))
@@ -230,20 +230,16 @@ def _summary(latencies: list[float], errors: int, short: int, seconds: float, ra
     }  # fmt: skip
 
 
-_server_pid = [0]
-
-
 @contextmanager
-def _server(env: dict[str, str], workers: int) -> Iterator[tuple[int, float]]:
-    """``twotower serve`` as its own processes; yields the port and when it was started."""
+def _server(env: dict[str, str], workers: int) -> Iterator[tuple[int, float, int]]:
+    """``twotower serve`` as its own processes; yields the port, when it was started and its pid."""
     port = 18000 + (os.getpid() + workers * 7 + len(env.get("TWOTOWER_ARTIFACT_STORE", ""))) % 1000
     started = time.monotonic()
     server = subprocess.Popen(
         [sys.executable, "-m", "twotower", "serve", "--port", str(port), "--workers", str(workers)], env=env
     )
-    _server_pid[0] = server.pid
     try:
-        yield port, started
+        yield port, started, server.pid
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -132,16 +132,16 @@ def _revoke_extra(conn: psycopg.Connection[Any], roles: set[str]) -> list[str]:
         "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL",
         ([*_CATALOG, "user_video_decisions", "user_embeddings", *_ENGINE],),
     ).fetchall()]  # fmt: skip
-    for table in tables:
-        for role in sorted(roles):
-            for privilege in privileges:
-                if (table, privilege, role) in wanted:
-                    continue
-                held = conn.execute("SELECT has_table_privilege(%s, %s, %s)", (role, table, privilege)).fetchone()
-                if held and held[0]:
-                    conn.execute(sql.SQL("REVOKE {} ON {} FROM {}").format(
-                        sql.SQL(privilege), sql.Identifier(table), sql.Identifier(role)))  # fmt: skip
-                    changes.append(f"revoked {privilege} on {table} from {role}")
+    granted = conn.execute(  # every (table, role, privilege) held, in one round trip
+        "SELECT t, r, p FROM unnest(%s::text[]) AS t, unnest(%s::text[]) AS r, unnest(%s::text[]) AS p "
+        "WHERE has_table_privilege(r, t, p) ORDER BY t, r, p",
+        (tables, sorted(roles), list(privileges)),
+    ).fetchall()
+    for table, role, privilege in granted:
+        if (table, privilege, role) not in wanted:
+            conn.execute(sql.SQL("REVOKE {} ON {} FROM {}").format(
+                sql.SQL(privilege), sql.Identifier(table), sql.Identifier(role)))  # fmt: skip
+            changes.append(f"revoked {privilege} on {table} from {role}")
     sequences = conn.execute(
         "SELECT DISTINCT s.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
         "JOIN pg_class t ON t.oid = d.refobjid WHERE t.oid = ANY(%s::regclass[])",
