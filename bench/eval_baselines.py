@@ -1,4 +1,4 @@
-"""Benchmark the baselines (popularity, simple linear model, EASE) on MovieLens ml-latest-small.
+"""Benchmark the baselines (random, popularity, simple linear model, EASE, ALS) on MovieLens ml-latest-small.
 
     .venv/bin/python bench/eval_baselines.py [--movielens data/movielens/ml-latest-small --lam 200]
     .venv/bin/python bench/eval_baselines.py --synthetic   # also time evaluate() on 10k users x 100k items
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,6 +40,8 @@ from twotower.evaluation import (
     tag_matrix,
     to_json,
 )
+from twotower.evaluation.als import ALSScorer, als_available
+from twotower.evaluation.scorers import RandomScorer
 from twotower.evaluation.split import Split, temporal_split
 from twotower.features.catalog import load_catalog
 from twotower.features.decisions import DecisionLog, load_decision_log
@@ -49,22 +50,6 @@ from twotower.ingest.service import import_movielens
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS = ROOT / "data" / "movielens" / "ml-latest-small"
 RESULTS = ROOT / "bench" / "results" / "eval_baselines.json"
-
-
-class RandomScorer:
-    """Uniform random scores: for timing ``evaluate`` at scale only."""
-
-    def __init__(self, n_items: int, seed: int = 0) -> None:
-        self.name = "random"
-        self.n_items = n_items
-        self.seed = seed
-
-    def fit(self, split: Split) -> None:
-        pass
-
-    def score(self, users: npt.NDArray[np.integer]) -> npt.NDArray[np.float32]:
-        rng = np.random.default_rng((self.seed, int(users[0]) if len(users) else 0))
-        return rng.random((len(users), self.n_items), dtype=np.float32)
 
 
 def synthetic_split(n_users: int, n_items: int, likes_per_user: int, seed: int = 0) -> Split:
@@ -80,6 +65,7 @@ def synthetic_split(n_users: int, n_items: int, likes_per_user: int, seed: int =
 def time_synthetic(console: Console, users: int, items: int) -> dict[str, Any]:
     split = synthetic_split(users, items, likes_per_user=50)
     scorer = RandomScorer(items)
+    scorer.fit(split)
     result = evaluate(scorer, split)
     console.print(
         f"synthetic random scorer: {users:,} users x {items:,} items in {result.seconds:.1f}s "
@@ -118,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     split = temporal_split(log)
     n_items = len(catalog)
     scorers: list[Scorer] = [
+        RandomScorer(n_items),
         PopularityScorer(n_items),
         LinearScorer(tag_matrix(catalog.tags)),
         EASEScorer(n_items, lam=args.lam),
+        *([ALSScorer(n_items)] if als_available() else []),
     ]
     results: list[EvalResult] = []
     timings: dict[str, dict[str, float]] = {}

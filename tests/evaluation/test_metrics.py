@@ -65,6 +65,17 @@ def test_item_slices(result: EvalResult) -> None:
     assert cold["auc"] == pytest.approx((1 / 3 + 1 / 2 + 0) / 3)
 
 
+def test_cold_catalog_ranks_only_the_cold_videos(result: EvalResult) -> None:
+    # cold videos 3 and 4 only: user 0 ranks 3 (3), 4 (2) -> target 4 at rank 2; user 1 ties -> 3 at rank 1;
+    # user 2 ranks 3 (0.5), 4 (0.25) -> target 4 at rank 2
+    m = result.metrics["cold_catalog"]
+    assert result.users["cold_catalog"] == result.users["cold_items"] == 3
+    assert m["recall@1"] == pytest.approx(1 / 3) and m["recall@3"] == 1
+    assert m["mrr"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert m["auc"] == pytest.approx((0 + 1 / 2 + 0) / 3)  # the only negative is the other cold video
+    assert m["coverage@1"] == pytest.approx(1 / 6) and m["coverage@3"] == pytest.approx(2 / 6)
+
+
 def test_user_slices(result: EvalResult) -> None:
     assert result.users["new_users"] == 2 and result.users["warm_users"] == 1
     assert result.metrics["new_users"]["recall@3"] == pytest.approx((1 / 2 + 1) / 2)

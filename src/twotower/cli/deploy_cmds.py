@@ -17,6 +17,7 @@ models_app = typer.Typer(help="Model versions: what is registered, what is activ
 
 
 def deploy(
+    ctx: typer.Context,
     model_dir: Path | None = typer.Option(
         None, "--model-dir", help="Deploy this trained model instead of training a new one.", show_default=False
     ),
@@ -64,13 +65,21 @@ def deploy(
     lock_timeout: float = typer.Option(
         0.0, "--lock-timeout", min=0, help="With --wait: give up after this many seconds (0: no limit)."
     ),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="Training settings written by `twotower tune` (flags given here win).",
+        show_default=False,
+    ),
 ) -> None:
     """Train, export, validate, gate, upload, build the new embedding generation beside the serving one, and
     promote it atomically (servers are notified and hot-swap). A failure leaves the active version serving."""
+    from twotower.cli.train_cmds import explicit_options
     from twotower.monitor import Thresholds
     from twotower.pipeline.deploy import STAGE_TEXT, DeployOptions
     from twotower.pipeline.deploy import deploy as run_deploy
     from twotower.registry.store import open_store
+    from twotower.train.config_file import apply_config, read_config
     from twotower.train.run import TrainOptions
 
     if tolerance is not None and not 0 <= tolerance <= 1:
@@ -87,6 +96,10 @@ def deploy(
     )
     if model_dir is not None and from_store is not None:
         raise InputError("give --model-dir or --from-store, not both")
+    if config is not None:
+        if model_dir is not None or from_store is not None:
+            raise InputError("--config sets how a model is trained: it cannot go with --model-dir or --from-store")
+        apply_config(train_options, read_config(config), explicit_options(ctx))
     if model_dir is None and from_store is None:
         train_options.validate()
     options = DeployOptions(

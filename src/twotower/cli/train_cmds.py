@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from twotower.train.trainer import EpochStats
 
 
-def _db_url_settings(db_url: str | None) -> None:
+def db_url_settings(db_url: str | None) -> None:
     if db_url is not None:
         import os
 
@@ -28,7 +28,16 @@ def _db_url_settings(db_url: str | None) -> None:
         get_settings.cache_clear()
 
 
+def explicit_options(ctx: typer.Context) -> set[str]:
+    """The parameters given on the command line (they win over a --config file)."""
+    from click.core import ParameterSource
+
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {name for name in ctx.params if ctx.get_parameter_source(name) in given}
+
+
 def train(
+    ctx: typer.Context,
     db_url: str | None = typer.Option(
         None, "--db-url", help="Postgres URL (default: DATABASE_URL, or the embedded database).", show_default=False
     ),
@@ -46,21 +55,27 @@ def train(
     refit: bool = typer.Option(
         True, "--refit/--no-refit", help="After early stopping, retrain on the whole training period."
     ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Settings written by `twotower tune` (flags given here win).", show_default=False
+    ),
 ) -> None:
     """Train the two-tower model on the swipes in the database (temporal split, early stopping)."""
     from twotower.registry.store import valid_version
+    from twotower.train.config_file import apply_config, read_config
     from twotower.train.publish import publish_embeddings
     from twotower.train.run import TrainOptions
     from twotower.train.run import train as run_train
 
     if version is not None and not valid_version(version):
         raise InputError(f"--version {version!r}: use letters, digits, '.', '_' and '-' (at most 128)")
-    _db_url_settings(db_url)
+    db_url_settings(db_url)
     options = TrainOptions(
         embedding_dim=embedding_dim, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
         seed=seed, patience=patience, output_dir=output_dir, version=version, resume=resume, device=device,
         update_db=update_db, refit=refit,
     )  # fmt: skip
+    if config is not None:
+        apply_config(options, read_config(config), explicit_options(ctx))
     options.validate()
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
@@ -126,7 +141,7 @@ def evaluate(
     from twotower.evaluation import render_slices, render_table
     from twotower.train.evaluate import evaluate_model, latest_model_dir
 
-    _db_url_settings(db_url)
+    db_url_settings(db_url)
     if model_dir is None:
         model_dir = latest_model_dir(models)
     elif not (model_dir / "training.json").is_file():

@@ -14,7 +14,10 @@ The targets are the user's test likes. Per user, then averaged over the slice's 
 
 Slices: ``all``; ``warm_items`` / ``cold_items``: only the test likes on videos with / without a like in the
 training rows are targets (users with at least one such target; the ranking is still over the whole
-catalog); ``new_users`` (≤ 3 training likes) and ``warm_users`` (> 3), with all their targets.
+catalog); ``cold_catalog``: the same users and targets as ``cold_items``, but they rank only the cold videos
+(those without a training like), so it measures how well a model orders what it has never seen liked, apart
+from how it weighs cold against warm; ``new_users`` (≤ 3 training likes) and ``warm_users`` (> 3), with all
+their targets.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from twotower.evaluation.split import Split
 
 __all__ = ["ITEM_SLICES", "SLICES", "EvalResult", "evaluate", "metric_names", "test_likes_matrix"]
 
-ITEM_SLICES = ("all", "warm_items", "cold_items")  # slices that change the targets
+ITEM_SLICES = ("all", "warm_items", "cold_items", "cold_catalog")  # slices that change the targets or ranking
 SLICES = (*ITEM_SLICES, "new_users", "warm_users")  # the last two select users of `all`
 NEW_USER_MAX_LIKES = 3
 _CELLS = 1 << 24  # scores per batch (64 MiB of float32) when batch_users is not given
@@ -102,6 +105,7 @@ def evaluate(
     train = train_likes_matrix(split, n)
     test = test_likes_matrix(split, n, train)
     warm_item = np.diff(train.tocsc().indptr) > 0
+    warm_index = np.flatnonzero(warm_item)
     n_train = np.diff(train.indptr)
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     exact = n <= exact_auc_max_items
@@ -124,6 +128,12 @@ def evaluate(
         auc = auc_per_target(scores, tgt.indptr, tgt.indices, excluded, negatives, ub, seed)
         new_rows = is_new[start : start + batch]
         for kind in ITEM_SLICES:
+            if kind == "cold_catalog":  # rank the cold videos only: the warm ones leave the ranking
+                scores[:, warm_item] = -np.inf
+                top = top_k(scores, ks[-1])
+                rankable = np.isfinite(np.take_along_axis(scores, top, axis=1))
+                without_warm = [np.union1d(e, warm_index) for e in excluded]
+                auc = auc_per_target(scores, tgt.indptr, tgt.indices, without_warm, negatives, ub, seed)
             values = _batch_metrics(scores, top, tgt, warm_item, kind, ks, auc)
             per_user[kind].append(values)
             has = ~np.isnan(values["mrr"])

@@ -22,7 +22,8 @@ PROTOCOL = (
     "catalog index. Recall@K = hits / min(K, test likes); NDCG with binary gains; MRR over the full ranking; "
     "AUC against all videos neither liked in training nor in the test set (ties 1/2); coverage@K = share of "
     "the catalog in at least one top K. Slices: warm_items / cold_items = only the test likes on videos with / "
-    f"without a training like are targets; new_users = at most {NEW_USER_MAX_LIKES} training likes."
+    "without a training like are targets; cold_catalog = the same targets ranked among the cold videos only; "
+    f"new_users = at most {NEW_USER_MAX_LIKES} training likes."
 )
 
 

@@ -2,6 +2,7 @@
 
 A scorer learns from ``split.train`` only and scores users against the whole catalog. The baselines:
 
+- ``RandomScorer``: a uniformly random ranking (the floor every model must clear, the cold slices above all).
 - ``PopularityScorer``: how often each video was liked in training (the same list for everyone).
 - ``LinearScorer``: the app's current "simple linear model": the user is the mean of their liked videos'
   content features, videos are ranked by cosine to it.
@@ -26,6 +27,7 @@ __all__ = [
     "EASEScorer",
     "LinearScorer",
     "PopularityScorer",
+    "RandomScorer",
     "Scorer",
     "tag_matrix",
     "train_likes_matrix",
@@ -83,6 +85,25 @@ class _Fitted:
         if self._likes is None:
             raise TwoTowerError(f"{self.name}: call fit(split) before score(users)")
         return self._likes
+
+
+class RandomScorer(_Fitted):
+    """Uniform random scores; a user's row depends only on the seed and the user, not on the batch."""
+
+    def __init__(self, n_items: int, seed: int = 0, name: str = "random") -> None:
+        self.n_items = n_items
+        self.seed = seed
+        self.name = name
+
+    def fit(self, split: Split) -> None:
+        self._likes = train_likes_matrix(split, self.n_items)
+
+    def score(self, users: npt.NDArray[np.integer]) -> FloatMatrix:
+        users = _check_users(users, self._train_likes().shape[0])
+        out = np.empty((users.size, self.n_items), dtype=np.float32)
+        for row, user in enumerate(users.tolist()):
+            out[row] = np.random.default_rng((self.seed, user)).random(self.n_items, dtype=np.float32)
+        return out
 
 
 class PopularityScorer(_Fitted):

@@ -11,7 +11,8 @@ from typing import Any
 from twotower.db import Database
 from twotower.errors import InputError
 from twotower.evaluation import EASEScorer, EvalResult, LinearScorer, PopularityScorer, evaluate, to_json
-from twotower.evaluation.scorers import EASE_MAX_ITEMS, Scorer
+from twotower.evaluation.als import ALSScorer, als_available
+from twotower.evaluation.scorers import EASE_MAX_ITEMS, RandomScorer, Scorer
 from twotower.features.pipeline import FeaturePipeline
 from twotower.model.weights import load_model
 from twotower.train.prepare import Prepared, prepare
@@ -42,10 +43,12 @@ def scorers_for(
     features = pipeline.transform(prepared.catalog)
     out: list[Scorer] = [] if model_scorer is None else [model_scorer]
     if baselines:
-        out.append(PopularityScorer(len(prepared.catalog)))
-        out.append(LinearScorer(pipeline.content_matrix(features)))
-        if len(prepared.catalog) <= EASE_MAX_ITEMS:
-            out.append(EASEScorer(len(prepared.catalog), lam=200.0))
+        n = len(prepared.catalog)
+        out += [RandomScorer(n), PopularityScorer(n), LinearScorer(pipeline.content_matrix(features))]
+        if n <= EASE_MAX_ITEMS:
+            out.append(EASEScorer(n, lam=200.0))
+        if als_available():
+            out.append(ALSScorer(n))
     return out
 
 
@@ -75,6 +78,8 @@ def evaluate_model(
         raise InputError("nothing to evaluate: give --model-dir or keep the baselines")
     if len(prepared.catalog) > EASE_MAX_ITEMS and baselines:
         warnings.append(f"EASE skipped: {len(prepared.catalog):,} videos (> {EASE_MAX_ITEMS:,}, dense inverse too big)")
+    if baselines and not als_available():
+        warnings.append("ALS skipped: the `implicit` package is not installed (pip install 'twotower[train]')")
     results = []
     for scorer in scorers_for(prepared, pipeline, model_scorer, baselines):
         if progress is not None:
