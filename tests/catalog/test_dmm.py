@@ -14,7 +14,8 @@ import pytest
 from tests.catalog.conftest import END, START
 from tests.conftest import FIXTURES
 from twotower.catalog import dmm
-from twotower.catalog.dmm import DmmClient, DmmConfig, RateLimiter, parse_item
+from twotower.catalog.dmm import DmmClient, DmmConfig, RateLimiter
+from twotower.catalog.dmm_items import parse_item
 from twotower.catalog.fake import FAULT_KINDS, FakeCatalog, FakeDmmServer, Faults, make_items
 from twotower.errors import UpstreamError
 

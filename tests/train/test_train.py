@@ -18,6 +18,7 @@ from tests.conftest import _create_db, _drop_db
 from twotower.db import Database
 from twotower.errors import InputError
 from twotower.evaluation import LinearScorer, PopularityScorer, evaluate
+from twotower.evaluation.scorers import RandomScorer
 from twotower.settings import Settings
 from twotower.synth import SynthConfig, generate
 from twotower.train.run import TrainOptions, train
@@ -65,6 +66,11 @@ def test_two_tower_finds_planted_tastes(synth_db: Database, tmp_path: Path) -> N
     pop = evaluate(popularity, split, ks=(20,))
     assert ours.users["cold_items"] > 0
     assert ours.metrics["cold_items"]["recall@20"] > pop.metrics["cold_items"]["recall@20"]
+    # ranked among the cold videos only, content carries the taste: above the content-only linear model and random
+    rand = RandomScorer(len(prepared.catalog))
+    rand.fit(split)
+    cold = {r.name: r.metrics["cold_catalog"]["recall@20"] for r in (ours, theirs, evaluate(rand, split, ks=(20,)))}
+    assert cold["two-tower"] > max(cold["linear"], cold["random"]), cold
     assert ours.metrics["all"]["recall@20"] > pop.metrics["all"]["recall@20"]
     # the artifacts are JSON + safetensors
     names = {p.name for p in result.directory.iterdir()}

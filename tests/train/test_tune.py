@@ -49,9 +49,7 @@ def _trials(url: str, study: str) -> list[tuple[str, float | None]]:
         ).fetchall()
 
 
-def test_tune_resumes_and_train_reads_its_config(
-    small_url: str, cli_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_tune_resumes_and_train_reads_its_config(small_url: str, cli_env: dict[str, str], tmp_path: Path) -> None:
     env = {**cli_env, "DATABASE_URL": small_url}
     config = tmp_path / "tuned.json"
     args = ["--epochs", "1", "--patience", "1", "--study", "s1", "--output", str(config), "--device", "cpu"]

@@ -31,7 +31,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from twotower.catalog.dmm import DmmClient, Page, api_time, parse_item
+from twotower.catalog.dmm import DmmClient, Page, api_time
+from twotower.catalog.dmm_items import parse_item
 from twotower.db import Database, locks
 from twotower.embeddings.generation import embed_videos
 from twotower.errors import InputError, SyncInProgress, TwoTowerError, UpstreamError
