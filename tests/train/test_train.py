@@ -17,7 +17,7 @@ from psycopg.conninfo import make_conninfo
 from tests.conftest import _create_db, _drop_db
 from twotower.db import Database
 from twotower.errors import InputError
-from twotower.evaluation import LinearScorer, PopularityScorer, evaluate
+from twotower.evaluation import PopularityScorer, evaluate, served_linear
 from twotower.evaluation.scorers import RandomScorer
 from twotower.settings import Settings
 from twotower.synth import SynthConfig, generate
@@ -54,7 +54,7 @@ def test_two_tower_finds_planted_tastes(synth_db: Database, tmp_path: Path) -> N
     split, prepared = result.prepared.split, result.prepared
     model = TwoTowerScorer(result.model, prepared.features)
     model.fit(split)
-    linear = LinearScorer(prepared.pipeline.content_matrix(prepared.features))
+    linear = served_linear(prepared.catalog.tags)
     linear.fit(split)
     ours, theirs = evaluate(model, split, ks=(20,)), evaluate(linear, split, ks=(20,))
     r_ours, r_lin = ours.metrics["all"]["recall@20"], theirs.metrics["all"]["recall@20"]

@@ -8,6 +8,7 @@ from twotower.evaluation.scorers import (
     LinearScorer,
     PopularityScorer,
     Scorer,
+    served_linear,
     tag_matrix,
     train_likes_matrix,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "metric_names",
     "render_slices",
     "render_table",
+    "served_linear",
     "tag_matrix",
     "to_json",
     "top_k",

@@ -4,8 +4,9 @@ A scorer learns from ``split.train`` only and scores users against the whole cat
 
 - ``RandomScorer``: a uniformly random ranking (the floor every model must clear, the cold slices above all).
 - ``PopularityScorer``: how often each video was liked in training (the same list for everyone).
-- ``LinearScorer``: the app's current "simple linear model": the user is the mean of their liked videos'
-  content features, videos are ranked by cosine to it.
+- ``LinearScorer``: the "simple linear model": the user is the mean of their liked videos' content features,
+  videos are ranked by cosine to it. ``served_linear`` is the one variant every figure uses: the model the API
+  falls back to (``serve/linear.py``), so the deploy gate certifies what production actually serves.
 - ``EASEScorer``: Steck's closed-form item-item model (WWW 2019), a strong collaborative baseline for
   catalogs small enough for a dense item×item inverse.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "PopularityScorer",
     "RandomScorer",
     "Scorer",
+    "served_linear",
     "tag_matrix",
     "train_likes_matrix",
 ]
@@ -124,18 +126,32 @@ class PopularityScorer(_Fitted):
 
 
 class LinearScorer(_Fitted):
-    """User vector = mean of the feature rows of the user's training likes; score = cosine to each video.
+    """User vector = mean of the profile rows of the user's training likes; score = cosine to each video.
 
-    ``item_features`` is ``[n_items, F]`` (dense or CSR), already normalised the way the app does it.
+    ``item_features`` is ``[n_items, F]`` (dense or CSR), already normalised the way the app does it;
+    ``profile_features`` (default: the same) is what one like adds to the user's profile, and with
+    ``recent_likes`` only the user's most recent training likes count.
     A user with no training likes has a zero vector, so every video scores 0 for them: the ranking is then
     only the evaluation's tie-break (catalog order), deliberately not popularity, which is its own baseline.
     Videos with an all-zero feature row score 0 for everyone.
     """
 
-    def __init__(self, item_features: Features, name: str = "linear") -> None:
+    def __init__(
+        self,
+        item_features: Features,
+        name: str = "linear",
+        *,
+        profile_features: Features | None = None,
+        recent_likes: int | None = None,
+    ) -> None:
         if item_features.ndim != 2:
             raise InputError(f"item_features must be [n_items, F], got {item_features.ndim} dimensions")
+        if profile_features is not None and profile_features.shape != item_features.shape:
+            raise InputError(f"profile_features must be {item_features.shape}, got {profile_features.shape}")
+        if recent_likes is not None and recent_likes < 1:
+            raise InputError(f"recent_likes must be at least 1, got {recent_likes}")
         self.name = name
+        self.recent_likes = recent_likes
         self.n_items = int(item_features.shape[0])
         if sp.issparse(item_features):
             feats = sp.csr_matrix(item_features, dtype=np.float32)
@@ -146,14 +162,21 @@ class LinearScorer(_Fitted):
         if not np.isfinite(norms).all():
             raise InputError("item_features has NaN or infinite values")
         inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0).astype(np.float32)
-        self._features = feats
         self._unit = sp.diags(inv).tocsr() @ feats if sp.issparse(feats) else feats * inv[:, None]
+        if profile_features is None:
+            self._features = feats
+        elif sp.issparse(profile_features):
+            self._features = sp.csr_matrix(profile_features, dtype=np.float32)
+        else:
+            self._features = np.asarray(profile_features, dtype=np.float32)
 
     def fit(self, split: Split) -> None:
         likes = train_likes_matrix(split, self.n_items)
+        self._likes = likes
+        if self.recent_likes is not None:
+            likes = _recent_likes(split, self.n_items, self.recent_likes)
         counts = np.asarray(likes.sum(axis=1), dtype=np.float64).ravel()
         inv = np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0)
-        self._likes = likes
         self._mean = sp.diags(inv.astype(np.float32)).tocsr() @ likes  # row-normalised: one row = one mean
 
     def score(self, users: npt.NDArray[np.integer]) -> FloatMatrix:
@@ -212,11 +235,39 @@ class EASEScorer(_Fitted):
         return out
 
 
-def tag_matrix(tags: Sequence[Sequence[str]]) -> sp.csr_matrix:
-    """L2-normalised multi-hot ``[n_items, n_tags]`` CSR of tag lists (e.g. ``catalog.tags``).
+# the served linear model reads a user's 50 most recent likes (serve/linear.py and the SQL in serve/recommend.py)
+SERVED_RECENT_LIKES = 50
 
-    The minimal content features for the linear baseline; the feature pipeline supplies richer ones.
-    """
+
+def served_linear(tags: Sequence[Sequence[str]], name: str = "linear") -> LinearScorer:
+    """The linear model the API serves: a user's profile counts the tags of their 50 most recent likes, a video
+    scores the profile's weight on its tags over the square root of its tag count (the same ranking as the
+    cosine between the profile and the video's L2-normalised multi-hot tags)."""
+    return LinearScorer(
+        tag_matrix(tags), name, profile_features=tag_matrix(tags, normalised=False), recent_likes=SERVED_RECENT_LIKES
+    )
+
+
+def _recent_likes(split: Split, n_items: int, keep: int) -> sp.csr_matrix:
+    """Like ``train_likes_matrix``, but only each user's ``keep`` most recent training likes (the log is sorted
+    by user, then time)."""
+    log = split.log
+    idx = np.flatnonzero(split.train & log.like)
+    users = log.user[idx]
+    after = np.bincount(users, minlength=log.n_users)[users] - (
+        np.arange(idx.size) - np.searchsorted(users, users, side="left")
+    )  # likes from this one to the user's last, this one included
+    idx = idx[after <= keep]
+    x = sp.csr_matrix(
+        (np.ones(idx.size, dtype=np.float32), (log.user[idx], log.item[idx])), shape=(log.n_users, n_items)
+    )
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    return x
+
+
+def tag_matrix(tags: Sequence[Sequence[str]], *, normalised: bool = True) -> sp.csr_matrix:
+    """Multi-hot ``[n_items, n_tags]`` CSR of tag lists (e.g. ``catalog.tags``), L2-normalised rows by default."""
     vocab: dict[str, int] = {}
     indptr = [0]
     indices: list[int] = []
@@ -225,5 +276,6 @@ def tag_matrix(tags: Sequence[Sequence[str]]) -> sp.csr_matrix:
         indices.extend(cols)
         indptr.append(len(indices))
     counts = np.diff(indptr)
-    data = np.repeat(1.0 / np.sqrt(np.maximum(counts, 1)), counts).astype(np.float32)
+    scale = 1.0 / np.sqrt(np.maximum(counts, 1)) if normalised else np.ones(len(counts))
+    data = np.repeat(scale, counts).astype(np.float32)
     return sp.csr_matrix((data, np.array(indices, dtype=np.int32), np.array(indptr)), shape=(len(tags), len(vocab)))

@@ -139,26 +139,6 @@ class FeaturePipeline:
             numeric=numeric.astype(np.float32).reshape(len(catalog), self.numeric_width),
         )
 
-    def content_matrix(self, features: ItemFeatures) -> npt.NDArray[np.float32]:
-        """L2-normalised content vectors (multi-hot tags, performers, categoricals + numeric): the simple linear
-        model's item representation."""
-        n = len(features)
-        blocks = []
-        for codes, size in (
-            (features.tags, len(self.tags)),
-            (features.performers, len(self.performers)),
-            *((features.categorical[:, [j]], len(self.categorical[f])) for j, f in enumerate(CATEGORICAL_FIELDS)),
-        ):
-            hot = np.zeros((n, size), dtype=np.float32)
-            rows = np.repeat(np.arange(n), codes.shape[1])
-            hot[rows, codes.ravel()] = 1.0
-            hot[:, :2] = 0.0  # padding and OOV carry no content
-            blocks.append(hot)
-        blocks.append(features.numeric[:, : len(NUMERIC_FIELDS)] * 0.25)
-        matrix = np.concatenate(blocks, axis=1)
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        return (matrix / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-
     # -- persistence --------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {

@@ -31,7 +31,7 @@ from twotower.errors import (
     TwoTowerError,
     VersionConflict,
 )
-from twotower.evaluation import LinearScorer, evaluate
+from twotower.evaluation import evaluate, served_linear
 from twotower.export import export_model, validate_model
 from twotower.features.pipeline import FeaturePipeline
 from twotower.inference.items import ITEMS_FILE
@@ -180,7 +180,7 @@ def quality_gate(db: Database, model_dir: Path, store: ArtifactStore, tolerance:
     results = {}
     for name, scorer in (
         ("model", TwoTowerScorer(load_model(model_dir), features)),
-        ("linear", LinearScorer(pipeline.content_matrix(features))),
+        ("linear", served_linear(prepared.catalog.tags)),  # the fallback the API serves
     ):
         scorer.fit(prepared.split)
         results[name] = _recall(evaluate(scorer, prepared.split))

@@ -10,7 +10,7 @@ from typing import Any
 
 from twotower.db import Database
 from twotower.errors import InputError
-from twotower.evaluation import EASEScorer, EvalResult, LinearScorer, PopularityScorer, evaluate, to_json
+from twotower.evaluation import EASEScorer, EvalResult, PopularityScorer, evaluate, served_linear, to_json
 from twotower.evaluation.als import ALSScorer, als_available
 from twotower.evaluation.scorers import EASE_MAX_ITEMS, RandomScorer, Scorer
 from twotower.features.pipeline import FeaturePipeline
@@ -37,14 +37,12 @@ def latest_model_dir(models: Path) -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime).parent
 
 
-def scorers_for(
-    prepared: Prepared, pipeline: FeaturePipeline, model_scorer: Scorer | None, baselines: bool = True
-) -> list[Scorer]:
-    features = pipeline.transform(prepared.catalog)
+def scorers_for(prepared: Prepared, model_scorer: Scorer | None, baselines: bool = True) -> list[Scorer]:
+    """The model (if any) and the baselines: random, popularity, the served linear model, EASE, ALS."""
     out: list[Scorer] = [] if model_scorer is None else [model_scorer]
     if baselines:
         n = len(prepared.catalog)
-        out += [RandomScorer(n), PopularityScorer(n), LinearScorer(pipeline.content_matrix(features))]
+        out += [RandomScorer(n), PopularityScorer(n), served_linear(prepared.catalog.tags)]
         if n <= EASE_MAX_ITEMS:
             out.append(EASEScorer(n, lam=200.0))
         if als_available():
@@ -63,7 +61,6 @@ def evaluate_model(
     with db.direct() as conn:
         prepared = prepare(conn)
     model_scorer: Scorer | None = None
-    pipeline = prepared.pipeline
     if model_dir is not None:
         training = (
             json.loads((model_dir / "training.json").read_text()) if (model_dir / "training.json").is_file() else {}
@@ -81,7 +78,7 @@ def evaluate_model(
     if baselines and not als_available():
         warnings.append("ALS skipped: the `implicit` package is not installed (pip install 'twotower[train]')")
     results = []
-    for scorer in scorers_for(prepared, pipeline, model_scorer, baselines):
+    for scorer in scorers_for(prepared, model_scorer, baselines):
         if progress is not None:
             progress(f"evaluating {scorer.name} ...")
         scorer.fit(prepared.split)
