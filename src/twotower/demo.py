@@ -203,7 +203,6 @@ class _Demo:
 
     def deploy(self, db: Database) -> str:
         from twotower.errors import DeployFailed, EmbeddingAlerts, QualityGateFailed
-        from twotower.monitor import Thresholds
         from twotower.pipeline.deploy import STAGE_TEXT, DeployOptions, DeployResult
         from twotower.pipeline.deploy import deploy as run_deploy
         from twotower.registry.store import open_store
@@ -215,11 +214,7 @@ class _Demo:
         # no refit on the whole training period: it would double the training time for a small gain here
         train = TrainOptions(epochs=self.options.epochs, seed=self.options.seed, output_dir=trained, version=version,
                              refit=False)  # fmt: skip
-        options = DeployOptions(
-            train=train, gate=True, tolerance=settings.deploy_tolerance, keep_generations=settings.keep_generations,
-            cache_dir=self.settings.model_cache_dir, thresholds=Thresholds.from_settings(settings),
-            webhook_url=settings.monitor_webhook_url,
-        )  # fmt: skip
+        options = DeployOptions.from_settings(settings, train=train, gate=True)
         store = open_store(settings)
 
         def attempt(opts: DeployOptions, title: str) -> DeployResult:

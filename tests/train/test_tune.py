@@ -53,18 +53,18 @@ def test_tune_resumes_and_train_reads_its_config(small_url: str, cli_env: dict[s
     env = {**cli_env, "DATABASE_URL": small_url}
     config = tmp_path / "tuned.json"
     args = ["--epochs", "1", "--patience", "1", "--study", "s1", "--output", str(config), "--device", "cpu"]
-    first = _cli(env, "tune", "--trials", "2", *args)
+    first = _cli(env, "tune", "--trials", "1", *args)
     assert first.returncode == 0, first.stderr
-    assert "2 finished trial(s), 2 run now" in first.stdout
+    assert "1 finished trial(s), 1 run now" in first.stdout
     trials = _trials(small_url, "s1")
-    assert [state for state, _ in trials] == ["COMPLETE", "COMPLETE"]
+    assert [state for state, _ in trials] == ["COMPLETE"]
     assert all(value is not None and 0 < value <= 1 for _, value in trials)
 
     # the same study again: it resumes, only the missing trial runs
     with Database.open(Settings(database_url=small_url, data_dir=tmp_path), migrate=False) as db:
-        result = tune(db, TuneOptions(trials=3, study="s1", epochs=1, patience=1, device="cpu", output=config))
-    assert (result.finished, result.ran) == (3, 1)
-    assert len(_trials(small_url, "s1")) == 3
+        result = tune(db, TuneOptions(trials=2, study="s1", epochs=1, patience=1, device="cpu", output=config))
+    assert (result.finished, result.ran) == (2, 1)
+    assert len(_trials(small_url, "s1")) == 2
     written = json.loads(config.read_text())
     assert written["tuned"]["valid_recall_at_20"] == pytest.approx(max(v for _, v in _trials(small_url, "s1")))
     assert read_config(config)["tower"] == written["tower"]
@@ -72,13 +72,14 @@ def test_tune_resumes_and_train_reads_its_config(small_url: str, cli_env: dict[s
     # train --config: the file's recipe, except what the command line says
     models = tmp_path / "models"
     run = _cli(env, "train", "--config", str(config), "--epochs", "1", "--no-refit", "--output-dir", str(models),
-               "--version", "tuned1", "--device", "cpu")  # fmt: skip
+               "--version", "tuned1", "--device", "cpu", "--batch-size", "128")  # fmt: skip
     assert run.returncode == 0, run.stderr
     training = json.loads((models / "tuned1" / "training.json").read_text())
     options = training["options"]
-    assert options["epochs"] == "1"  # the flag wins
+    assert options["epochs"] == "1" and options["batch_size"] == "128"  # the flags win over the file
+    assert written["train"]["batch_size"] != 128
     assert float(options["learning_rate"]) == pytest.approx(written["train"]["learning_rate"])
-    assert int(options["batch_size"]) == written["train"]["batch_size"]
+    assert options["lr_schedule"] == written["train"]["lr_schedule"]
     tower = json.loads((models / "tuned1" / "tower_config.json").read_text())
     for key, value in written["tower"].items():
         assert tower[key] == pytest.approx(value), key

@@ -75,7 +75,6 @@ def deploy(
     """Train, export, validate, gate, upload, build the new embedding generation beside the serving one, and
     promote it atomically (servers are notified and hot-swap). A failure leaves the active version serving."""
     from twotower.cli.train_cmds import explicit_options
-    from twotower.monitor import Thresholds
     from twotower.pipeline.deploy import STAGE_TEXT, DeployOptions
     from twotower.pipeline.deploy import deploy as run_deploy
     from twotower.registry.store import open_store
@@ -102,20 +101,10 @@ def deploy(
         apply_config(train_options, read_config(config), explicit_options(ctx))
     if model_dir is None and from_store is None:
         train_options.validate()
-    options = DeployOptions(
-        train=train_options,
-        model_dir=model_dir,
-        from_store=from_store,
-        gate=gate,
-        tolerance=settings.deploy_tolerance if tolerance is None else tolerance,
-        keep_generations=settings.keep_generations if keep is None else keep,
-        wait=wait,
-        lock_timeout=lock_timeout,
-        cache_dir=settings.model_cache_dir,
-        monitor=monitor,
-        thresholds=Thresholds.from_settings(settings),
-        webhook_url=settings.monitor_webhook_url,
-    )
+    options = DeployOptions.from_settings(
+        settings, train=train_options, model_dir=model_dir, from_store=from_store, gate=gate, tolerance=tolerance,
+        keep_generations=keep, wait=wait, lock_timeout=lock_timeout, monitor=monitor,
+    )  # fmt: skip
     store = open_store(settings)
     with open_db() as db, out.status("deploying ...") as status:
 

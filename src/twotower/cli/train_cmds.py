@@ -30,10 +30,10 @@ def db_url_settings(db_url: str | None) -> None:
 
 def explicit_options(ctx: typer.Context) -> set[str]:
     """The parameters given on the command line (they win over a --config file)."""
-    from click.core import ParameterSource
-
-    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return {name for name in ctx.params if ctx.get_parameter_source(name) in given}
+    given = ("COMMANDLINE", "ENVIRONMENT")
+    # by name: typer may bundle its own click, whose enum is not click's
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return {name for name, source in sources.items() if source is not None and source.name in given}
 
 
 def train(

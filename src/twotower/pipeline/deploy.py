@@ -48,6 +48,7 @@ from twotower.registry.versions import (
     promote,
     prune_generations,
 )
+from twotower.settings import Settings
 from twotower.train.prepare import prepare
 from twotower.train.run import TrainOptions, train
 from twotower.train.scorer import TwoTowerScorer
@@ -84,6 +85,20 @@ class DeployOptions:
     monitor: bool = True  # check the new generation's embeddings (twotower monitor) before promoting it
     thresholds: Thresholds = field(default_factory=Thresholds)
     webhook_url: str | None = None  # where the check's alerts are POSTed
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **given: Any) -> DeployOptions:
+        """The options the settings imply (tolerance, generations kept, cache, thresholds, webhook), then
+        ``given`` on top (``None`` values mean "not given": the setting stays)."""
+        options = cls(
+            tolerance=settings.deploy_tolerance, keep_generations=settings.keep_generations,
+            cache_dir=settings.model_cache_dir, thresholds=Thresholds.from_settings(settings),
+            webhook_url=settings.monitor_webhook_url,
+        )  # fmt: skip
+        for name, value in given.items():
+            if value is not None:
+                setattr(options, name, value)
+        return options
 
 
 # what each stage does, in words (progress output of `deploy` and `demo`)
