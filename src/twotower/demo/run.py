@@ -10,31 +10,40 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, LiteralString
+from typing import Any
 
 import psycopg
 from pydantic import SecretStr
 from rich.console import Console
-from rich.markup import escape
 from rich.status import Status
-from rich.table import Table
 
 from twotower.db import Database
+from twotower.demo.api import background_server, check_port, user_token
+from twotower.demo.show import print_user
 from twotower.errors import DemoError, InputError
+from twotower.inference.explain import (
+    Picked,
+    data_signature,
+    dataset,
+    has_synthetic,
+    nearest_liked,
+    pick_users,
+    profile,
+    synthetic_tastes,
+)
+from twotower.ingest.movielens import SOURCE as MOVIELENS_SOURCE
 from twotower.settings import Settings
 
-__all__ = ["DemoOptions", "pick_users", "run_demo"]
+__all__ = ["DemoOptions", "run_demo"]
 
 STATE_FILE = "demo.json"  # under the data dir: what the last demo generated and deployed
-TOKEN_HOURS = 12
 
 
 @dataclass
@@ -47,14 +56,6 @@ class DemoOptions:
     decisions: int = 50_000
     seed: int = 0
     epochs: int = 3  # enough for the planted tastes; keeps `make demo` within minutes on 2 cores
-
-
-@dataclass
-class Picked:
-    user_id: uuid.UUID
-    taste: str  # the dominant taste (synthetic: the planted taste id) or tag of the user's likes
-    share: float  # of the user's likes
-    likes: int
 
 
 # -- the run -------------------------------------------------------------------------------------------------
@@ -116,10 +117,10 @@ class _Demo:
             MovieLensFiles.find(o.movielens)  # a clear NotFound before anything else
             with self.step("data") as (status, done):
                 with db.connection() as conn:
-                    row = conn.execute("SELECT count(*) FROM videos WHERE source = 'movielens'").fetchone()
-                if row and row[0]:
+                    imported = dataset(conn, MOVIELENS_SOURCE).videos
+                if imported:
                     done["text"] = (
-                        f"data: reusing the {row[0]:,} MovieLens videos already imported "
+                        f"data: reusing the {imported:,} MovieLens videos already imported "
                         "(`twotower import movielens` re-imports)"
                     )
                 else:
@@ -133,7 +134,7 @@ class _Demo:
                     done["text"] = (
                         f"data: MovieLens imported from {o.movielens}: {videos:,} videos, {decisions:,} decisions"
                     )
-            self._other_data(db, "SELECT count(*) FROM videos WHERE source <> %s", ("movielens",))
+            self._other_data(db, MOVIELENS_SOURCE, None)
             return {"source": "movielens"}
         from twotower.synth import SynthConfig, generate
         from twotower.synth import validate as validate_synth
@@ -142,13 +143,8 @@ class _Demo:
         validate_synth(config)
         with self.step("data") as (status, done):
             with db.connection() as conn:
-                row = conn.execute(
-                    "SELECT count(*), (SELECT count(*) FROM user_video_decisions d JOIN videos w ON w.id = d.video_id "
-                    "                  WHERE w.source = %s AND w.raw->'synthetic'->>'seed' = %s) "
-                    "FROM videos v WHERE v.source = %s AND v.raw->'synthetic'->>'seed' = %s",
-                    (config.source, str(config.seed), config.source, str(config.seed)),
-                ).fetchone()
-            have_videos, have_decisions = (int(x) for x in row) if row else (0, 0)
+                have = dataset(conn, config.source, config.seed)
+            have_videos, have_decisions = have.videos, have.decisions
             if (have_videos, have_decisions) == (config.videos, config.decisions):
                 done["text"] = (
                     f"data: reusing the synthetic catalog ({config.videos:,} videos, {config.users:,} users, "
@@ -161,35 +157,27 @@ class _Demo:
                     f"data: synthetic catalog generated: {result.videos.inserted:,} videos, {config.users:,} users, "
                     f"{result.decisions.inserted:,} decisions, {config.tastes} planted tastes (seed {config.seed})"
                 )
-        self._other_data(db, "SELECT count(*) FROM videos WHERE NOT (source = %s AND raw->'synthetic'->>'seed' = %s)",
-                         (config.source, str(config.seed)))  # fmt: skip
+        self._other_data(db, config.source, config.seed)
         return {"source": "synthetic", **asdict(config)}
 
-    def _other_data(self, db: Database, count_sql: LiteralString, params: tuple[Any, ...]) -> None:
+    def _other_data(self, db: Database, source: str, seed: int | None) -> None:
         with db.connection() as conn:
-            row = conn.execute(count_sql, params).fetchone()
-        if row and row[0]:
+            others = dataset(conn, source, seed).other_videos
+        if others:
             self.err.print(
-                f"note: the database also holds {row[0]:,} other videos (earlier runs with other data); the model "
+                f"note: the database also holds {others:,} other videos (earlier runs with other data); the model "
                 "is trained on them too: use another TWOTOWER_DATA_DIR to keep demos apart",
                 markup=False,
                 highlight=False,
             )
 
-    def signature(self, db: Database) -> list[Any]:
-        """Changes when videos or swipes change: then the model is retrained."""
-        with db.connection() as conn:
-            row = conn.execute(
-                "SELECT (SELECT count(*) FROM videos), (SELECT max(updated_at)::text FROM videos), "
-                "(SELECT count(*) FROM user_video_decisions), (SELECT max(created_at)::text FROM user_video_decisions)"
-            ).fetchone()
-        return list(row) if row else []
-
     def model(self, db: Database, data: dict[str, Any]) -> str:
         """The version to show: the one deployed by an earlier demo on the same data, else a new deploy."""
         from twotower.registry.versions import active_version
 
-        key = {"data": data, "signature": self.signature(db), "epochs": self.options.epochs}
+        with db.connection() as conn:
+            signature = data_signature(conn)
+        key = {"data": data, "signature": signature, "epochs": self.options.epochs}
         state = self.load_state()
         with db.connection() as conn:
             active = active_version(conn)
@@ -280,41 +268,11 @@ class _Demo:
     # -- the API -------------------------------------------------------------------------------------------
     @contextmanager
     def server(self) -> Iterator[tuple[str, threading.Event, Any]]:
-        import uvicorn
-
-        from twotower.serve import create_app
-
-        port = self.options.port
-        with self.step("API") as (_, done):
-            config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=port, log_level="error",
-                                    access_log=False, lifespan="on")  # fmt: skip
-            server = uvicorn.Server(config)
-            # an Event, not Thread.join: a join interrupted by Ctrl-C can report a running thread as finished
-            stopped = threading.Event()
-
-            def run() -> None:
-                try:
-                    server.run()
-                finally:
-                    stopped.set()
-
-            threading.Thread(target=run, name="twotower-demo-api", daemon=True).start()
-            deadline = time.monotonic() + 120
-            while not server.started:
-                if stopped.is_set():
-                    check_port(port)  # the usual cause; otherwise:
-                    raise DemoError("the API server did not start (see the messages above)")
-                if time.monotonic() > deadline:
-                    server.should_exit = True
-                    raise DemoError("the API server did not start within 120 s")
-                time.sleep(0.05)
-            url = f"http://127.0.0.1:{port}"
-            done["text"] = f"API serving on {url}"
-        try:
+        with ExitStack() as stack:
+            with self.step("API") as (_, done):
+                url, stopped, server = stack.enter_context(background_server(self.settings, self.options.port))
+                done["text"] = f"API serving on {url}"
             yield url, stopped, server
-        finally:
-            server.should_exit = True
-            stopped.wait(timeout=30)  # the app's shutdown detaches from the database before the demo does
 
     def recommendations(self, db: Database, url: str, version: str) -> str:
         """Three users with different tastes: their likes, and the API's five recommendations, with a reason.
@@ -324,7 +282,7 @@ class _Demo:
         secret = self.settings.jwt_secret
         assert secret is not None
         with self.step("users") as (_, done), db.direct() as conn:
-            synthetic = _has_synthetic(conn)
+            synthetic = has_synthetic(conn)
             picked = pick_users(conn, 3, synthetic=synthetic)
             done["text"] = f"picked {len(picked)} users whose likes are dominated by different " + (
                 "planted tastes" if synthetic else "tags"
@@ -335,7 +293,7 @@ class _Demo:
         tokens: list[str] = []
         with self.step("recommendations") as (_, done), httpx.Client(base_url=url, timeout=30) as client:
             for n, user in enumerate(picked, 1):
-                token = _token(user.user_id, secret.get_secret_value(), self.settings)
+                token = user_token(user.user_id, secret.get_secret_value(), self.settings)
                 tokens.append(token)
                 response = client.post("/v1/recommendations", json={"limit": 5},
                                        headers={"Authorization": f"Bearer {token}"})  # fmt: skip
@@ -350,45 +308,10 @@ class _Demo:
     def _print_user(
         self, conn: psycopg.Connection[Any], n: int, user: Picked, answer: dict[str, Any], version: str, synthetic: bool
     ) -> None:
-        likes, nopes, top_tags = _profile(conn, user.user_id)
-        taste = f"are planted taste {user.taste}" if synthetic else f"carry the tag {escape(repr(user.taste))}"
-        self.out.print(
-            f"\n[bold]user {n}[/] {user.user_id}: {likes:,} likes, {nopes:,} nopes; {user.share:.0%} of the likes "
-            f"{taste}"
-        )
-        self.out.print("  top liked tags: " + ", ".join(f"{t} ({c})" for t, c in top_tags), markup=False)
-        recs = answer.get("recommendations", [])
-        algorithm = answer.get("algorithm", "?")
-        ids = [uuid.UUID(r["id"]) for r in recs]
-        because = _because(conn, user.user_id, ids, version) if algorithm == "two_tower" else {}
-        tastes = _tastes(conn, ids) if synthetic else {}
-        table = Table(title=f"recommendations ({algorithm}, version {answer.get('model_version') or '-'})",
-                      title_justify="left")  # fmt: skip
-        table.add_column("#", justify="right")
-        table.add_column("title")
-        table.add_column("maker")
-        table.add_column("tags")
-        if synthetic:
-            table.add_column("taste", justify="right")
-        table.add_column("score", justify="right")
-        table.add_column("why")
-        for i, rec in enumerate(recs, 1):
-            vid = uuid.UUID(rec["id"])
-            if algorithm == "popularity":
-                why = "popular"
-            elif vid in because:
-                title, cosine = because[vid]
-                why = f"like “{escape(title)}” (cos {cosine:.2f})"
-            else:
-                why = algorithm
-            tags = ", ".join(rec.get("tags", [])[:4])
-            row = [str(i), escape(rec.get("title", "")), escape(rec.get("maker") or "-"), escape(tags)]
-            if synthetic:
-                t = tastes.get(vid, "?")
-                row.append(f"[green]{t}[/]" if t == user.taste else t)
-            row += [f"{rec.get('similarity_score', 0):.3f}", why]
-            table.add_row(*row)
-        self.out.print(table)
+        ids = [uuid.UUID(r["id"]) for r in answer.get("recommendations", [])]
+        because = nearest_liked(conn, user.user_id, ids, version) if answer.get("algorithm") == "two_tower" else {}
+        tastes = synthetic_tastes(conn, ids) if synthetic else None
+        print_user(self.out, n, user, profile(conn, user.user_id), answer, because, tastes)
 
     def evaluation(self, db: Database, version: str) -> None:
         """The model and the baselines on the temporal split: the same report as ``twotower evaluate``."""
@@ -471,116 +394,3 @@ def run_demo(options: DemoOptions, settings: Settings, out: Console, err: Consol
                 out.print("--no-serve: stopping the API")
     finally:
         db.close()
-
-
-# -- helpers -------------------------------------------------------------------------------------------------
-def check_port(port: int) -> None:
-    """Raise a clear InputError when 127.0.0.1:``port`` cannot be listened on."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            raise InputError(f"port {port} is in use; pass --port") from None
-
-
-def _token(user: uuid.UUID, secret: str, settings: Settings) -> str:
-    import jwt
-
-    claims: dict[str, Any] = {"sub": str(user), "aud": settings.jwt_audience, "role": "authenticated",
-                              "exp": int(time.time()) + TOKEN_HOURS * 3600}  # fmt: skip
-    if settings.jwt_issuer:
-        claims["iss"] = settings.jwt_issuer
-    return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def _has_synthetic(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM videos WHERE raw ? 'synthetic')").fetchone()
-    return bool(row and row[0])
-
-
-_TASTE_SQL = """
-WITH likes AS (
-    SELECT d.user_id, d.video_id FROM user_video_decisions d WHERE d.decision_type = 'like'
-), total AS (
-    SELECT user_id, count(*) AS n FROM likes GROUP BY 1 HAVING count(*) >= %(min_likes)s
-), per AS (
-    {per}
-)
-SELECT p.user_id, p.k, p.n, t.n FROM per p JOIN total t USING (user_id)
-ORDER BY p.n::float8 / t.n * ln(1 + p.n) DESC, p.user_id
-LIMIT 20000
-"""
-_PER_TASTE = """SELECT l.user_id, v.raw->'synthetic'->>'taste' AS k, count(*) AS n
-    FROM likes l JOIN videos v ON v.id = l.video_id WHERE v.raw ? 'synthetic' GROUP BY 1, 2"""
-_PER_TAG = """SELECT l.user_id, t.name AS k, count(*) AS n
-    FROM likes l JOIN video_tags vt ON vt.video_id = l.video_id JOIN tags t ON t.id = vt.tag_id GROUP BY 1, 2"""
-
-
-def pick_users(conn: psycopg.Connection[Any], n: int, *, synthetic: bool, min_likes: int = 5) -> list[Picked]:
-    """``n`` users whose likes are dominated by different tastes (synthetic: the planted taste of the liked
-    videos; otherwise their most liked tag), preferring strong and well-supported preferences."""
-    sql = _TASTE_SQL.format(per=_PER_TASTE if synthetic else _PER_TAG)
-    rows = conn.execute(sql, {"min_likes": min_likes}).fetchall()
-    picked: list[Picked] = []
-    users: set[uuid.UUID] = set()
-    tastes: set[str] = set()
-    for user_id, k, count, total in rows:
-        if user_id in users or k in tastes:
-            continue
-        picked.append(Picked(user_id, str(k), int(count) / int(total), int(total)))
-        users.add(user_id)
-        tastes.add(k)
-        if len(picked) == n:
-            return picked
-    for user_id, k, count, total in rows:  # fewer tastes than users asked for: any other well-defined users
-        if len(picked) == n:
-            break
-        if user_id not in users:
-            picked.append(Picked(user_id, str(k), int(count) / int(total), int(total)))
-            users.add(user_id)
-    return picked
-
-
-def _profile(conn: psycopg.Connection[Any], user: uuid.UUID) -> tuple[int, int, list[tuple[str, int]]]:
-    row = conn.execute(
-        "SELECT count(*) FILTER (WHERE decision_type = 'like'), count(*) FILTER (WHERE decision_type = 'nope') "
-        "FROM user_video_decisions WHERE user_id = %s",
-        (user,),
-    ).fetchone()
-    likes, nopes = (int(x) for x in row) if row else (0, 0)
-    tags = conn.execute(
-        "SELECT t.name, count(*) FROM user_video_decisions d JOIN video_tags vt ON vt.video_id = d.video_id "
-        "JOIN tags t ON t.id = vt.tag_id WHERE d.user_id = %s AND d.decision_type = 'like' "
-        "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5",
-        (user,),
-    ).fetchall()
-    return likes, nopes, [(str(t), int(c)) for t, c in tags]
-
-
-def _because(
-    conn: psycopg.Connection[Any], user: uuid.UUID, videos: list[uuid.UUID], version: str
-) -> dict[uuid.UUID, tuple[str, float]]:
-    """For each recommended video, the user's liked video nearest to it (cosine of the version's item
-    embeddings) and that cosine."""
-    if not videos:
-        return {}
-    rows = conn.execute(
-        """SELECT DISTINCT ON (r.id) r.id, v.title, 1 - (er.embedding <=> el.embedding)
-           FROM unnest(%s::uuid[]) AS r (id)
-           JOIN video_embeddings er ON er.video_id = r.id AND er.model_version = %s
-           JOIN user_video_decisions d ON d.user_id = %s AND d.decision_type = 'like'
-           JOIN video_embeddings el ON el.video_id = d.video_id AND el.model_version = %s
-           JOIN videos v ON v.id = d.video_id
-           ORDER BY r.id, er.embedding <=> el.embedding, v.title""",
-        (videos, version, user, version),
-    ).fetchall()
-    return {r[0]: (str(r[1]), float(r[2])) for r in rows}
-
-
-def _tastes(conn: psycopg.Connection[Any], videos: list[uuid.UUID]) -> dict[uuid.UUID, str]:
-    rows = conn.execute(
-        "SELECT id, raw->'synthetic'->>'taste' FROM videos WHERE id = ANY(%s)",
-        (videos,),
-    ).fetchall()
-    return {r[0]: str(r[1]) for r in rows}
