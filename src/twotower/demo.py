@@ -442,6 +442,8 @@ def run_demo(options: DemoOptions, settings: Settings, out: Console, err: Consol
     if settings.jwt_secret is None:
         settings = settings.model_copy(update={"jwt_secret": SecretStr(secrets.token_urlsafe(48))})
         out.print("[dim]TWOTOWER_JWT_SECRET is unset: this run signs its tokens with a random secret[/]")
+    if "serve_try_page" not in settings.model_fields_set:  # the demo serves the swipe page unless told not to
+        settings = settings.model_copy(update={"serve_try_page": True})
     demo = _Demo(options, settings, out, err)
     started = time.perf_counter()
     db = demo.open_database()
@@ -455,6 +457,12 @@ def run_demo(options: DemoOptions, settings: Settings, out: Console, err: Consol
             out.print()
             out.print(f"quality report: {report.as_uri()}")
             out.print(f"API docs:       {url}/docs")
+            out.print(f"console:        {url}/console", markup=False)
+            assert settings.jwt_secret is not None
+            out.print(f"  sign in with: {_service_token(settings.jwt_secret.get_secret_value(), settings)}",
+                      markup=False, soft_wrap=True)  # fmt: skip
+            if settings.serve_try_page:
+                out.print(f"swipe page:     {url}/try", markup=False)
             if token:
                 out.print(
                     f"try it:         curl -X POST {url}/v1/recommendations -H 'Content-Type: application/json' "
@@ -494,6 +502,16 @@ def _token(user: uuid.UUID, secret: str, settings: Settings) -> str:
 
     claims: dict[str, Any] = {"sub": str(user), "aud": settings.jwt_audience, "role": "authenticated",
                               "exp": int(time.time()) + TOKEN_HOURS * 3600}  # fmt: skip
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _service_token(secret: str, settings: Settings) -> str:
+    """A service-role token for the console (the demo's own secret; the same lifetime as the users' tokens)."""
+    import jwt
+
+    claims: dict[str, Any] = {"role": "service_role", "exp": int(time.time()) + TOKEN_HOURS * 3600}
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
     return jwt.encode(claims, secret, algorithm="HS256")

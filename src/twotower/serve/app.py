@@ -10,6 +10,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from twotower import __version__
+from twotower.errors import ConfigError
+from twotower.serve.console import ServingFigures
 from twotower.serve.http import BodyLimit, install_error_handlers, observe
 from twotower.serve.routes import ROUTERS
 from twotower.serve.service import Service, serving_session
@@ -19,6 +21,8 @@ __all__ = ["create_app", "serving_session"]
 
 
 def create_app(settings: Settings) -> FastAPI:
+    if settings.serve_try_page and settings.jwt_secret is None:
+        raise ConfigError("the try page (TWOTOWER_SERVE_TRY_PAGE) signs demo tokens with TWOTOWER_JWT_SECRET: set it")
     service = Service(settings)
 
     @asynccontextmanager
@@ -36,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.figures = ServingFigures(service.metrics)
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["authorization", "content-type", "apikey", "x-client-info"])  # fmt: skip
     app.add_middleware(BodyLimit, limit=settings.serve_max_body_bytes)

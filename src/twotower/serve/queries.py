@@ -16,7 +16,12 @@ from twotower.serve.recommend import Algorithm, Filters, ann_query, fetch_rows, 
 from twotower.serve.runtime import LoadedModel
 from twotower.serve.service import Service
 
-__all__ = ["answer", "decide", "embed_items", "embed_user", "filters", "quality", "recommend", "similar"]
+__all__ = ["answer", "decide", "embed_items", "embed_user", "filters", "ping", "quality", "recommend", "similar"]
+
+
+def ping(service: Service) -> None:
+    """The database answers (an error otherwise: 503 through the handlers)."""
+    service.run(lambda conn: conn.execute("SELECT 1").fetchone())
 
 
 def filters(f: s.FiltersIn) -> Filters:

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from twotower.serve import queries
 from twotower.serve.deps import NOT_READY, ServiceDep
 from twotower.serve.http import error_response
 
@@ -22,7 +23,7 @@ def healthz() -> dict[str, str]:
 def readyz(service: ServiceDep) -> Response:
     """Ready to answer: the database responds and the active model version is loaded (or none is active, and
     the fallbacks answer). 503 with the reason while the model loads or after it failed to load."""
-    service.run(lambda conn: conn.execute("SELECT 1").fetchone())
+    queries.ping(service)
     assert service.holder is not None
     state = service.holder.readiness()
     if not state.ready:
