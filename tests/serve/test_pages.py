@@ -8,6 +8,8 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +145,7 @@ def test_console_rolls_back_and_back_and_looks_up(with_try: Served, page: Any) -
     assert "token" not in page.url and page.evaluate("Object.keys(sessionStorage)") == ["twotower.console.token"]
     page.wait_for_selector("#share")  # the serving figures
     page.wait_for_selector("#quality-plots svg")
+    assert "Latest check of b" in page.inner_text("#quality-summary")  # the deploy's quality check
     page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
 
     for before, after in (("b", "a"), ("a", "b")):  # roll back, and back again
@@ -194,6 +197,8 @@ def test_try_page_swipes_change_the_feed(with_try: Served, page: Any) -> None:
     assert len(set(cards)) == 6  # every swipe brought a new card
     changed = sum(a != b for a, b in itertools.pairwise(feeds))
     assert changed == 5, feeds  # the up-next list changed after every swipe
+    # more than a shift by one: the first like re-ranked the feed (popularity -> two-tower)
+    assert len(set(feeds[1].split(",")) - set(feeds[0].split(","))) >= 2, feeds[:2]
     swiped = set(cards[:5])
     assert not swiped & set(",".join(feeds[-1:]).split(","))  # nothing swiped comes back
     user = uuid.uuid5(DEMO_NAMESPACE, f"demo-{name}")
@@ -215,3 +220,16 @@ def test_serving_figures_count_what_was_served(with_try: Served) -> None:
     assert after["answers"]["popularity"] - before["answers"].get("popularity", 0) == 5
     assert abs(sum(after["share_by_algorithm"].values()) - 1) < 1e-3
     assert 0 < after["p50_ms"] <= after["p99_ms"]
+
+
+def test_the_try_page_needs_the_jwt_secret(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TWOTOWER_DATA_DIR": str(tmp_path),
+        "TWOTOWER_SERVE_TRY_PAGE": "true",
+        "TWOTOWER_JWT_JWKS_URL": "http://127.0.0.1:1/jwks.json",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
+    run = subprocess.run([sys.executable, "-m", "twotower", "serve", "--port", "1"], capture_output=True, text=True,
+                         env=env, timeout=60)  # fmt: skip
+    assert run.returncode == 78 and "TWOTOWER_SERVE_TRY_PAGE" in run.stderr and "Traceback" not in run.stderr

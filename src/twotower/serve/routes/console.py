@@ -42,7 +42,8 @@ def rollback(body: RollbackIn, _: Admin, service: ServiceDep) -> dict[str, Any]:
 
 @router.get("/v1/admin/quality/trend")
 def quality_trend(_: Admin, service: ServiceDep) -> dict[str, Any]:
-    """The active version's last 50 quality checks, a few figures each (service role)."""
+    """The active version's latest quality check (alerts, the live like-rate it measured) and a few figures of
+    each of its last 50 checks (service role)."""
     return console.quality_trend(service)
 
 

@@ -125,29 +125,24 @@
   }
 
   async function quality() {
-    let latest;
-    try {
-      latest = await call("/v1/admin/quality?history_limit=10");
-    } catch (error) {
-      if (error.status === 404) { fill("quality-summary", el("p", { class: "muted", text: error.message })); return; }
-      throw error;
-    }
-    const report = latest.latest;
-    const live = latest.live || {};
-    fill("quality-summary", report
-      ? el("p", {}, "Latest check of ", el("strong", { text: latest.model_version }), " at " + when(report.created_at)
-        + ": ", el("strong", { class: report.passed ? "ok" : "error", text: report.passed ? "passed" : "ALERT" }),
-        ". Live like-rate of what was served: " + num(live.like_rate) + " (" + num(live.liked) + " likes of "
-        + num(live.decided) + " swipes in " + num(live.window_hours, 0) + " h).")
-      : el("p", { class: "muted", text: "No quality check of " + latest.model_version
-        + " yet (`twotower monitor` runs one)." }));
+    const data = await call("/v1/admin/quality/trend");
+    const report = data.latest;
+    const live = (report && report.live) || {};
+    fill("quality-summary", !data.model_version
+      ? el("p", { class: "muted", text: "No active version." })
+      : report
+        ? el("p", {}, "Latest check of ", el("strong", { text: data.model_version }), " at " + when(report.created_at)
+          + ": ", el("strong", { class: report.passed ? "ok" : "error", text: report.passed ? "passed" : "ALERT" }),
+          ". Live like-rate of what was served then: " + num(live.like_rate) + " (" + num(live.liked) + " likes of "
+          + num(live.decided) + " swipes in " + num(live.window_hours, 0) + " h).")
+        : el("p", { class: "muted", text: "No quality check of " + data.model_version
+          + " yet (`twotower monitor` runs one)." }));
     const alerts = report ? report.alerts || [] : [];
     fill("quality-alerts", alerts.length
       ? el("ul", { id: "alerts" }, ...alerts.map((a) => el("li", { class: "error",
         text: (a.name || "alert") + ": " + (a.message || "") })))
       : el("p", { class: "muted", text: report ? "No alerts." : "" }));
-    const trend = await call("/v1/admin/quality/trend");
-    fill("quality-plots", ...TREND.map((k) => plot(trend.points, k)));
+    fill("quality-plots", ...TREND.map((k) => plot(data.points, k)));
   }
 
   async function serving() {
