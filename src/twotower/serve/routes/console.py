@@ -3,6 +3,7 @@ figures, jobs and syncs, user and video lookups. The page itself is ``/console``
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from twotower.serve import console
 from twotower.serve import schemas as s
 from twotower.serve.deps import RESPONSES, Admin, ServiceDep
 
+log = logging.getLogger("twotower.serve")
 router = APIRouter(tags=["console"], responses={**RESPONSES, 409: {"model": s.ErrorOut}})
 Limit = Annotated[int, Query(ge=1, le=s.MAX_LIMIT), BeforeValidator(s.whole_number)]
 
@@ -35,9 +37,12 @@ def versions(_: Admin, service: ServiceDep) -> dict[str, Any]:
 
 
 @router.post("/v1/admin/rollback")
-def rollback(body: RollbackIn, _: Admin, service: ServiceDep) -> dict[str, Any]:
+def rollback(body: RollbackIn, caller: Admin, service: ServiceDep) -> dict[str, Any]:
     """Activate a retired version (default: the last one) and load it now; 409 when none can be (service role)."""
-    return console.roll_back(service, body.version)
+    done = console.roll_back(service, body.version)
+    # who: the deployments table records what and when; the caller goes to the log
+    log.warning("rollback to %s (was %s) by %s", done["active"], done["previous"], caller.user_id or caller.role)
+    return done
 
 
 @router.get("/v1/admin/quality/trend")
