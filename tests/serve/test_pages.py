@@ -141,7 +141,8 @@ def test_console_rolls_back_and_back_and_looks_up(with_try: Served, page: Any) -
     page.wait_for_selector("body[data-state='signed-in']")
     assert page.inner_text("#active-version") == "b"
     assert page.locator("#versions-list tbody tr").count() == 2
-    assert page.locator("#deployments-list tbody tr").count() == 2  # the two promotes
+    deployments = page.locator("#deployments-list tbody tr").count()
+    assert deployments >= 2  # the two promotes (and the switches of earlier tests on this database)
     assert "token" not in page.url and page.evaluate("Object.keys(sessionStorage)") == ["twotower.console.token"]
     page.wait_for_selector("#share")  # the serving figures
     page.wait_for_selector("#quality-plots svg")
@@ -157,7 +158,7 @@ def test_console_rolls_back_and_back_and_looks_up(with_try: Served, page: Any) -
         assert page.inner_text("#active-version") == after
         page.wait_for_selector(f"#versions-message:has-text('Active: {after} (was {before})')")
         assert _active(with_try) == after
-    assert page.locator("#deployments-list tbody tr").count() == 4
+    assert page.locator("#deployments-list tbody tr").count() == deployments + 2
     assert page.locator("#deployments-list tbody tr").first.inner_text().split("\t")[1:3] == ["rollback", "b"]
 
     page.fill("#user-id", str(user))
