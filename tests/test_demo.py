@@ -53,6 +53,9 @@ def _check_output(proc: subprocess.CompletedProcess[str], data_dir: Path) -> Non
     assert report.is_file() and report.stat().st_size > 1000
     assert report.as_uri() in text
     assert re.search(r"http://127\.0\.0\.1:\d+/docs", text)
+    assert re.search(r"^console: +http://127\.0\.0\.1:\d+/console$", text, re.M), text
+    assert re.search(r"^swipe page: +http://127\.0\.0\.1:\d+/try$", text, re.M), text
+    assert re.search(r"^  sign in with: [\w-]+\.[\w-]+\.[\w-]+$", text, re.M), text
 
 
 @pytest.mark.timeout(300)

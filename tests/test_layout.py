@@ -63,3 +63,15 @@ def test_no_import_cycle_between_packages() -> None:
 def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycle({"a": {"b": {"a/x.py"}}, "b": {"c": {"b/y.py"}}, "c": {"a": {"c/z.py"}}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b": {"a/x.py"}}, "b": {}}) is None
+
+
+def test_serve_routes_hold_no_sql() -> None:
+    """The API's route modules call services (serve/queries.py, serve/console.py); they run no statement."""
+    routes = sorted((SRC / "serve" / "routes").glob("*.py"))
+    assert len(routes) >= 6
+    for path in routes:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+        imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert not calls & {"execute", "executemany", "cursor", "copy"}, path.name
+        assert not {"sql", "psycopg"} & imports and "import psycopg" not in path.read_text(), path.name

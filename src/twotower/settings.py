@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     serve_max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     serve_ef_search: int = Field(default=40, ge=10, le=1000, description="hnsw.ef_search for recommendations.")
     serve_onnx_threads: int = Field(default=1, ge=0, le=64, description="ONNX Runtime threads per worker.")
+    serve_try_page: bool = Field(
+        default=False,
+        description="Serve the /try swipe page, which signs short-lived tokens for demo users (needs the JWT secret).",
+    )
 
     @field_validator("database_url", mode="before")
     @classmethod

@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from twotower.errors import DemoError, InputError
+from twotower.serve.auth import SERVICE_ROLE, mint_token
 from twotower.settings import Settings
 
-__all__ = ["TOKEN_HOURS", "background_server", "check_port", "user_token"]
+__all__ = ["TOKEN_HOURS", "background_server", "check_port", "service_token", "user_token"]
 
 TOKEN_HOURS = 12  # lifetime of the tokens the demo prints
 
@@ -65,12 +66,11 @@ def check_port(port: int) -> None:
             raise InputError(f"port {port} is in use; pass --port") from None
 
 
-def user_token(user: uuid.UUID, secret: str, settings: Settings) -> str:
-    """A user's HS256 token as the app's auth provider would sign it (Supabase-style claims)."""
-    import jwt
+def user_token(settings: Settings, user: uuid.UUID) -> str:
+    """A user's token for the demo's API (signed with the demo's secret)."""
+    return mint_token(settings, TOKEN_HOURS * 3600, user=user)
 
-    claims: dict[str, Any] = {"sub": str(user), "aud": settings.jwt_audience, "role": "authenticated",
-                              "exp": int(time.time()) + TOKEN_HOURS * 3600}  # fmt: skip
-    if settings.jwt_issuer:
-        claims["iss"] = settings.jwt_issuer
-    return jwt.encode(claims, secret, algorithm="HS256")
+
+def service_token(settings: Settings) -> str:
+    """A service-role token for the console."""
+    return mint_token(settings, TOKEN_HOURS * 3600, role=SERVICE_ROLE)

@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.status import Status
 
 from twotower.db import Database
-from twotower.demo.api import background_server, check_port, user_token
-from twotower.demo.show import print_user
+from twotower.demo.api import background_server, check_port, service_token, user_token
+from twotower.demo.show import print_user, stage_done
 from twotower.errors import DemoError, InputError
 from twotower.inference.explain import (
     Picked,
@@ -210,7 +210,7 @@ class _Demo:
                 clock = {"stage": "", "t": time.perf_counter()}
 
                 def on_stage(stage: str) -> None:
-                    self._stage_done(clock)
+                    stage_done(self.out, clock)
                     clock["stage"], clock["t"] = stage, time.perf_counter()
                     text = STAGE_TEXT.get(stage, stage)
                     if stage == "train" and opts.model_dir is not None:
@@ -218,7 +218,7 @@ class _Demo:
                     status.update(f"{stage}: {text} ...")
 
                 result = run_deploy(db, store, opts, on_stage=on_stage, on_progress=lambda m: status.update(m + " ..."))
-                self._stage_done(clock)
+                stage_done(self.out, clock)
                 was = f" (was {result.previous})" if result.previous else ""
                 done["text"] = f"deployed and activated version {result.version}{was}"
             return result
@@ -257,14 +257,6 @@ class _Demo:
         self.err.print(f"warning: {why}", markup=False, highlight=False)
         self.err.print(f"warning: {what}; never do this in production", markup=False, highlight=False)
 
-    def _stage_done(self, clock: dict[str, Any]) -> None:
-        from twotower.pipeline.deploy import STAGE_TEXT
-
-        if clock["stage"]:
-            took = time.perf_counter() - clock["t"]
-            text = STAGE_TEXT.get(clock["stage"], clock["stage"])
-            self.out.print(f"   [dim]{clock['stage']:<9}[/] {text} [dim]({took:.1f}s)[/]")
-
     # -- the API -------------------------------------------------------------------------------------------
     @contextmanager
     def server(self) -> Iterator[tuple[str, threading.Event, Any]]:
@@ -279,8 +271,6 @@ class _Demo:
         Returns a token for the first one (for trying the API by hand)."""
         import httpx
 
-        secret = self.settings.jwt_secret
-        assert secret is not None
         with self.step("users") as (_, done), db.direct() as conn:
             synthetic = has_synthetic(conn)
             picked = pick_users(conn, 3, synthetic=synthetic)
@@ -293,7 +283,7 @@ class _Demo:
         tokens: list[str] = []
         with self.step("recommendations") as (_, done), httpx.Client(base_url=url, timeout=30) as client:
             for n, user in enumerate(picked, 1):
-                token = user_token(user.user_id, secret.get_secret_value(), self.settings)
+                token = user_token(self.settings, user.user_id)
                 tokens.append(token)
                 response = client.post("/v1/recommendations", json={"limit": 5},
                                        headers={"Authorization": f"Bearer {token}"})  # fmt: skip
@@ -360,6 +350,8 @@ def run_demo(options: DemoOptions, settings: Settings, out: Console, err: Consol
     if settings.jwt_secret is None:
         settings = settings.model_copy(update={"jwt_secret": SecretStr(secrets.token_urlsafe(48))})
         out.print("[dim]TWOTOWER_JWT_SECRET is unset: this run signs its tokens with a random secret[/]")
+    if "serve_try_page" not in settings.model_fields_set:  # the demo serves the swipe page unless told not to
+        settings = settings.model_copy(update={"serve_try_page": True})
     demo = _Demo(options, settings, out, err)
     started = time.perf_counter()
     db = demo.open_database()
@@ -373,6 +365,11 @@ def run_demo(options: DemoOptions, settings: Settings, out: Console, err: Consol
             out.print()
             out.print(f"quality report: {report.as_uri()}")
             out.print(f"API docs:       {url}/docs")
+            out.print(f"console:        {url}/console", markup=False)
+            out.print(f"  sign in with: {service_token(settings)}",
+                      markup=False, soft_wrap=True)  # fmt: skip
+            if settings.serve_try_page:
+                out.print(f"swipe page:     {url}/try", markup=False)
             if token:
                 out.print(
                     f"try it:         curl -X POST {url}/v1/recommendations -H 'Content-Type: application/json' "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -11,7 +12,7 @@ from rich.table import Table
 
 from twotower.inference.explain import Picked, Profile
 
-__all__ = ["print_user"]
+__all__ = ["print_user", "stage_done"]
 
 
 def print_user(
@@ -55,3 +56,13 @@ def print_user(
         row += [f"{rec.get('similarity_score', 0):.3f}", why]
         table.add_row(*row)
     out.print(table)
+
+
+def stage_done(out: Console, clock: dict[str, Any]) -> None:
+    """One line for the deploy stage that just ended (``clock``: its name and start time)."""
+    from twotower.pipeline.deploy import STAGE_TEXT
+
+    if clock["stage"]:
+        took = time.perf_counter() - clock["t"]
+        text = STAGE_TEXT.get(clock["stage"], clock["stage"])
+        out.print(f"   [dim]{clock['stage']:<9}[/] {text} [dim]({took:.1f}s)[/]")

@@ -7,6 +7,7 @@ and nothing else; the service role (``role: service_role``) is needed for admin 
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ import jwt
 from twotower.errors import AuthUnavailable, Forbidden, Unauthorized
 from twotower.settings import Settings
 
-__all__ = ["SERVICE_ROLE", "Authenticator", "Forbidden", "Principal", "Unauthorized"]
+__all__ = ["SERVICE_ROLE", "Authenticator", "Forbidden", "Principal", "Unauthorized", "mint_token"]
 
 SERVICE_ROLE = "service_role"
 _ASYMMETRIC = ("RS256", "ES256")
@@ -117,3 +118,18 @@ class Authenticator:
         audiences = [aud] if isinstance(aud, str) else list(aud) if isinstance(aud, list) else []
         if self.audience not in audiences:
             raise Unauthorized("the token is for another audience")
+
+
+def mint_token(settings: Settings, seconds: int, *, user: uuid.UUID | None = None, **claims: Any) -> str:
+    """An HS256 token signed with ``TWOTOWER_JWT_SECRET`` that this API accepts, as the auth provider would sign
+    it: a user's (``sub``, ``aud``, ``role: authenticated``) or, without ``user``, one with ``claims`` only
+    (e.g. ``role=SERVICE_ROLE``); ``iss`` when an issuer is configured. For the demo and the try page."""
+    if settings.jwt_secret is None:
+        raise AuthUnavailable("TWOTOWER_JWT_SECRET is not set: no token can be signed")
+    body: dict[str, Any] = {"exp": int(time.time()) + seconds}
+    if user is not None:
+        body.update(sub=str(user), aud=settings.jwt_audience, role="authenticated")
+    body.update(claims)
+    if settings.jwt_issuer:
+        body["iss"] = settings.jwt_issuer
+    return jwt.encode(body, settings.jwt_secret.get_secret_value(), algorithm="HS256")

@@ -1,0 +1,38 @@
+"""Liveness, readiness and the Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from twotower.serve import queries
+from twotower.serve.deps import NOT_READY, ServiceDep
+from twotower.serve.http import error_response
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses=NOT_READY)
+def readyz(service: ServiceDep) -> Response:
+    """Ready to answer: the database responds and the active model version is loaded (or none is active, and
+    the fallbacks answer). 503 with the reason while the model loads or after it failed to load."""
+    queries.ping(service)
+    assert service.holder is not None
+    state = service.holder.readiness()
+    if not state.ready:
+        return error_response(503, "not_ready", state.reason or "not ready", {"Retry-After": "1"})
+    body = {"status": "ready", "model_version": state.serving, "active_version": state.active,
+            "algorithm": "two_tower" if state.serving else "fallback", "note": state.reason}  # fmt: skip
+    return JSONResponse(body)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(service: ServiceDep) -> Response:
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
