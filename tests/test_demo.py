@@ -79,6 +79,8 @@ def test_demo_runs_then_reuses(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "twotower", "demo", *SMALL, "--port", str(port)],
         env=_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as from a terminal: a suite started in the background (`make test &`) would pass on SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         assert proc.stdout is not None

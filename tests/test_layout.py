@@ -75,3 +75,12 @@ def test_serve_routes_hold_no_sql() -> None:
         imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
         assert not calls & {"execute", "executemany", "cursor", "copy"}, path.name
         assert not {"sql", "psycopg"} & imports and "import psycopg" not in path.read_text(), path.name
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_over_400_lines() -> None:
+    sizes = {str(p.relative_to(SRC)): len(p.read_text().splitlines()) for p in SRC.rglob("*.py")}
+    large = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not large, f"modules over {MAX_MODULE_LINES} lines (split them by responsibility): {large}"
