@@ -97,7 +97,8 @@ def die(done, total, rows):
 
 url, data = sys.argv[1], Path(sys.argv[2])
 with Database.open(Settings(database_url=url, data_dir=data), migrate=False) as db:
-    run_batch(db, LocalStore(data / "store"), BatchOptions(chunk_size=100, cache_dir=data / "models"), on_chunk=die)
+    run_batch(db, LocalStore(data / "store"), BatchOptions(chunk_size=100, cache_dir=data / "models", shadow=False),
+              on_chunk=die)  # in place (the shadow generation's kills: test_shadow.py)
 """
 
 
@@ -106,7 +107,7 @@ def test_killed_batch_resumes_without_gaps_or_duplicates(url: str, deployed: Pat
         conn.execute("DELETE FROM video_embeddings WHERE model_version = 'v'")
         conn.execute("DELETE FROM user_embeddings WHERE model_version = 'v'")
     killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_3, url, str(deployed)], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path.cwd())})  # fmt: skip
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])})  # fmt: skip
     assert killed.returncode == -9, killed.stderr
     with psycopg.connect(url) as conn:
         done = conn.execute("SELECT count(*) FROM job_chunks WHERE status = 'done'").fetchone()

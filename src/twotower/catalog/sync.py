@@ -34,12 +34,11 @@ from psycopg.types.json import Jsonb
 from twotower.catalog.dmm import DmmClient, Page, api_time
 from twotower.catalog.dmm_items import parse_item
 from twotower.db import Database, locks
-from twotower.embeddings.generation import embed_videos
+from twotower.embeddings.embedder import Embedder
 from twotower.errors import InputError, SyncInProgress, TwoTowerError, UpstreamError
-from twotower.inference.towers import OnnxTowers
 from twotower.ingest.loader import VideoLoadResult, load_videos
 from twotower.ingest.records import Problems, VideoRecord
-from twotower.registry.store import ArtifactStore, fetch
+from twotower.registry.store import ArtifactStore
 from twotower.registry.versions import active_version
 
 __all__ = [
@@ -149,18 +148,20 @@ def _sync_lock(db: Database, scope: str) -> Iterator[None]:
             locks.unlock(conn, f"sync {scope}")
 
 
-class _Embedder:
-    """Embeds with the active version's item tower, loaded on first use."""
+class _EmbedQueue:
+    """Queues the ids of videos to (re-)embed with the active version (the shared ``Embedder``), in batches."""
 
     def __init__(self, db: Database, store: ArtifactStore | None, options: SyncOptions) -> None:
-        self.db, self.store, self.options = db, store, options
-        self.towers: OnnxTowers | None = None
+        self.db, self.options = db, options
+        self.embedder: Embedder | None = None
         self.version: str | None = None
         self.pending: list[uuid.UUID] = []
         self.done = 0
         if options.embed and store is not None:
             with db.direct() as conn:
                 self.version = active_version(conn)
+            if self.version is not None:
+                self.embedder = Embedder(db, store, self.version, options.cache_dir)
 
     def add(self, ids: list[uuid.UUID]) -> None:
         if self.version is None:
@@ -175,12 +176,10 @@ class _Embedder:
             self._embed(ids[start : start + self.options.embed_batch])
 
     def _embed(self, ids: list[uuid.UUID]) -> None:
-        if not ids or self.version is None or self.store is None:
+        if not ids or self.embedder is None:
             return
-        if self.towers is None:
-            self.towers = OnnxTowers(fetch(self.store, self.version, self.options.cache_dir))
         with self.db.direct() as conn, conn.transaction():
-            self.done += embed_videos(conn, self.towers, ids)
+            self.done += self.embedder.embed_videos(conn, ids)[0]
 
     def catch_up(self) -> None:
         """Embed every active video that has no embedding for the version, or one older than the video."""
@@ -207,7 +206,7 @@ def embed_missing_ids(conn: psycopg.Connection[Any], version: str) -> list[uuid.
 
 def embed_missing(db: Database, store: ArtifactStore, cache_dir: Path) -> tuple[str | None, int]:
     """Embed what the active version lacks (see module docstring); ``(version, videos embedded)``."""
-    embedder = _Embedder(db, store, SyncOptions(cache_dir=cache_dir))
+    embedder = _EmbedQueue(db, store, SyncOptions(cache_dir=cache_dir))
     embedder.catch_up()
     return embedder.version, embedder.done
 
@@ -271,7 +270,7 @@ def sync_dmm(
             cursor, resumed, watermark = _start(conn, scope, options)
             _save_cursor(conn, scope, cursor)
         summary = SyncSummary(scope, cursor.since, cursor.until, resumed=resumed, watermark_before=watermark)
-        embedder = _Embedder(db, store, options)
+        embedder = _EmbedQueue(db, store, options)
         summary.version = embedder.version
         problems = Problems()
 
@@ -314,7 +313,7 @@ def sync_dmm(
     return summary
 
 
-def _embed(embedder: _Embedder, summary: SyncSummary, *, catch_up: bool) -> None:
+def _embed(embedder: _EmbedQueue, summary: SyncSummary, *, catch_up: bool) -> None:
     try:
         embedder.flush()
         if catch_up:
@@ -331,7 +330,7 @@ def _walk(
     cursor: SyncCursor,
     scope: str,
     summary: SyncSummary,
-    embedder: _Embedder,
+    embedder: _EmbedQueue,
     problems: Problems,
     on_page: Callable[[SyncSummary, SyncCursor], None] | None,
 ) -> None:
@@ -408,7 +407,7 @@ def _store_page(
     cursor: SyncCursor,
     page: Page,
     summary: SyncSummary,
-    embedder: _Embedder,
+    embedder: _EmbedQueue,
     problems: Problems,
     offset: int,
 ) -> None:

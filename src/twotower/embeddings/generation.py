@@ -28,6 +28,7 @@ from twotower.features.catalog import load_catalog
 from twotower.features.decisions import load_decision_log
 from twotower.features.examples import Histories
 from twotower.inference.towers import OnnxTowers
+from twotower.registry.generations import generation_table
 from twotower.registry.store import ArtifactError
 from twotower.registry.versions import hnsw_index_name
 
@@ -127,7 +128,8 @@ def _update_embeddings(
         copy.set_types(["uuid", "vector"])
         for rid, vec in zip(ids, vectors, strict=True):
             copy.write_row((rid, vec))
-    names = {"table": sql.Identifier(table), "key": sql.Identifier(key),
+    target = generation_table(conn, table, version)  # the table itself, or the child a bulk re-embed attached
+    names = {"table": sql.Identifier(target), "key": sql.Identifier(key),
              "stamp": sql.Identifier(_STAMP.get(table, "created_at")),
              "refresh": sql.SQL(_REFRESH.get(table, "false"))}  # fmt: skip
     # CASE: vectors of different dimensions have no distance (and are different)

@@ -14,12 +14,15 @@ traffic: ``VACUUM (ANALYZE)``, after a ``REINDEX CONCURRENTLY`` of the generatio
 it was rewritten (a parallel rebuild from the live rows is cheaper than VACUUM repairing the graph around that many
 dead entries). A large rewrite can still trigger an autovacuum while the job runs. A closing worker killed
 meanwhile leaves the job running with no chunk pending: the next run closes it.
+
+When a large share of a generation would change (``SHADOW_SHARE``, estimated on a sample when the job is created),
+the job builds a shadow generation instead (``embeddings.shadow``): each chunk copies all its rows into a table
+serving does not see, and the closing worker indexes it and switches it in, in one short transaction. See
+``jobs.closing``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import os
 import socket
@@ -29,28 +32,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import psycopg
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from twotower.db import Database, locks
-from twotower.embeddings.generation import embed_videos_counted, update_embeddings
+from twotower.embeddings.embedder import Embedder
+from twotower.embeddings.shadow import create_shadow, load_shadow, shadow_name
 from twotower.errors import InputError, NotFound, TwoTowerError
-from twotower.features.decisions import load_decision_log
-from twotower.features.examples import Histories
-from twotower.inference.items import ItemIndex
-from twotower.inference.towers import OnnxTowers
-from twotower.registry.store import ArtifactStore, fetch
-from twotower.registry.versions import active_version, get_version, hnsw_index_name
+from twotower.jobs.closing import KIND, TABLES, finish_job, shadow_targets
+from twotower.registry.store import ArtifactStore
+from twotower.registry.versions import active_version, get_version
 
 __all__ = ["BatchOptions", "BatchPlan", "BatchResult", "plan_batch", "run_batch"]
 
 log = logging.getLogger("twotower.jobs")
-KIND = "batch_update"
 Target = Literal["videos", "users"]
-REINDEX_SHARE = 0.25  # rewritten share of a generation above which the job rebuilds its HNSW index at the end
-REINDEX_MEMORY = "256MB"  # maintenance_work_mem for that rebuild (the graph should fit: see pgvector's docs)
 
 
 @dataclass
@@ -62,6 +58,7 @@ class BatchOptions:
     max_rate: float = 0.0  # rows/s across this worker (0: no throttle)
     retries: int = 3
     cache_dir: Path = Path(".twotower/models")
+    shadow: bool | None = None  # rebuild the generation in a shadow table (None: when most vectors would change)
 
     def validate(self) -> None:
         if not (self.videos or self.users):
@@ -146,15 +143,18 @@ def plan_batch(db: Database, options: BatchOptions) -> BatchPlan:
                      existing[0] if existing else None, done)  # fmt: skip
 
 
-def _create_or_join(db: Database, options: BatchOptions) -> int:
-    """The unfinished job for this version and these targets, or a new one (one transaction, under a lock)."""
+def _create_or_join(db: Database, options: BatchOptions, embedder: Embedder) -> int:
+    """The unfinished job for this version and these targets, or a new one (one transaction, under a lock), with
+    the targets it rebuilds in a shadow table (``jobs.closing.shadow_targets``) and those tables created."""
     with db.direct() as conn, conn.transaction():
         locks.xact_lock(conn, f"{KIND}:{options.version}")
         existing = _open_job(conn, options)
         if existing is not None:
             return existing[0]
         targets = _targets(conn, options)
-        params = {"videos": options.videos, "users": options.users, "chunk_size": options.chunk_size}
+        shadow = shadow_targets(conn, embedder, targets, options.shadow)
+        params = {"videos": options.videos, "users": options.users, "chunk_size": options.chunk_size,
+                  "shadow": shadow}  # fmt: skip
         total = sum((len(ids) + options.chunk_size - 1) // options.chunk_size for ids in targets.values())
         row = conn.execute(
             "INSERT INTO jobs (kind, model_version, status, params, total_chunks, started_at) "
@@ -163,6 +163,8 @@ def _create_or_join(db: Database, options: BatchOptions) -> int:
         ).fetchone()
         assert row is not None
         job_id = int(row[0])
+        for target in shadow:
+            create_shadow(conn, TABLES[target], options.version, shadow_name(TABLES[target], options.version, job_id))
         chunk_no = 0
         with conn.cursor().copy(
             "COPY job_chunks (job_id, chunk_no, target, range_start, range_end) FROM STDIN"
@@ -172,41 +174,6 @@ def _create_or_join(db: Database, options: BatchOptions) -> int:
                     copy.write_row((job_id, chunk_no, target, start, end))
                     chunk_no += 1
         return job_id
-
-
-class _Embedder:
-    """The version's towers, loaded once per worker, and its feature index, loaded on the first users chunk (the
-    whole catalog through the feature pipeline: seconds, that a videos-only job does not need)."""
-
-    def __init__(self, db: Database, store: ArtifactStore, version: str, cache_dir: Path) -> None:
-        self.db = db
-        self.version = version
-        self.towers = OnnxTowers(fetch(store, version, cache_dir))
-
-    @functools.cached_property
-    def items(self) -> ItemIndex:
-        with self.db.direct() as conn:  # the version's item table, brought up to date
-            return ItemIndex.open(self.towers.directory, conn, self.towers.pipeline)
-
-    @functools.cached_property
-    def catalog_ids(self) -> list[Any]:
-        return sorted(self.items.row, key=self.items.row.__getitem__)  # the index's row order
-
-    def videos(self, conn: psycopg.Connection[Any], start: str, end: str) -> tuple[int, int]:
-        """``(rows, rows written)`` of this range."""
-        ids = [r[0] for r in conn.execute(
-            "SELECT id FROM videos WHERE id BETWEEN %s AND %s ORDER BY id", (start, end)).fetchall()]  # fmt: skip
-        return embed_videos_counted(conn, self.towers, ids)
-
-    def users(self, conn: psycopg.Connection[Any], start: str, end: str) -> tuple[int, int]:
-        log_ = load_decision_log(conn, self.catalog_ids, user_range=(start, end))
-        if log_.n_users == 0:
-            return 0, 0
-        hist = Histories(log_, np.ones(len(log_), dtype=bool), len(self.catalog_ids), self.towers.history)
-        batch = hist.batch(np.arange(log_.n_users, dtype=np.int64))
-        vectors = self.towers.embed_users(self.items.table, batch)
-        written = update_embeddings(conn, "user_embeddings", "user_id", self.version, log_.user_ids, vectors)
-        return log_.n_users, written
 
 
 def run_batch(
@@ -220,15 +187,17 @@ def run_batch(
     options.validate()
     with db.direct() as conn:
         options.version = _version(conn, options.version)
-    job_id = _create_or_join(db, options)
+    embedder = Embedder(db, store, options.version, options.cache_dir)
+    job_id = _create_or_join(db, options, embedder)
     result = BatchResult(job_id, options.version)
-    embedder = _Embedder(db, store, options.version, options.cache_dir)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     started = time.perf_counter()
     with db.direct(autocommit=True) as conn:  # each chunk is its own transaction (see _one_chunk)
-        row = conn.execute("SELECT total_chunks FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        row = conn.execute("SELECT total_chunks, params FROM jobs WHERE id = %s", (job_id,)).fetchone()
         total = int(row[0]) if row else 0
-        while (claimed := _one_chunk(conn, embedder, job_id, worker, options, result)) is not None:
+        shadow = {t: shadow_name(TABLES[t], options.version, job_id) for t in (row[1] or {}).get("shadow", [])}
+        work = _Work(embedder, shadow)
+        while (claimed := _one_chunk(conn, work, job_id, worker, options, result)) is not None:
             n, took = claimed
             if on_chunk is not None and n >= 0:
                 done = conn.execute("SELECT count(*) FROM job_chunks WHERE job_id = %s AND status = 'done'",
@@ -236,13 +205,28 @@ def run_batch(
                 on_chunk(int(done[0]) if done else 0, total, n)
             if options.max_rate > 0 and n > 0:  # the throttle: keep this worker under max_rate rows/s
                 time.sleep(max(0.0, n / options.max_rate - took))
-        result.status = _finish(conn, job_id, options.version)
+        result.status = finish_job(conn, job_id, options.version)
     result.seconds = time.perf_counter() - started
     return result
 
 
+class _Work:
+    """What a chunk does: re-embed its rows in place (only changed ones written), or copy them all into the
+    job's shadow table of its target."""
+
+    def __init__(self, embedder: Embedder, shadow: dict[str, str]) -> None:
+        self.embedder, self.shadow = embedder, shadow
+
+    def __call__(self, conn: psycopg.Connection[Any], target: str, start: str, end: str) -> tuple[int, int]:
+        e = self.embedder
+        if target not in self.shadow:
+            return (e.embed_video_range if target == "videos" else e.embed_user_range)(conn, start, end)
+        ids, vectors = (e.video_range if target == "videos" else e.user_range)(conn, start, end)
+        return len(ids), load_shadow(conn, TABLES[target], e.version, self.shadow[target], ids, vectors)
+
+
 def _one_chunk(
-    conn: psycopg.Connection[Any], embedder: _Embedder, job_id: int, worker: str, options: BatchOptions,
+    conn: psycopg.Connection[Any], work: _Work, job_id: int, worker: str, options: BatchOptions,
     result: BatchResult,
 ) -> tuple[int, float] | None:  # fmt: skip
     """Claim, compute and commit one chunk: ``(rows, seconds)``, ``(-1, s)`` after a failed attempt, None when
@@ -259,8 +243,7 @@ def _one_chunk(
         started = time.perf_counter()
         try:
             with conn.transaction():  # a savepoint: a failed chunk leaves no rows behind
-                work = embedder.videos if target == "videos" else embedder.users
-                n, written = work(conn, start, end)
+                n, written = work(conn, target, start, end)
                 conn.execute(
                     "UPDATE job_chunks SET status = 'done', rows_done = %s, worker = %s, attempts = attempts + 1, "
                     "finished_at = now(), error = NULL WHERE job_id = %s AND chunk_no = %s",
@@ -281,68 +264,3 @@ def _one_chunk(
     result.rows[target] += n
     result.written[target] += written
     return n, time.perf_counter() - started
-
-
-def _finish(conn: psycopg.Connection[Any], job_id: int, version: str) -> str:
-    """Close the job when no chunk is left pending or running (another worker may still be on one): the table
-    maintenance first (see the module docstring), then the status. One closing worker at a time."""
-    with conn.transaction():
-        row = conn.execute(
-            "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed') "
-            "FROM job_chunks WHERE job_id = %s",
-            (job_id,),
-        ).fetchone()
-        assert row is not None
-        pending, failed = int(row[0]), int(row[1])
-    if pending:  # chunks still in flight with other workers: the last one to finish closes the job
-        return "running"
-    status = "failed" if failed else "succeeded"
-    lock = f"{KIND}:finish:{job_id}"
-    if not locks.try_lock(conn, lock):
-        return "running"  # another worker is closing it
-    try:
-        row = conn.execute("SELECT status, started_at, params FROM jobs WHERE id = %s", (job_id,)).fetchone()
-        if row is None or row[0] != "running":
-            return str(row[0]) if row else status
-        params = row[2] or {}
-        if params.get("videos", True):
-            _tidy(conn, "video_embeddings", "created_at", version, row[1], hnsw_index_name(version))
-        if params.get("users", True):
-            _tidy(conn, "user_embeddings", "updated_at", version, row[1], None)
-        conn.execute(
-            "UPDATE jobs SET status = %s, finished_at = now(), error = %s WHERE id = %s AND status = 'running'",
-            (status, f"{failed} chunk(s) failed" if failed else None, job_id),
-        )
-    finally:
-        locks.unlock(conn, lock)
-    return status
-
-
-def _tidy(
-    conn: psycopg.Connection[Any], table: str, stamp: str, version: str, since: Any, index: str | None
-) -> None:  # fmt: skip
-    """Vacuum what the job rewrote in ``table`` (rows of the version stamped since the job started), after
-    rebuilding the generation's HNSW ``index`` if that is a large share of it. ``conn`` is in autocommit mode."""
-    row = conn.execute(
-        sql.SQL("SELECT count(*) FILTER (WHERE {} >= %s), count(*) FROM {} WHERE model_version = %s").format(
-            sql.Identifier(stamp), sql.Identifier(table)), (since, version)).fetchone()  # fmt: skip
-    written, total = (int(row[0]), int(row[1])) if row else (0, 0)
-    if not written:
-        return
-    started = time.perf_counter()
-    try:
-        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (index,)).fetchone() if index else None
-        if exists and exists[0] and written >= REINDEX_SHARE * total:
-            conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(REINDEX_MEMORY)))
-            try:
-                conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(str(index))))
-            finally:
-                conn.execute("RESET maintenance_work_mem")
-        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
-    except psycopg.Error as exc:  # the embeddings are written: autovacuum will do it, at some cost to traffic
-        log.warning("could not vacuum %s after the batch job: %s", table, exc)
-        if index:  # what a failed REINDEX CONCURRENTLY leaves behind (invalid, still maintained on writes)
-            with contextlib.suppress(psycopg.Error):
-                conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(f"{index}_ccnew")))
-        return
-    log.info("%s: %d of %d rows rewritten; vacuumed in %.1fs", table, written, total, time.perf_counter() - started)

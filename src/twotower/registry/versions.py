@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 
 from twotower.db import locks
 from twotower.errors import InputError, NotFound, RollbackRefused
+from twotower.registry.generations import drop_children
 
 __all__ = [
     "NOTIFY_CHANNEL",
@@ -161,9 +162,11 @@ def rollback(conn: psycopg.Connection[Any], version: str | None = None) -> tuple
 
 
 def drop_generation(conn: psycopg.Connection[Any], version: str) -> None:
-    """Delete a version's embeddings and its index (autocommit connection: the index is dropped concurrently)."""
+    """Delete a version's embeddings and its index (autocommit connection: the index is dropped concurrently),
+    and the tables a bulk re-embed gave it (see ``registry.generations``)."""
     conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(hnsw_index_name(version))))
     with conn.transaction():
+        drop_children(conn, version)
         conn.execute("DELETE FROM video_embeddings WHERE model_version = %s", (version,))
         conn.execute("DELETE FROM user_embeddings WHERE model_version = %s", (version,))
 

@@ -1,0 +1,184 @@
+"""A shadow generation: a version's rows re-embedded in bulk into a table serving does not see, then switched in.
+
+Rewriting most of a generation in place costs an HNSW insert per row (about 0.4 ms of a core) plus a dead tuple
+and a dead index entry that VACUUM must repair; loading the rows into an empty table and building the index after
+is several times cheaper (pgvector's guidance). So a bulk re-embed:
+
+1. creates ``<table>_g<digest>_<job>`` (``registry.generations``): the columns of the embeddings table,
+   ``CHECK (model_version = v)``, its primary key. It is no child of the embeddings table yet: no query sees it;
+2. loads it with binary COPY, chunk by chunk, each chunk in the transaction that marks it done (a worker killed
+   mid-chunk leaves the chunk pending and none of its rows);
+3. ``finish``: the foreign keys (``NOT VALID``: the rows were read from the catalog; a video deleted meanwhile is
+   removed first), the secondary index, the generation's partial HNSW index built on the loaded table (a plain
+   ``CREATE INDEX``: the table is invisible, so nothing waits on it, and the build may use parallel workers),
+   ``ANALYZE``; then the switch, one short transaction: the version's current rows leave (the attached child is
+   detached, or, the first time, the rows in the embeddings table itself are deleted and its partial HNSW index
+   dropped), the loaded table is attached (``INHERIT``) and its index takes the generation's index name. Every
+   lock it takes is taken with a ``lock_timeout`` of ``LOCK_TIMEOUT`` and the transaction retried: a request never
+   waits on the switch for longer than that. Queries of the version see the old rows or the new ones, never both
+   or neither (one commit). Then the old child is dropped (after the first switch: the embeddings table vacuumed).
+
+A worker killed at any moment leaves the serving rows intact: before the switch's commit they are untouched; after
+it they are the new ones. A re-run finds the state (``finish`` is idempotent): a loaded table not attached yet is
+indexed (again) and switched; an attached one only needs the old child dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg import sql
+
+from twotower.registry.generations import child_prefix, drop_children, generation_table
+from twotower.registry.versions import hnsw_index_name
+
+__all__ = ["BUILD_MEMORY", "LOCK_TIMEOUT", "create_shadow", "finish", "load_shadow", "shadow_name"]
+
+log = logging.getLogger("twotower.jobs")
+LOCK_TIMEOUT = "50ms"  # the longest a request may wait on a lock of the switch (per attempt)
+SWITCH_TRIES = 200
+BUILD_MEMORY = "512MB"  # maintenance_work_mem of the HNSW build: 100k 64-d vectors' graph fits in ~60 MB
+BUILD_WORKERS = 2  # parallel maintenance workers of the build
+_REFERENCES = {  # the foreign keys of the embeddings tables: (column, table, its key)
+    "video_embeddings": [("model_version", "model_versions", "version"), ("video_id", "videos", "id")],
+    "user_embeddings": [("model_version", "model_versions", "version")],
+}
+_KEY = {"video_embeddings": "video_id", "user_embeddings": "user_id"}
+
+
+def shadow_name(table: str, version: str, job_id: int) -> str:
+    return f"{child_prefix(table, version)}{job_id}"
+
+
+def _exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    return bool(row and row[0])
+
+
+def _attached(conn: psycopg.Connection[Any], table: str, name: str) -> bool:
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(%s) "
+                       "AND inhparent = to_regclass(%s))", (name, table)).fetchone()  # fmt: skip
+    return bool(row and row[0])
+
+
+def create_shadow(conn: psycopg.Connection[Any], table: str, version: str, name: str) -> None:
+    """The (empty) table a bulk re-embed of ``version`` loads, if it is not there yet."""
+    conn.execute(sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {name} (LIKE {table} INCLUDING DEFAULTS, CHECK (model_version = {version}), "
+        "PRIMARY KEY (model_version, {key}))"
+    ).format(name=sql.Identifier(name), table=sql.Identifier(table), version=sql.Literal(version),
+             key=sql.Identifier(_KEY[table])))  # fmt: skip
+
+
+def load_shadow(
+    conn: psycopg.Connection[Any], table: str, version: str, name: str, ids: Sequence[uuid.UUID],
+    vectors: npt.NDArray[np.float32],
+) -> int:  # fmt: skip
+    """Binary COPY of these rows into the loaded table (time stamp: the caller's transaction's start, before it
+    read the data). Runs in the caller's transaction."""
+    copy_sql = sql.SQL("COPY {} (model_version, {}, embedding) FROM STDIN WITH (FORMAT BINARY)").format(
+        sql.Identifier(name), sql.Identifier(_KEY[table]))  # fmt: skip
+    with conn.cursor().copy(copy_sql) as copy:
+        copy.set_types(["text", "uuid", "vector"])
+        for rid, vec in zip(ids, vectors, strict=True):
+            copy.write_row((version, rid, vec))
+    return len(ids)
+
+
+def _prepare(conn: psycopg.Connection[Any], table: str, version: str, name: str, dim: int | None) -> None:
+    """Foreign keys, indexes and statistics of the loaded table (autocommit ``conn``; idempotent)."""
+    ident = sql.Identifier(name)
+    key = _KEY[table]
+    if table == "video_embeddings":  # videos deleted while the job ran (their rows were read before)
+        conn.execute(sql.SQL("DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM videos v WHERE v.id = s.video_id)")
+                     .format(ident))  # fmt: skip
+    for n, (column, ref, ref_key) in enumerate(_REFERENCES[table]):
+        fk = sql.Identifier(f"{name}_fk{n}")
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {fk}, ADD CONSTRAINT {fk} FOREIGN KEY ({c}) "
+                "REFERENCES {r} ({k}) ON DELETE CASCADE NOT VALID"
+            ).format(t=ident, fk=fk, c=sql.Identifier(column), r=sql.Identifier(ref), k=sql.Identifier(ref_key))
+        )
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+        sql.Identifier(f"{name}_{key[:4]}_idx"), ident, sql.Identifier(key)))  # fmt: skip
+    if dim is not None:
+        index = sql.Identifier(f"{name}_hnsw")
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(index))  # a build killed midway left nothing
+        conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(BUILD_MEMORY)))
+        conn.execute(sql.SQL("SET max_parallel_maintenance_workers = {}").format(sql.Literal(BUILD_WORKERS)))
+        try:
+            started = time.perf_counter()
+            conn.execute(
+                sql.SQL(
+                    "CREATE INDEX {} ON {} USING hnsw ((embedding::vector({})) vector_ip_ops) "
+                    "WITH (m = 16, ef_construction = 64) WHERE model_version = {}"
+                ).format(index, ident, sql.Literal(dim), sql.Literal(version))
+            )  # the same as create_generation_index
+            log.info("%s: HNSW index built in %.1fs", name, time.perf_counter() - started)
+        finally:
+            conn.execute("RESET maintenance_work_mem")
+            conn.execute("RESET max_parallel_maintenance_workers")
+    conn.execute(sql.SQL("ANALYZE {}").format(ident))
+
+
+def _switch(conn: psycopg.Connection[Any], table: str, version: str, name: str, indexed: bool) -> str:
+    """Make ``name`` the generation's table in one transaction; returns the table that held the rows before."""
+    ident, parent = sql.Identifier(name), sql.Identifier(table)
+    generation_index = sql.Identifier(hnsw_index_name(version))
+    for attempt in range(SWITCH_TRIES):
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                old = generation_table(conn, table, version)
+                if old == table:  # the first time: the rows are in the embeddings table itself
+                    conn.execute(sql.SQL("DELETE FROM ONLY {} WHERE model_version = %s").format(parent), (version,))
+                    if indexed:
+                        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(generation_index))
+                else:
+                    conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT {}").format(sql.Identifier(old), parent))
+                    if indexed:
+                        conn.execute(sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
+                            generation_index, sql.Identifier(f"{old}_hnsw")))  # fmt: skip
+                conn.execute(sql.SQL("ALTER TABLE {} INHERIT {}").format(ident, parent))
+                if indexed:
+                    conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                        sql.Identifier(f"{name}_hnsw"), generation_index))  # fmt: skip
+            return old
+        except psycopg.errors.LockNotAvailable:
+            time.sleep(min(0.5, 0.01 * 2 ** min(attempt, 6)))  # let the queued requests through, then again
+    raise psycopg.errors.LockNotAvailable(f"could not switch {name} in after {SWITCH_TRIES} tries")
+
+
+def finish(conn: psycopg.Connection[Any], table: str, version: str, name: str, dim: int | None) -> bool:
+    """Index, switch in and tidy up after the loaded table ``name`` (autocommit ``conn``): True when it serves.
+
+    ``dim``: the generation's HNSW index is built (video embeddings). Idempotent, see the module docstring."""
+    if not _exists(conn, name):
+        return False  # dropped meanwhile (the generation was)
+    first = False
+    if not _attached(conn, table, name):
+        _prepare(conn, table, version, name, dim)
+        started = time.perf_counter()
+        old = _switch(conn, table, version, name, dim is not None)
+        first = old == table
+        log.info("%s: switched in for %s in %.3fs (was %s)", name, version, time.perf_counter() - started, old)
+    for attempt in range(SWITCH_TRIES):  # a request planned before the switch may still read the old table
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                for dropped in drop_children(conn, version, keep=name, tables=(table,)):
+                    log.info("%s: the old rows of %s dropped", dropped, version)
+            break
+        except psycopg.errors.LockNotAvailable:
+            time.sleep(min(0.5, 0.01 * 2 ** min(attempt, 6)))
+    if first:  # the version's old rows were deleted from the embeddings table: vacuum them now, not on traffic
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
+    return True
