@@ -29,11 +29,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -42,15 +44,16 @@ from _common import machine, write
 from serve import SECRET, _drive, _environment, _wait_ready
 
 TARGET = 5000.0
+UNCHANGED = 15_000.0  # when nothing changes (issue 18)
 VERSION = "bench"
 
 _POLL = """
 SELECT (SELECT string_agg(p.phase || CASE WHEN a.backend_type = 'autovacuum worker' THEN ' [autovacuum]' ELSE '' END,
                           ', ')
         FROM pg_stat_progress_vacuum p JOIN pg_stat_activity a USING (pid)
-        WHERE p.relid = 'video_embeddings'::regclass),
+        WHERE p.relid IN (SELECT oid FROM pg_class WHERE relname LIKE 'video\_embeddings%%' AND relkind = 'r')),
        (SELECT string_agg(p.command || ': ' || p.phase, ', ') FROM pg_stat_progress_create_index p
-        WHERE p.relid = 'video_embeddings'::regclass),
+        WHERE p.relid IN (SELECT oid FROM pg_class WHERE relname LIKE 'video\_embeddings%%' AND relkind = 'r')),
        s.n_dead_tup, s.autovacuum_count, s.vacuum_count
 FROM pg_stat_user_tables s WHERE s.relid = 'video_embeddings'::regclass
 """
@@ -126,31 +129,35 @@ def _ensure_index(db: Any) -> None:
 
 def _perturb(db: Any) -> float:
     """Move every stored vector of the generation, so the next re-embed has to rewrite every row. The HNSW index
-    is dropped and rebuilt around the update (quicker than 100k index updates) and the table vacuumed."""
+    is dropped and rebuilt around the update (quicker than 100k index updates) and the table vacuumed (the table
+    that holds the generation: a shadow generation's, after one)."""
     from twotower.embeddings.generation import create_generation_index
+    from twotower.registry.generations import generation_table
     from twotower.registry.versions import hnsw_index_name
 
     started = time.perf_counter()
     with db.direct(autocommit=True) as conn:
         dim = int(conn.execute("SELECT embedding_dim FROM model_versions WHERE version = %s", (VERSION,))
                   .fetchone()[0])  # type: ignore[index]  # fmt: skip
+        table = generation_table(conn, "video_embeddings", VERSION)
         shift = np.random.default_rng(int(time.time())).normal(size=dim)
         shift *= 0.2 / np.linalg.norm(shift)
         conn.execute("SET maintenance_work_mem = '256MB'")
-        conn.execute(f'DROP INDEX IF EXISTS "{hnsw_index_name(VERSION)}"')
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(hnsw_index_name(VERSION))))
         literal = "[" + ",".join(f"{x:.6f}" for x in shift) + "]"
-        conn.execute("UPDATE video_embeddings SET embedding = l2_normalize(embedding + %s::vector) "
-                     "WHERE model_version = %s", (literal, VERSION))  # fmt: skip
-        conn.execute("VACUUM (ANALYZE) video_embeddings")
+        conn.execute(sql.SQL("UPDATE {} SET embedding = l2_normalize(embedding + %s::vector) "
+                             "WHERE model_version = %s").format(sql.Identifier(table)), (literal, VERSION))  # fmt: skip
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
         create_generation_index(conn, VERSION, dim)
     return time.perf_counter() - started
 
 
-def _reembed(env: dict[str, str], db: Any, workers: int, monitor: _Maintenance) -> dict[str, Any]:
-    """``workers`` batch-update processes sharing one job over every video."""
+def _reembed(env: dict[str, str], db: Any, workers: int, monitor: _Maintenance, *mode: str) -> dict[str, Any]:
+    """``workers`` batch-update processes sharing one job over every video (``mode``: --shadow, --in-place, or
+    none: the job's own choice)."""
     at = time.time()
     started = time.perf_counter()
-    procs = [_batch(env, "--chunk-size", "5000") for _ in range(workers)]
+    procs = [_batch(env, "--chunk-size", "5000", *mode) for _ in range(workers)]
     outputs = [p.communicate() for p in procs]
     wall = time.perf_counter() - started
     for p, (out, err) in zip(procs, outputs, strict=True):
@@ -164,16 +171,17 @@ def _reembed(env: dict[str, str], db: Any, workers: int, monitor: _Maintenance) 
             "(SELECT count(*) FROM video_embeddings e WHERE e.model_version = j.model_version "
             " AND e.created_at >= j.started_at), "
             "(SELECT count(*) FROM video_embeddings e WHERE e.model_version = j.model_version), "
-            "(SELECT count(*) FROM videos) FROM jobs j WHERE j.id = %s", (job,)).fetchone()  # fmt: skip
+            "(SELECT count(*) FROM videos), j.params->'shadow' FROM jobs j WHERE j.id = %s",
+            (job,)).fetchone()  # fmt: skip
         assert row is not None
-        seconds, status = float(row[0]), row[1]
-        chunks, written, rows, videos = (int(x) for x in row[2:])
+        seconds, status, shadow = float(row[0]), row[1], row[7]
+        chunks, written, rows, videos = (int(x) for x in row[2:7])
     assert status == "succeeded" and rows == videos, (status, rows, videos)
     return {
         "videos": videos, "workers": workers, "job_seconds": round(seconds, 2),
         "videos_per_second": round(videos / seconds, 1),
         "process_seconds": round(wall, 2), "videos_per_second_incl_start_up": round(videos / wall, 1),
-        "rows_rewritten": written, "chunks": chunks,
+        "rows_rewritten": written, "chunks": chunks, "shadow_generation": "videos" in (shadow or []),
         "per_worker_rows_per_second": [_rate(out) for out, _ in outputs],
         **monitor.during(at, time.time()),
     }  # fmt: skip
@@ -183,7 +191,8 @@ def _say(name: str, r: dict[str, Any]) -> None:
     ok = "ok" if r["videos_per_second"] >= TARGET else "MISSED"
     print(f"  {name:<26} {r['videos_per_second']:>8,.0f} videos/s  ({r['videos']:,} videos in {r['job_seconds']:.1f}s, "
           f"{r['workers']} worker(s); {r['videos_per_second_incl_start_up']:,.0f}/s with process start-up; "
-          f"{r['rows_rewritten']:,} rows rewritten)  target >= {TARGET:,.0f}: {ok}")  # fmt: skip
+          f"{r['rows_rewritten']:,} rows rewritten{'; shadow generation' if r['shadow_generation'] else ''})  "
+          f"target >= {TARGET:,.0f}: {ok}")  # fmt: skip
     if r["maintenance_seen"]:
         seen = ", ".join(r["maintenance_seen"])
         print(f"  {'':<26} table maintenance during the job: {seen} (~{r['maintenance_seconds']:.0f}s)")
@@ -198,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="batch-update processes sharing each job")
     parser.add_argument("--max-rate", type=float, default=5000.0, help="the throttled run's rows/s")
     parser.add_argument("--seconds", type=float, default=15.0, help="load duration per phase")
+    parser.add_argument("--no-control", dest="control", action="store_false",
+                        help="skip the in-place run of the every-vector-changes job")  # fmt: skip
     args = parser.parse_args(argv)
     size = (10_000, 1_000, 100_000) if args.small else (100_000, 10_000, 1_000_000)
     report: dict[str, Any] = {"machine": machine(), "target_videos_per_second": TARGET}
@@ -212,11 +223,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{perturbed:.0f}s):")  # fmt: skip
         changed = _reembed(env, db, args.workers, monitor)
         _say("(b) every vector changes", changed)
+        assert changed["shadow_generation"], "the job did not choose a shadow generation"
+        control = None
+        if args.control:  # the same job, in place (the way every job worked before shadow generations)
+            _perturb(db)
+            control = _reembed(env, db, args.workers, monitor, "--in-place")
+            _say("(b') same, --in-place", control)
         unchanged = _reembed(env, db, args.workers, monitor)
         _say("(a) vectors unchanged", unchanged)
-        report["reembed"] = {"every_vector_changes": changed, "vectors_unchanged": unchanged,
-                             "target_met": {"every_vector_changes": changed["videos_per_second"] >= TARGET,
-                                            "vectors_unchanged": unchanged["videos_per_second"] >= TARGET}}  # fmt: skip
+        assert not unchanged["shadow_generation"], "a job with nothing to change chose a shadow generation"
+        report["reembed"] = {"every_vector_changes": changed, "every_vector_changes_in_place": control,
+                             "vectors_unchanged": unchanged,
+                             "shadow_speed_up": round(changed["videos_per_second"] / control["videos_per_second"], 2)
+                             if control else None,
+                             "target_met": {
+                                 "every_vector_changes": changed["videos_per_second"] >= TARGET,
+                                 "vectors_unchanged": unchanged["videos_per_second"] >= UNCHANGED}}  # fmt: skip
         with db.direct() as conn:
             users = [r[0] for r in conn.execute("SELECT DISTINCT user_id FROM user_video_decisions").fetchall()]
 
@@ -230,38 +252,65 @@ def main(argv: list[str] | None = None) -> int:
             tokens = [jwt.encode({"sub": str(u), "aud": "authenticated", "exp": exp}, SECRET) for u in users]
             asyncio.run(_drive(port, tokens, 32, 3.0, 200.0))  # warm-up
             print("/v1/recommendations at 200 req/s, 32 clients:")
-            for name, batch_args in (
-                ("no batch", None),
-                ("batch, unthrottled", ()),
-                (f"batch, --max-rate {args.max_rate:g}", ("--max-rate", str(args.max_rate))),
-            ):
+            runs: list[tuple[str, tuple[str, ...] | None, float]] = [
+                ("no batch", None, args.seconds),
+                ("batch, unthrottled", (), args.seconds),
+                (f"batch, --max-rate {args.max_rate:g}", ("--max-rate", str(args.max_rate)), args.seconds),
+                # the job that rewrites everything: a shadow generation, its index build and its switch under load
+                ("batch, every vector changes", (), changed["process_seconds"] + 10),
+            ]
+            for name, batch_args, seconds in runs:
+                if name == "batch, every vector changes":
+                    _perturb(db)  # before the load starts
                 at = time.time()
                 job = _batch(env, *batch_args) if batch_args is not None else None
                 starts: list[float] = []
-                latencies, errors, _ = asyncio.run(_drive(port, tokens, 32, args.seconds, 200.0, starts))
+                algorithms: Counter[str] = Counter()
+                latencies, errors, _ = asyncio.run(_drive(port, tokens, 32, seconds, 200.0, starts, algorithms))
                 driven = time.time()
                 if job is not None:
-                    job.communicate()
+                    out, err = job.communicate()
+                    if job.returncode != 0:
+                        raise SystemExit(f"batch-update failed ({job.returncode}):\n{out}\n{err}")
                 ordered = sorted(latencies)
                 busy = sorted(lat for lat, s in zip(latencies, starts, strict=True) if monitor.busy(s))
                 phases[name] = {"p50_ms": 1000 * ordered[len(ordered) // 2],
                                 "p99_ms": 1000 * ordered[int(len(ordered) * 0.99)], "errors": errors,
+                                "requests": len(latencies), "algorithms": dict(algorithms),
                                 "requests_during_table_maintenance": len(busy),
                                 "p99_ms_during_table_maintenance": 1000 * busy[int(len(busy) * 0.99)] if busy else None,
                                 **monitor.during(at, driven)}  # fmt: skip
                 p = phases[name]
+                if name != "no batch":
+                    p["p99_vs_no_batch"] = round(p["p99_ms"] / phases["no batch"]["p99_ms"], 2)
                 seen = f"; during it: {', '.join(p['maintenance_seen'])}" if p["maintenance_seen"] else ""
-                print(f"  {name:<28} p50 {p['p50_ms']:7.2f} ms  p99 {p['p99_ms']:7.2f} ms  errors {errors}{seen}")
+                ratio = f" ({p['p99_vs_no_batch']:.2f}x)" if "p99_vs_no_batch" in p else ""
+                print(f"  {name:<28} p50 {p['p50_ms']:7.2f} ms  p99 {p['p99_ms']:7.2f} ms{ratio}  errors {errors}  "
+                      f"{dict(algorithms)}{seen}")  # fmt: skip
         finally:
             server.terminate()
             server.wait(timeout=30)
             monitor.stopping.set()
             monitor.join(timeout=5)
         report["live_traffic_at_200_rps"] = phases
-        report["live_traffic_note"] = ("the batches under load re-embed unchanged vectors (the nightly case); "
-                                       "see reembed for the job that rewrites every row")  # fmt: skip
+        report["live_traffic_note"] = ("the unthrottled and throttled batches under load re-embed unchanged vectors "
+                                       "(the nightly case); 'every vector changes' is the job that rewrites every "
+                                       "row (a shadow generation), started after the vectors were moved")  # fmt: skip
+        shadow = phases["batch, every vector changes"]
+        fallbacks = {n: p["algorithms"] for n, p in phases.items() if set(p["algorithms"]) != {"two_tower"}}
+        report["acceptance"] = {
+            "every_vector_changes_videos_per_second": changed["videos_per_second"] >= TARGET,
+            "vectors_unchanged_videos_per_second": unchanged["videos_per_second"] >= UNCHANGED,
+            "p99_during_every_vector_changes_within_2x": shadow["p99_vs_no_batch"] <= 2.0,
+            "no_errors": all(p["errors"] == 0 for p in phases.values()),
+            "every_answer_two_tower": not fallbacks,
+        }  # fmt: skip
     write("batch_small" if args.small else "batch", report)
-    return 0
+    print("acceptance:", report["acceptance"])
+    if fallbacks:
+        print(f"a fallback answered: {fallbacks}")
+        return 1
+    return 0 if all(report["acceptance"].values()) else 1
 
 
 if __name__ == "__main__":

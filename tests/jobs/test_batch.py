@@ -106,8 +106,9 @@ def test_killed_batch_resumes_without_gaps_or_duplicates(url: str, deployed: Pat
     with psycopg.connect(url) as conn:  # start from an empty generation: every row must come from the job
         conn.execute("DELETE FROM video_embeddings WHERE model_version = 'v'")
         conn.execute("DELETE FROM user_embeddings WHERE model_version = 'v'")
+    path = os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])
     killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_3, url, str(deployed)], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])})  # fmt: skip
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": path})  # fmt: skip
     assert killed.returncode == -9, killed.stderr
     with psycopg.connect(url) as conn:
         done = conn.execute("SELECT count(*) FROM job_chunks WHERE status = 'done'").fetchone()

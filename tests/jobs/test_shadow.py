@@ -46,8 +46,12 @@ def _state(url: str) -> dict[str, object]:
         tables = [r[0] for r in conn.execute(
             "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE %s ORDER BY 1",
             (child_prefix("video_embeddings", "v").replace("_", r"\_") + "%",)).fetchall()]  # fmt: skip
-        children = [r[0] for r in conn.execute(
-            "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'video_embeddings'::regclass")]
+        children = [
+            r[0]
+            for r in conn.execute(
+                "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'video_embeddings'::regclass"
+            )
+        ]
         own = conn.execute("SELECT count(*) FROM ONLY video_embeddings WHERE model_version = 'v'").fetchone()[0]  # type: ignore[index]
         index = conn.execute(
             "SELECT i.indrelid::regclass::text, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "

@@ -18,6 +18,13 @@ def batch_update(
     chunk_size: int = typer.Option(5000, "--chunk-size", help="Rows per chunk (the unit of checkpoints and retries)."),
     max_rate: float = typer.Option(0.0, "--max-rate", help="Throttle: at most this many rows/s per worker (0: none)."),
     retries: int = typer.Option(3, "--retries", min=1, max=100, help="Attempts per chunk before it is marked failed."),
+    shadow: bool | None = typer.Option(
+        None,
+        "--shadow/--in-place",
+        help="Rebuild the generation in a shadow table and switch it in, or rewrite "
+        "changed rows in place (default: a shadow generation when a sample says most vectors change).",
+        show_default=False,
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
 ) -> None:
     """(Re)embed videos and users for a model version in checkpointed chunks. Run it on several machines at once
@@ -29,7 +36,7 @@ def batch_update(
     settings = get_settings()
     options = BatchOptions(
         version=model_version, videos=videos, users=users, chunk_size=chunk_size, max_rate=max_rate,
-        retries=retries, cache_dir=settings.model_cache_dir,
+        retries=retries, cache_dir=settings.model_cache_dir, shadow=shadow,
     )  # fmt: skip
     with open_db() as db:
         plan = plan_batch(db, options)

@@ -171,20 +171,22 @@ def embed_videos_counted(
 
 
 def create_generation_index(conn: psycopg.Connection[Any], version: str, dim: int) -> None:
-    """The generation's partial HNSW index (inner product: the towers' outputs are unit vectors).
+    """The generation's partial HNSW index (inner product: the towers' outputs are unit vectors), on the table
+    that holds its rows (``registry.generations``).
 
     ``conn`` must be in autocommit mode (``CREATE INDEX CONCURRENTLY``). An invalid leftover from a crashed build
     is dropped first.
     """
     name = sql.Identifier(hnsw_index_name(version))
+    table = sql.Identifier(generation_table(conn, "video_embeddings", version))
     conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(name))
     conn.execute(
         sql.SQL(
-            "CREATE INDEX CONCURRENTLY {} ON video_embeddings USING hnsw ((embedding::vector({})) vector_ip_ops) "
+            "CREATE INDEX CONCURRENTLY {} ON {} USING hnsw ((embedding::vector({})) vector_ip_ops) "
             "WITH (m = 16, ef_construction = 64) WHERE model_version = {}"
-        ).format(name, sql.Literal(dim), sql.Literal(version))
+        ).format(name, table, sql.Literal(dim), sql.Literal(version))
     )
-    conn.execute("ANALYZE video_embeddings")
+    conn.execute(sql.SQL("ANALYZE {}").format(table))
 
 
 def build_generation(

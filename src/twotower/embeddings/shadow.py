@@ -75,6 +75,14 @@ def create_shadow(conn: psycopg.Connection[Any], table: str, version: str, name:
         "PRIMARY KEY (model_version, {key}))"
     ).format(name=sql.Identifier(name), table=sql.Identifier(table), version=sql.Literal(version),
              key=sql.Identifier(_KEY[table])))  # fmt: skip
+    # closed to every other role (the database's default privileges may have granted some, see db.rls): queries
+    # through the embeddings table use its privileges and policies, the table itself is nobody's business
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(sql.Identifier(name)))
+    grantees = conn.execute("SELECT DISTINCT grantee FROM information_schema.role_table_grants "
+                            "WHERE table_name = %s AND grantee <> current_user", (name,)).fetchall()  # fmt: skip
+    for (grantee,) in grantees:
+        role = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
+        conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.Identifier(name), role))
 
 
 def load_shadow(

@@ -11,6 +11,7 @@ from psycopg import sql
 
 from twotower.errors import NotFound
 from twotower.features.catalog import Catalog
+from twotower.registry.generations import generation_table
 from twotower.serve import schemas as s
 from twotower.serve.recommend import Algorithm, Filters, ann_query, fetch_rows, load_history
 from twotower.serve.runtime import LoadedModel
@@ -110,11 +111,13 @@ def embed_user(service: Service, model: LoadedModel, user: uuid.UUID) -> s.Embed
         cfg = model.towers.history
         history = load_history(conn, user, cfg.max_likes, cfg.max_nopes)
         vector = user_embedding(model.towers, model.items, conn, history)
+        table = generation_table(conn, "user_embeddings", model.version)  # a bulk re-embed may have moved it
         conn.execute(
-            "INSERT INTO user_embeddings (model_version, user_id, embedding) VALUES (%s, %s, %s) "
-            "ON CONFLICT (model_version, user_id) DO UPDATE SET embedding = EXCLUDED.embedding, updated_at = now()",
+            sql.SQL("INSERT INTO {} (model_version, user_id, embedding) VALUES (%s, %s, %s) ON CONFLICT "
+                    "(model_version, user_id) DO UPDATE SET embedding = EXCLUDED.embedding, updated_at = now()")
+            .format(sql.Identifier(table)),
             (model.version, user, vector),
-        )
+        )  # fmt: skip
         return s.EmbeddingOut(model_version=model.version, dimension=model.towers.dim,
                               embedding=[float(x) for x in vector])  # fmt: skip
 
