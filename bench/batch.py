@@ -47,7 +47,7 @@ TARGET = 5000.0
 UNCHANGED = 15_000.0  # when nothing changes (issue 18)
 VERSION = "bench"
 
-_POLL = """
+_POLL = r"""
 SELECT (SELECT string_agg(p.phase || CASE WHEN a.backend_type = 'autovacuum worker' THEN ' [autovacuum]' ELSE '' END,
                           ', ')
         FROM pg_stat_progress_vacuum p JOIN pg_stat_activity a USING (pid)
@@ -174,8 +174,8 @@ def _reembed(env: dict[str, str], db: Any, workers: int, monitor: _Maintenance, 
             "(SELECT count(*) FROM videos), j.params->'shadow' FROM jobs j WHERE j.id = %s",
             (job,)).fetchone()  # fmt: skip
         assert row is not None
-        seconds, status, shadow = float(row[0]), row[1], row[7]
-        chunks, written, rows, videos = (int(x) for x in row[2:7])
+        seconds, status, shadow = float(row[0]), row[1], row[6]
+        chunks, written, rows, videos = (int(x) for x in row[2:6])
     assert status == "succeeded" and rows == videos, (status, rows, videos)
     return {
         "videos": videos, "workers": workers, "job_seconds": round(seconds, 2),
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                                   env={**env, "TWOTOWER_DB_POOL_MAX_SIZE": "20"})  # fmt: skip
         phases: dict[str, Any] = {}
         try:
-            _wait_ready(f"http://127.0.0.1:{port}")
+            _wait_ready(f"http://127.0.0.1:{port}", time.monotonic(), expect=VERSION)
             exp = int(time.time()) + 7200
             tokens = [jwt.encode({"sub": str(u), "aud": "authenticated", "exp": exp}, SECRET) for u in users]
             asyncio.run(_drive(port, tokens, 32, 3.0, 200.0))  # warm-up

@@ -162,3 +162,25 @@ def test_killed_shadow_build_leaves_the_generation_serving_and_resumes(url: str,
     state = _state(url)
     assert state["tables"] == state["children"] and len(state["children"]) == 1 and state["own_rows"] == 0
     assert state["index"] == (state["children"][0], True) and state["uses_index"]
+
+
+def test_users_get_a_shadow_generation_too(url: str, deployed: Path) -> None:
+    with psycopg.connect(url) as conn:
+        before = dict(conn.execute("SELECT user_id, embedding::text FROM user_embeddings WHERE model_version = 'v'"))
+    with Database.open(Settings(database_url=url, data_dir=deployed), migrate=False) as db:
+        result = run_batch(db, LocalStore(deployed / "store"), _options(deployed, videos=False, shadow=True))
+    assert result.status == "succeeded" and result.rows["users"] == len(before)
+    child = f"{child_prefix('user_embeddings', 'v')}{result.job_id}"
+    with psycopg.connect(url) as conn:
+        after = dict(conn.execute("SELECT user_id, embedding::text FROM user_embeddings WHERE model_version = 'v'"))
+        where = conn.execute("SELECT tableoid::regclass::text, count(*) FROM user_embeddings "
+                             "WHERE model_version = 'v' GROUP BY 1").fetchall()  # fmt: skip
+        rls = conn.execute("SELECT relrowsecurity FROM pg_class WHERE relname = %s", (child,)).fetchone()
+    assert sorted(after) == sorted(before) and where == [(child, len(before))] and rls == (True,)
+    with Database.open(Settings(database_url=url, data_dir=deployed), migrate=False) as db:
+        from twotower.registry.versions import drop_generation
+
+        with db.direct(autocommit=True) as conn:  # dropping the generation drops its tables
+            drop_generation(conn, "v")
+            assert conn.execute("SELECT to_regclass(%s)", (child,)).fetchone() == (None,)
+            assert conn.execute("SELECT count(*) FROM user_embeddings WHERE model_version = 'v'").fetchone() == (0,)

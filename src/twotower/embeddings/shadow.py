@@ -9,14 +9,15 @@ is several times cheaper (pgvector's guidance). So a bulk re-embed:
 2. loads it with binary COPY, chunk by chunk, each chunk in the transaction that marks it done (a worker killed
    mid-chunk leaves the chunk pending and none of its rows);
 3. ``finish``: the foreign keys (``NOT VALID``: the rows were read from the catalog; a video deleted meanwhile is
-   removed first), the secondary index, the generation's partial HNSW index built on the loaded table (a plain
-   ``CREATE INDEX``: the table is invisible, so nothing waits on it, and the build may use parallel workers),
-   ``ANALYZE``; then the switch, one short transaction: the version's current rows leave (the attached child is
-   detached, or, the first time, the rows in the embeddings table itself are deleted and its partial HNSW index
-   dropped), the loaded table is attached (``INHERIT``) and its index takes the generation's index name. Every
-   lock it takes is taken with a ``lock_timeout`` of ``LOCK_TIMEOUT`` and the transaction retried: a request never
-   waits on the switch for longer than that. Queries of the version see the old rows or the new ones, never both
-   or neither (one commit). Then the old child is dropped (after the first switch: the embeddings table vacuumed).
+   removed first), ``VACUUM (ANALYZE)`` (autovacuum is off during the load), the secondary index, the
+   generation's partial HNSW index built on the loaded table (a plain ``CREATE INDEX``: the table is invisible,
+   so nothing waits on it, and the build may use parallel workers); then the switch, one short transaction: the
+   version's current rows leave (the attached child is detached, or, the first time, the rows in the embeddings
+   table itself are deleted and its partial HNSW index dropped), the loaded table is attached (``INHERIT``) and its
+   index takes the generation's index name. Every lock it takes is taken with a ``lock_timeout`` of
+   ``LOCK_TIMEOUT`` and the transaction retried: a request never waits on the switch for longer than that. Queries
+   of the version see the old rows or the new ones, never both or neither (one commit). Then the old child is
+   dropped (after the first switch: the embeddings table vacuumed).
 
 A worker killed at any moment leaves the serving rows intact: before the switch's commit they are untouched; after
 it they are the new ones. A re-run finds the state (``finish`` is idempotent): a loaded table not attached yet is
@@ -72,7 +73,7 @@ def create_shadow(conn: psycopg.Connection[Any], table: str, version: str, name:
     """The (empty) table a bulk re-embed of ``version`` loads, if it is not there yet."""
     conn.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {name} (LIKE {table} INCLUDING DEFAULTS, CHECK (model_version = {version}), "
-        "PRIMARY KEY (model_version, {key}))"
+        "PRIMARY KEY (model_version, {key})) WITH (autovacuum_enabled = false)"
     ).format(name=sql.Identifier(name), table=sql.Identifier(table), version=sql.Literal(version),
              key=sql.Identifier(_KEY[table])))  # fmt: skip
     # closed to every other role (the database's default privileges may have granted some, see db.rls): queries
@@ -115,6 +116,10 @@ def _prepare(conn: psycopg.Connection[Any], table: str, version: str, name: str,
                 "REFERENCES {r} ({k}) ON DELETE CASCADE NOT VALID"
             ).format(t=ident, fk=fk, c=sql.Identifier(column), r=sql.Identifier(ref), k=sql.Identifier(ref_key))
         )
+    # the load's vacuum (visibility map, statistics) now, before the index build, rather than an autovacuum (of
+    # the inserts) competing with the build and live traffic; autovacuum was off during the load for that reason
+    conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(ident))
+    conn.execute(sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(ident))
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
         sql.Identifier(f"{name}_{key[:4]}_idx"), ident, sql.Identifier(key)))  # fmt: skip
     if dim is not None:
@@ -134,7 +139,6 @@ def _prepare(conn: psycopg.Connection[Any], table: str, version: str, name: str,
         finally:
             conn.execute("RESET maintenance_work_mem")
             conn.execute("RESET max_parallel_maintenance_workers")
-    conn.execute(sql.SQL("ANALYZE {}").format(ident))
 
 
 def _switch(conn: psycopg.Connection[Any], table: str, version: str, name: str, indexed: bool) -> str:
