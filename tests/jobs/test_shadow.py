@@ -184,3 +184,41 @@ def test_users_get_a_shadow_generation_too(url: str, deployed: Path) -> None:
             drop_generation(conn, "v")
             assert conn.execute("SELECT to_regclass(%s)", (child,)).fetchone() == (None,)
             assert conn.execute("SELECT count(*) FROM user_embeddings WHERE model_version = 'v'").fetchone() == (0,)
+
+
+def test_the_switch_never_holds_requests_behind_a_busy_table(url: str, deployed: Path) -> None:
+    """A long transaction reads the generation while the job wants to switch: the switch waits (in attempts of
+    ``LOCK_TIMEOUT``), and the requests queued behind it meanwhile go through; it switches once the reader is gone."""
+    import threading
+    import time
+
+    from twotower.registry.generations import generation_table
+
+    _move_every_vector(url)
+    reader = psycopg.connect(url)
+    reader.execute("SELECT count(*) FROM video_embeddings WHERE model_version = 'v'")  # holds its lock until commit
+    outcome: list[object] = []
+    with Database.open(Settings(database_url=url, data_dir=deployed), migrate=False) as db:
+        job = threading.Thread(target=lambda: outcome.append(
+            run_batch(db, LocalStore(deployed / "store"), _options(deployed, users=False))))  # fmt: skip
+        job.start()
+        with psycopg.connect(url, autocommit=True) as watcher:
+            waited = None
+            while job.is_alive() and waited is None:  # until the switch queues for its lock behind the reader
+                waited = watcher.execute(
+                    "SELECT 1 FROM pg_locks WHERE NOT granted AND relation = 'video_embeddings'::regclass"
+                ).fetchone()
+                time.sleep(0.001)
+            assert waited is not None, outcome
+            requests = 0
+            for _ in range(20):  # requests keep being answered while the switch is refused
+                watcher.execute("SET statement_timeout = '30s'")
+                assert len(watcher.execute("SELECT video_id FROM video_embeddings WHERE model_version = 'v' "
+                                           "LIMIT 5").fetchall()) == 5  # fmt: skip
+                requests += 1
+            assert job.is_alive() and generation_table(watcher, "video_embeddings", "v") == "video_embeddings"
+        reader.rollback()  # the reader goes: the switch goes through
+        reader.close()
+        job.join(timeout=300)
+    assert requests == 20 and outcome and outcome[0].status == "succeeded"  # type: ignore[attr-defined]
+    assert _state(url)["children"] != [] and _state(url)["own_rows"] == 0

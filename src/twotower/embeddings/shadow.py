@@ -37,6 +37,7 @@ import numpy.typing as npt
 import psycopg
 from psycopg import sql
 
+from twotower.errors import StoreError
 from twotower.registry.generations import child_prefix, drop_children, generation_table
 from twotower.registry.versions import hnsw_index_name
 
@@ -166,7 +167,10 @@ def _switch(conn: psycopg.Connection[Any], table: str, version: str, name: str, 
             return old
         except psycopg.errors.LockNotAvailable:
             time.sleep(min(0.5, 0.01 * 2 ** min(attempt, 6)))  # let the queued requests through, then again
-    raise psycopg.errors.LockNotAvailable(f"could not switch {name} in after {SWITCH_TRIES} tries")
+    raise StoreError(
+        f"could not switch {name} in: its locks were busy {SWITCH_TRIES} times; run batch-update "
+        "again to finish the job (the serving rows are unchanged)"
+    )
 
 
 def finish(conn: psycopg.Connection[Any], table: str, version: str, name: str, dim: int | None) -> bool:
