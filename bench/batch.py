@@ -281,12 +281,25 @@ def main(argv: list[str] | None = None) -> int:
                                 "p99_ms_during_table_maintenance": 1000 * busy[int(len(busy) * 0.99)] if busy else None,
                                 **monitor.during(at, driven)}  # fmt: skip
                 p = phases[name]
+                if name == "batch, every vector changes":  # the requests started in the second before the switch
+                    with db.direct() as conn:  # (the job's end: the switch, then the old table dropped)
+                        row = conn.execute("SELECT extract(epoch FROM finished_at) FROM jobs WHERE id = %s",
+                                           (_job_id(out),)).fetchone()  # fmt: skip
+                    switched = float(row[0]) if row else 0.0
+                    near = sorted(x for x, t in zip(latencies, starts, strict=True) if switched - 1 <= t <= switched)
+                    p["requests_in_the_second_before_the_switch"] = len(near)
+                    p["max_ms_in_the_second_before_the_switch"] = 1000 * near[-1] if near else None
                 if name != "no batch":
                     p["p99_vs_no_batch"] = round(p["p99_ms"] / phases["no batch"]["p99_ms"], 2)
                 seen = f"; during it: {', '.join(p['maintenance_seen'])}" if p["maintenance_seen"] else ""
                 ratio = f" ({p['p99_vs_no_batch']:.2f}x)" if "p99_vs_no_batch" in p else ""
                 print(f"  {name:<28} p50 {p['p50_ms']:7.2f} ms  p99 {p['p99_ms']:7.2f} ms{ratio}  errors {errors}  "
                       f"{dict(algorithms)}{seen}")  # fmt: skip
+                if p.get("max_ms_in_the_second_before_the_switch") is not None:
+                    print(
+                        f"  {'':<28} the second before the switch: {p['requests_in_the_second_before_the_switch']} "
+                        f"requests, slowest {p['max_ms_in_the_second_before_the_switch']:.1f} ms"
+                    )
         finally:
             server.terminate()
             server.wait(timeout=30)
