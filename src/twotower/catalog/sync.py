@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -33,13 +32,12 @@ from psycopg.types.json import Jsonb
 
 from twotower.catalog.dmm import DmmClient, Page, api_time
 from twotower.catalog.dmm_items import parse_item
+from twotower.catalog.embedding import EmbedQueue, embed_missing_ids
 from twotower.db import Database, locks
-from twotower.embeddings.embedder import Embedder
 from twotower.errors import InputError, SyncInProgress, TwoTowerError, UpstreamError
 from twotower.ingest.loader import VideoLoadResult, load_videos
 from twotower.ingest.records import Problems, VideoRecord
 from twotower.registry.store import ArtifactStore
-from twotower.registry.versions import active_version
 
 __all__ = [
     "SyncCursor",
@@ -148,65 +146,9 @@ def _sync_lock(db: Database, scope: str) -> Iterator[None]:
             locks.unlock(conn, f"sync {scope}")
 
 
-class _EmbedQueue:
-    """Queues the ids of videos to (re-)embed with the active version (the shared ``Embedder``), in batches."""
-
-    def __init__(self, db: Database, store: ArtifactStore | None, options: SyncOptions) -> None:
-        self.db, self.options = db, options
-        self.embedder: Embedder | None = None
-        self.version: str | None = None
-        self.pending: list[uuid.UUID] = []
-        self.done = 0
-        if options.embed and store is not None:
-            with db.direct() as conn:
-                self.version = active_version(conn)
-            if self.version is not None:
-                self.embedder = Embedder(db, store, self.version, options.cache_dir)
-
-    def add(self, ids: list[uuid.UUID]) -> None:
-        if self.version is None:
-            return
-        self.pending.extend(ids)
-        if len(self.pending) >= self.options.embed_batch:
-            self.flush()
-
-    def flush(self) -> None:
-        ids, self.pending = self.pending, []
-        for start in range(0, len(ids), self.options.embed_batch):
-            self._embed(ids[start : start + self.options.embed_batch])
-
-    def _embed(self, ids: list[uuid.UUID]) -> None:
-        if not ids or self.embedder is None:
-            return
-        with self.db.direct() as conn, conn.transaction():
-            self.done += self.embedder.embed_videos(conn, ids)[0]
-
-    def catch_up(self) -> None:
-        """Embed every active video that has no embedding for the version, or one older than the video."""
-        if self.version is None:
-            return
-        with self.db.direct() as conn:
-            ids = embed_missing_ids(conn, self.version)
-        if ids:
-            log.info("embedding %d videos without a current embedding for %s", len(ids), self.version)
-        self.pending.extend(ids)
-        self.flush()
-
-
-def embed_missing_ids(conn: psycopg.Connection[Any], version: str) -> list[uuid.UUID]:
-    rows = conn.execute(
-        """SELECT v.id FROM videos v
-           LEFT JOIN video_embeddings e ON e.video_id = v.id AND e.model_version = %s
-           WHERE v.is_active AND (e.video_id IS NULL OR e.created_at < v.updated_at)
-           ORDER BY v.id""",
-        (version,),
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
 def embed_missing(db: Database, store: ArtifactStore, cache_dir: Path) -> tuple[str | None, int]:
     """Embed what the active version lacks (see module docstring); ``(version, videos embedded)``."""
-    embedder = _EmbedQueue(db, store, SyncOptions(cache_dir=cache_dir))
+    embedder = EmbedQueue(db, store, SyncOptions().embed_batch, cache_dir)
     embedder.catch_up()
     return embedder.version, embedder.done
 
@@ -270,7 +212,7 @@ def sync_dmm(
             cursor, resumed, watermark = _start(conn, scope, options)
             _save_cursor(conn, scope, cursor)
         summary = SyncSummary(scope, cursor.since, cursor.until, resumed=resumed, watermark_before=watermark)
-        embedder = _EmbedQueue(db, store, options)
+        embedder = EmbedQueue(db, store if options.embed else None, options.embed_batch, options.cache_dir)
         summary.version = embedder.version
         problems = Problems()
 
@@ -313,7 +255,7 @@ def sync_dmm(
     return summary
 
 
-def _embed(embedder: _EmbedQueue, summary: SyncSummary, *, catch_up: bool) -> None:
+def _embed(embedder: EmbedQueue, summary: SyncSummary, *, catch_up: bool) -> None:
     try:
         embedder.flush()
         if catch_up:
@@ -330,7 +272,7 @@ def _walk(
     cursor: SyncCursor,
     scope: str,
     summary: SyncSummary,
-    embedder: _EmbedQueue,
+    embedder: EmbedQueue,
     problems: Problems,
     on_page: Callable[[SyncSummary, SyncCursor], None] | None,
 ) -> None:
@@ -407,7 +349,7 @@ def _store_page(
     cursor: SyncCursor,
     page: Page,
     summary: SyncSummary,
-    embedder: _EmbedQueue,
+    embedder: EmbedQueue,
     problems: Problems,
     offset: int,
 ) -> None:
