@@ -163,8 +163,10 @@ def _create_or_join(db: Database, options: BatchOptions, embedder: Embedder) -> 
         ).fetchone()
         assert row is not None
         job_id = int(row[0])
+        version = options.version
+        assert version is not None  # resolved by run_batch
         for target in shadow:
-            create_shadow(conn, TABLES[target], options.version, shadow_name(TABLES[target], options.version, job_id))
+            create_shadow(conn, TABLES[target], version, shadow_name(TABLES[target], version, job_id))
         chunk_no = 0
         with conn.cursor().copy(
             "COPY job_chunks (job_id, chunk_no, target, range_start, range_end) FROM STDIN"
@@ -194,8 +196,10 @@ def run_batch(
     started = time.perf_counter()
     with db.direct(autocommit=True) as conn:  # each chunk is its own transaction (see _one_chunk)
         row = conn.execute("SELECT total_chunks, params FROM jobs WHERE id = %s", (job_id,)).fetchone()
-        total = int(row[0]) if row else 0
-        shadow = {t: shadow_name(TABLES[t], options.version, job_id) for t in (row[1] or {}).get("shadow", [])}
+        assert row is not None  # the job exists: created or joined above
+        total = int(row[0])
+        targets = (row[1] or {}).get("shadow", [])
+        shadow = {t: shadow_name(TABLES[t], options.version, job_id) for t in targets}
         work = _Work(embedder, shadow)
         while (claimed := _one_chunk(conn, work, job_id, worker, options, result)) is not None:
             n, took = claimed
