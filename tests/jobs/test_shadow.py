@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from pgvector.psycopg import register_vector
 
 from tests.jobs.conftest import VIDEOS
 from twotower.db import Database
+from twotower.embeddings.generation import update_embeddings
 from twotower.jobs import BatchOptions, run_batch
 from twotower.registry import LocalStore
 from twotower.registry.generations import child_prefix
@@ -107,6 +109,7 @@ import os, signal, sys
 from pathlib import Path
 import psycopg
 from twotower.db import Database
+from twotower.embeddings.generation import update_embeddings
 from twotower.jobs import BatchOptions, run_batch
 from twotower.registry import LocalStore
 from twotower.settings import Settings
@@ -222,3 +225,40 @@ def test_the_switch_never_holds_requests_behind_a_busy_table(url: str, deployed:
         job.join(timeout=300)
     assert requests == 20 and outcome and outcome[0].status == "succeeded"  # type: ignore[attr-defined]
     assert _state(url)["children"] != [] and _state(url)["own_rows"] == 0
+
+
+def test_live_writes_during_the_job_survive_the_switch(url: str, deployed: Path) -> None:
+    """The catalog sync keeps writing to the serving table while a shadow loads: a video it re-embeds after its
+    chunk was loaded keeps the sync's vector, and a video created meanwhile keeps its row."""
+    _move_every_vector(url)
+    with psycopg.connect(url) as conn:
+        dim = conn.execute("SELECT embedding_dim FROM model_versions WHERE version = 'v'").fetchone()[0]  # type: ignore[index]
+    marker = np.zeros((1, dim), dtype=np.float32)
+    marker[0, 0] = 1.0
+    live: dict[str, str] = {}
+
+    def sync_meanwhile(done: int, total: int, rows: int) -> None:
+        if live or done < 1:
+            return
+        with psycopg.connect(url) as conn, conn.transaction():
+            register_vector(conn)
+            loaded = conn.execute(  # a video whose chunk is already in the shadow
+                "SELECT v.id FROM job_chunks c JOIN videos v ON v.id::text BETWEEN c.range_start AND c.range_end "
+                "WHERE c.status = 'done' ORDER BY v.id LIMIT 1"
+            ).fetchone()
+            created = conn.execute(
+                "INSERT INTO videos (source, external_id, title) VALUES ('live', 'x1', 'made meanwhile') RETURNING id"
+            ).fetchone()
+            assert loaded is not None and created is not None
+            for video in (loaded[0], created[0]):
+                update_embeddings(conn, "video_embeddings", "video_id", "v", [video], marker)
+            live.update(loaded=str(loaded[0]), created=str(created[0]))
+
+    with Database.open(Settings(database_url=url, data_dir=deployed), migrate=False) as db:
+        result = run_batch(db, LocalStore(deployed / "store"), _options(deployed, users=False, shadow=True),
+                           on_chunk=sync_meanwhile)  # fmt: skip
+    assert result.status == "succeeded" and live
+    after = _vectors(url)
+    assert len(after) == VIDEOS + 1 and live["created"] in after
+    assert np.allclose(after[live["loaded"]], marker[0], atol=1e-6)  # the sync's write is newer than the chunk's
+    assert _state(url)["children"] == [f"{child_prefix('video_embeddings', 'v')}{result.job_id}"]

@@ -5,7 +5,9 @@ and a dead index entry that VACUUM must repair; loading the rows into an empty t
 is several times cheaper (pgvector's guidance). So a bulk re-embed:
 
 1. creates ``<table>_g<digest>_<job>`` (``registry.generations``): the columns of the embeddings table,
-   ``CHECK (model_version = v)``, its primary key. It is no child of the embeddings table yet: no query sees it;
+   ``CHECK (model_version = v)``, its primary key. It is no child of the embeddings table yet: no query sees it
+   (the live writers — sync, user-embedding route — keep writing to the serving table; their rows are carried
+   over at the end, see ``_carry_over``);
 2. loads it with binary COPY, chunk by chunk, each chunk in the transaction that marks it done (a worker killed
    mid-chunk leaves the chunk pending and none of its rows);
 3. ``finish``: the foreign keys (``NOT VALID``: the rows were read from the catalog; a video deleted meanwhile is
@@ -53,6 +55,21 @@ _REFERENCES = {  # the foreign keys of the embeddings tables: (column, table, it
     "user_embeddings": [("model_version", "model_versions", "version")],
 }
 _KEY = {"video_embeddings": "video_id", "user_embeddings": "user_id"}
+_STAMP = {"video_embeddings": "created_at", "user_embeddings": "updated_at"}
+
+
+def _carry_over(conn: psycopg.Connection[Any], table: str, version: str, name: str, since: Any) -> int:
+    """Rows the live writers (the catalog sync, the user-embedding route) wrote to the serving table at or after
+    ``since`` go into the loaded table, unless its own row is newer: a video synced while the job ran keeps its
+    vector, and one created meanwhile (perhaps in a range already loaded) is not lost at the switch."""
+    old = generation_table(conn, table, version)
+    names = {"new": sql.Identifier(name), "old": sql.Identifier(old), "key": sql.Identifier(_KEY[table]),
+             "stamp": sql.Identifier(_STAMP[table])}  # fmt: skip
+    return conn.execute(sql.SQL("""
+        INSERT INTO {new} AS n (model_version, {key}, embedding, {stamp})
+        SELECT model_version, {key}, embedding, {stamp} FROM ONLY {old} WHERE model_version = %s AND {stamp} >= %s
+        ON CONFLICT (model_version, {key}) DO UPDATE SET embedding = EXCLUDED.embedding, {stamp} = EXCLUDED.{stamp}
+        WHERE EXCLUDED.{stamp} > n.{stamp}""").format(**names), (version, since)).rowcount  # fmt: skip
 
 
 def shadow_name(table: str, version: str, job_id: int) -> str:
@@ -142,8 +159,10 @@ def _prepare(conn: psycopg.Connection[Any], table: str, version: str, name: str,
             conn.execute("RESET max_parallel_maintenance_workers")
 
 
-def _switch(conn: psycopg.Connection[Any], table: str, version: str, name: str, indexed: bool) -> str:
-    """Make ``name`` the generation's table in one transaction; returns the table that held the rows before."""
+def _switch(conn: psycopg.Connection[Any], table: str, version: str, name: str, indexed: bool, since: Any) -> str:
+    """Make ``name`` the generation's table in one transaction; returns the table that held the rows before.
+    Rows written to the serving table at or after ``since`` are carried over first, under a lock that holds
+    writers (not readers) until the commit, so no write falls between the carry-over and the switch."""
     ident, parent = sql.Identifier(name), sql.Identifier(table)
     generation_index = sql.Identifier(hnsw_index_name(version))
     for attempt in range(SWITCH_TRIES):
@@ -151,6 +170,8 @@ def _switch(conn: psycopg.Connection[Any], table: str, version: str, name: str, 
             with conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
                 old = generation_table(conn, table, version)
+                conn.execute(sql.SQL("LOCK TABLE ONLY {} IN SHARE MODE").format(sql.Identifier(old)))
+                _carry_over(conn, table, version, name, since)
                 if old == table:  # the first time: the rows are in the embeddings table itself
                     conn.execute(sql.SQL("DELETE FROM ONLY {} WHERE model_version = %s").format(parent), (version,))
                     if indexed:
@@ -173,17 +194,22 @@ def _switch(conn: psycopg.Connection[Any], table: str, version: str, name: str, 
     )
 
 
-def finish(conn: psycopg.Connection[Any], table: str, version: str, name: str, dim: int | None) -> bool:
+def finish(
+    conn: psycopg.Connection[Any], table: str, version: str, name: str, dim: int | None, since: Any
+) -> bool:  # fmt: skip
     """Index, switch in and tidy up after the loaded table ``name`` (autocommit ``conn``): True when it serves.
 
-    ``dim``: the generation's HNSW index is built (video embeddings). Idempotent, see the module docstring."""
+    ``dim``: the generation's HNSW index is built (video embeddings). ``since``: when the job started (rows the
+    live writers wrote from then on are carried over). Idempotent, see the module docstring."""
     if not _exists(conn, name):
         return False  # dropped meanwhile (the generation was)
     first = False
     if not _attached(conn, table, name):
+        marked = conn.execute("SELECT clock_timestamp()").fetchone()
+        _carry_over(conn, table, version, name, since)  # the bulk of it, before the index build and without locks
         _prepare(conn, table, version, name, dim)
         started = time.perf_counter()
-        old = _switch(conn, table, version, name, dim is not None)
+        old = _switch(conn, table, version, name, dim is not None, marked[0] if marked else since)
         first = old == table
         log.info("%s: switched in for %s in %.3fs (was %s)", name, version, time.perf_counter() - started, old)
     for attempt in range(SWITCH_TRIES):  # a request planned before the switch may still read the old table

@@ -118,7 +118,7 @@ def finish_job(conn: psycopg.Connection[Any], job_id: int, version: str) -> str:
                     continue
                 dim = conn.execute("SELECT embedding_dim FROM model_versions WHERE version = %s", (version,))
                 finish(conn, table, version, shadow_name(table, version, job_id),
-                       int(dim.fetchone()[0]) if target == "videos" else None)  # type: ignore[index]  # fmt: skip
+                       int(dim.fetchone()[0]) if target == "videos" else None, row[1])  # type: ignore[index]  # fmt: skip
             else:
                 stamp = "created_at" if target == "videos" else "updated_at"
                 _tidy(conn, table, stamp, version, row[1], hnsw_index_name(version) if target == "videos" else None)
