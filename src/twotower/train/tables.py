@@ -42,8 +42,11 @@ class FeatureTables:
     def user_inputs(self, batch: UserBatch, full_width: bool = False) -> tuple[Tensor, ...]:
         """The 13 inputs of ``TwoTowerModel.user_tower`` in order (``full_width``: every tag and performer, as
         the exported towers take them; the tower itself reads only the first few)."""
-        arrays = (batch.like_rows, batch.like_mask, batch.nope_rows, batch.nope_mask, batch.stats)
-        return self.gather_user(*(torch.from_numpy(a).to(self.device) for a in arrays), full_width=full_width)
+        like_rows, like_mask, nope_rows, nope_mask, stats = (
+            torch.from_numpy(a).to(self.device)
+            for a in (batch.like_rows, batch.like_mask, batch.nope_rows, batch.nope_mask, batch.stats)
+        )
+        return self.gather_user(like_rows, like_mask, nope_rows, nope_mask, stats, full_width=full_width)
 
     def gather_user(
         self, like_rows: Tensor, like_mask: Tensor, nope_rows: Tensor, nope_mask: Tensor, stats: Tensor,
