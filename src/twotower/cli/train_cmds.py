@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,9 @@ def train(
         None, "--db-url", help="Postgres URL (default: DATABASE_URL, or the embedded database).", show_default=False
     ),
     embedding_dim: int = typer.Option(64, "--embedding-dim", help="Embedding dimension (32-768)."),
-    batch_size: int = typer.Option(512, "--batch-size", help="Training examples per step."),
+    batch_size: str = typer.Option(
+        "512", "--batch-size", help="Training examples per step and process; auto: by device (GPU 8192, CPU 512)."
+    ),
     epochs: int = typer.Option(20, "--epochs", help="Maximum epochs (early stopping on validation Recall@20)."),
     learning_rate: float = typer.Option(2e-3, "--learning-rate", help="Adam learning rate."),
     patience: int = typer.Option(5, "--patience", min=1, help="Epochs without improvement before stopping."),
@@ -50,6 +53,7 @@ def train(
     output_dir: Path = typer.Option(Path("models"), "--output-dir", help="Where models are written."),
     version: str | None = typer.Option(None, "--version", help="Model version name (default: a timestamp)."),
     device: str = typer.Option("auto", "--device", help="auto (GPU when available), cpu, cuda, cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 (autocast; for GPUs)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume an interrupted identical run."),
     update_db: bool = typer.Option(False, "--update-db", help="Write video and user embeddings into pgvector."),
     refit: bool = typer.Option(
@@ -69,22 +73,33 @@ def train(
     if version is not None and not valid_version(version):
         raise InputError(f"--version {version!r}: use letters, digits, '.', '_' and '-' (at most 128)")
     db_url_settings(db_url)
+    if batch_size != "auto":
+        try:
+            batch: int | str = int(batch_size)
+        except ValueError:
+            raise InputError(f"--batch-size must be 'auto' or an integer, got {batch_size!r}") from None
+    else:
+        batch = "auto"
     options = TrainOptions(
-        embedding_dim=embedding_dim, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
+        embedding_dim=embedding_dim, batch_size=batch, precision=precision, epochs=epochs, learning_rate=learning_rate,
         seed=seed, patience=patience, output_dir=output_dir, version=version, resume=resume, device=device,
         update_db=update_db, refit=refit,
     )  # fmt: skip
     if config is not None:
         apply_config(options, read_config(config), explicit_options(ctx))
     options.validate()
+    # under torchrun only rank 0 reports and publishes; the other ranks train silently
+    main_rank = os.environ.get("RANK", "0") == "0"
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-        TimeRemainingColumn(), console=out, transient=True,
+        TimeRemainingColumn(), console=out, transient=True, disable=not main_rank,
     )  # fmt: skip
     task = progress.add_task("preparing", total=None, loss="-")
     size = {"n": 0}
 
     def on_start(prepared: Prepared, n_examples: int, resumed: int) -> None:
+        if not main_rank:
+            return
         summary = prepared.summary()
         out.print(
             f"data: {summary['videos']:,} videos, {summary['users']:,} users, {summary['decisions']:,} decisions; "
@@ -97,14 +112,19 @@ def train(
         progress.reset(task, total=n_examples, description=f"epoch {resumed + 1}", loss="-")
 
     def on_refit(n_examples: int, epochs: int) -> None:
+        if not main_rank:
+            return
         out.print(f"refit: {epochs} epoch(s) on the whole training period (validation likes included)")
         size["n"] = n_examples
         progress.reset(task, total=n_examples, description="refit epoch 1", loss="-")
 
     def on_batch(n: int, loss: float) -> None:
-        progress.update(task, advance=n, loss=f"{loss:.3f}")
+        if main_rank:
+            progress.update(task, advance=n, loss=f"{loss:.3f}")
 
     def on_epoch(stats: EpochStats, better: bool) -> None:
+        if not main_rank:
+            return
         valid = "" if math.isnan(stats.valid_recall_at_20) else f"  valid Recall@20 {stats.valid_recall_at_20:.4f}"
         mark = " *" if better and valid else "  "
         out.print(
@@ -115,6 +135,8 @@ def train(
     with open_db() as db:
         with progress:
             result = run_train(db, options, on_epoch=on_epoch, on_batch=on_batch, on_start=on_start, on_refit=on_refit)
+        if not result.is_main:
+            return
         out.print(f"best epoch {result.best_epoch}; model {result.version} written to {result.directory}")
         if update_db:
             with out.status("writing embeddings ..."):

@@ -59,9 +59,11 @@ def _liked_columns(liked: tuple[Tensor, Tensor], n_rows: int, columns: Tensor) -
     """``[n_rows, len(columns)]``: True where the row's user liked the column's item. Built over the candidates
     only (a ``[rows, catalog]`` matrix would cost 200 MB and 0.1 s a step at 100k items and batch 2,048)."""
     rows, items = liked
-    unique, inverse = torch.unique(columns, return_inverse=True)  # sorted
-    at = torch.searchsorted(unique, items).clamp(max=len(unique) - 1)
-    found = unique[at] == items
-    mask = torch.zeros(n_rows, len(unique), dtype=torch.bool, device=columns.device)
-    mask[rows[found], at[found]] = True
-    return mask[:, inverse]
+    # no torch.unique (its size is data-dependent: a device sync): equal columns share their first sorted slot
+    ordered = torch.sort(columns).values
+    slot = torch.searchsorted(ordered, columns)  # each column's first occurrence in ``ordered``
+    at = torch.searchsorted(ordered, items).clamp(max=len(ordered) - 1)
+    at = torch.where(ordered[at] == items, at, len(ordered))  # an item not among the columns: a spare column
+    mask = torch.zeros(n_rows, len(ordered) + 1, dtype=torch.bool, device=columns.device)
+    mask.index_put_((rows, at), torch.ones_like(at, dtype=torch.bool))  # every write is True: duplicates agree
+    return mask[:, slot]

@@ -34,7 +34,7 @@ __all__ = ["TrainOptions", "TrainResult", "train"]
 @dataclass
 class TrainOptions:
     embedding_dim: int = 64
-    batch_size: int = 512
+    batch_size: int | str = 512  # per process; "auto": AUTO_BATCH for the device, the learning rate scaled with it
     epochs: int = 20
     learning_rate: float = 2e-3
     lr_schedule: str = "constant"  # or "cosine" (see TrainConfig)
@@ -45,13 +45,16 @@ class TrainOptions:
     version: str | None = None
     resume: bool = True
     device: str = "auto"
+    precision: str = "fp32"  # or "bf16" (autocast of both towers)
     update_db: bool = False
     refit: bool = True  # after early stopping, retrain on the whole training period for the best epoch count
     tower: dict[str, Any] = field(default_factory=dict)  # extra TowerConfig fields
 
     def validate(self) -> None:
-        if not 2 <= self.batch_size <= 65536:
-            raise InputError(f"--batch-size must be between 2 and 65536, got {self.batch_size}")
+        if self.batch_size != "auto" and not (isinstance(self.batch_size, int) and 2 <= self.batch_size <= 65536):
+            raise InputError(f"--batch-size must be 'auto' or between 2 and 65536, got {self.batch_size}")
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError(f"--precision must be fp32 or bf16, got {self.precision!r}")
         if not 1 <= self.epochs <= 1000:
             raise InputError(f"--epochs must be between 1 and 1000, got {self.epochs}")
         if not 0 < self.learning_rate < 1:
@@ -72,6 +75,7 @@ class TrainResult:
     history: list[EpochStats]
     best_epoch: int
     resumed_from: int = 0
+    is_main: bool = True  # rank 0 of a torchrun job (or a single process): the one that writes and publishes
 
 
 def _device(choice: str, world: World) -> torch.device:
@@ -83,6 +87,19 @@ def _device(choice: str, world: World) -> torch.device:
         return torch.device(choice)
     except RuntimeError:
         raise InputError(f"--device {choice!r} is not a torch device (try cpu, cuda, cuda:1)") from None
+
+
+# --batch-size auto: examples per step and process. A GPU is starved below a few thousand (bench/train.py); the
+# CPU keeps the default. Adam's learning rate grows with the square root of the batch (from 512).
+AUTO_BATCH = {"cuda": 8192, "cpu": 512}
+
+
+def resolve_batch(options: TrainOptions, device: torch.device) -> tuple[int, float]:
+    """The batch size and learning rate a run uses on ``device``."""
+    if options.batch_size != "auto":
+        return int(options.batch_size), options.learning_rate
+    batch = AUTO_BATCH.get(device.type, 512)
+    return batch, options.learning_rate * (batch / 512) ** 0.5
 
 
 def _valid_targets(prepared: Prepared, max_users: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -98,14 +115,14 @@ def _valid_targets(prepared: Prepared, max_users: int) -> tuple[np.ndarray, list
     return users, [np.array(by_user[int(u)], dtype=np.int64) for u in users]
 
 
-def _run_key(options: TrainOptions, prepared: Prepared, cfg: TowerConfig) -> str:
+def _run_key(options: TrainOptions, prepared: Prepared, cfg: TowerConfig, world_size: int) -> str:
     import hashlib
 
     blob = json.dumps(
         # a run resumes only a checkpoint of identical options, epochs included (a finished 3-epoch run is not a
         # 2-epoch run, and the learning-rate schedule depends on the budget)
         {"opt": {k: str(v) for k, v in asdict(options).items() if k not in ("version", "update_db", "resume")},
-         "cfg": cfg.to_json(), "data": prepared.fingerprint},
+         "cfg": cfg.to_json(), "data": prepared.fingerprint, **({"world": world_size} if world_size > 1 else {})},
         sort_keys=True,
     )  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -144,18 +161,20 @@ def train(
         **tower,
     )
     tables = FeatureTables(prepared.features, device, cfg.history_tags, cfg.history_performers)
+    batch_size, learning_rate = resolve_batch(options, device)
     train_config = TrainConfig(
-        epochs=options.epochs, batch_size=options.batch_size, learning_rate=options.learning_rate,
+        epochs=options.epochs, batch_size=batch_size, learning_rate=learning_rate,
         seed=options.seed, patience=options.patience, lr_schedule=options.lr_schedule,
-        id_weight_decay=options.id_weight_decay,
+        id_weight_decay=options.id_weight_decay, precision=options.precision,
     )  # fmt: skip
-    run_dir = out_dir / ".checkpoints" / _run_key(options, prepared, cfg)
+    # a checkpoint resumes only with the same world size (the shards of an epoch depend on it)
+    run_dir = out_dir / ".checkpoints" / _run_key(options, prepared, cfg, world.size)
 
     # phase 1: train on the training period minus validation; early stopping picks the number of epochs
     trainer = Trainer(
         TwoTowerModel(cfg).to(device), tables,
         Histories(prepared.log, prepared.split.fit, len(prepared.catalog), hist_cfg),
-        train_config, valid=_valid_targets(prepared, train_config.max_valid_users), world=(world.rank, world.size),
+        train_config, valid=_valid_targets(prepared, train_config.max_valid_users), world=world,
     )  # fmt: skip
     if trainer.n_examples == 0:
         raise InputError("no training likes left after the temporal split: more swipes are needed")
@@ -173,7 +192,7 @@ def train(
         refit = Trainer(
             TwoTowerModel(cfg).to(device), tables,
             Histories(prepared.log, prepared.split.train, len(prepared.catalog), hist_cfg),
-            train_config, valid=None, world=(world.rank, world.size),
+            train_config, valid=None, world=world,
         )  # fmt: skip
         _restore(refit, run_dir / "refit", options.resume)
         if on_refit is not None:
@@ -182,7 +201,8 @@ def train(
         model = refit.model
     model.load_state_dict(best_state)
     model.eval()
-    version = options.version or time.strftime("%Y%m%d-%H%M%S") + f"-d{cfg.embedding_dim}"
+    # rank 0 names the version (clocks of different ranks can disagree), writes, and the others wait for it
+    version = world.broadcast_name(options.version or time.strftime("%Y%m%d-%H%M%S") + f"-d{cfg.embedding_dim}")
     directory = out_dir / version
     if world.is_main:
         directory.mkdir(parents=True, exist_ok=True)
@@ -202,6 +222,8 @@ def train(
                     "history": [asdict(h) for h in history],
                     "resumed_from_epoch": resumed,
                     "device": str(device),
+                    "batch_size_per_process": batch_size,
+                    "learning_rate": learning_rate,
                     "world_size": world.size,
                     "libraries": {"torch": torch.__version__, "numpy": np.__version__,
                                   "python": platform.python_version()},
@@ -209,8 +231,9 @@ def train(
                 indent=2,
             )
         )  # fmt: skip
+    world.barrier()
     world.close()
-    return TrainResult(version, directory, model, prepared, history, best_epoch, resumed)
+    return TrainResult(version, directory, model, prepared, history, best_epoch, resumed, world.is_main)
 
 
 def _restore(trainer: Trainer, directory: Path, resume: bool) -> int:
@@ -243,12 +266,14 @@ def _fit(
             break
         stats = trainer.train_epoch(epoch, on_batch)
         better = trainer.improved(stats)
+        if better:  # every rank holds the same weights and the same decision (improved() sees rank 0's figure)
+            best_state = copy.deepcopy(model.state_dict())
         if world.is_main:
             if better:
-                best_state = copy.deepcopy(model.state_dict())
                 ckpt_dir.mkdir(parents=True, exist_ok=True)
                 save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()}, str(best_path))
             save_checkpoint(trainer, ckpt_dir)
+        world.barrier()  # a checkpoint on disk is one every rank has reached
         if on_epoch is not None:
             on_epoch(stats, better)
         if world.agree_to_stop(trainer.should_stop()):

@@ -42,16 +42,19 @@ class FeatureTables:
     def user_inputs(self, batch: UserBatch, full_width: bool = False) -> tuple[Tensor, ...]:
         """The 13 inputs of ``TwoTowerModel.user_tower`` in order (``full_width``: every tag and performer, as
         the exported towers take them; the tower itself reads only the first few)."""
-        like_rows = torch.from_numpy(batch.like_rows).to(self.device)
-        nope_rows = torch.from_numpy(batch.nope_rows).to(self.device)
-        gather = self.items if full_width else self.history_items
-        return (
-            *gather(like_rows),
-            torch.from_numpy(batch.like_mask).to(self.device),
-            *gather(nope_rows),
-            torch.from_numpy(batch.nope_mask).to(self.device),
-            torch.from_numpy(batch.stats).to(self.device),
+        like_rows, like_mask, nope_rows, nope_mask, stats = (
+            torch.from_numpy(a).to(self.device)
+            for a in (batch.like_rows, batch.like_mask, batch.nope_rows, batch.nope_mask, batch.stats)
         )
+        return self.gather_user(like_rows, like_mask, nope_rows, nope_mask, stats, full_width=full_width)
+
+    def gather_user(
+        self, like_rows: Tensor, like_mask: Tensor, nope_rows: Tensor, nope_mask: Tensor, stats: Tensor,
+        full_width: bool = False,
+    ) -> tuple[Tensor, ...]:  # fmt: skip
+        """``user_inputs`` from rows and masks already on the device."""
+        gather = self.items if full_width else self.history_items
+        return (*gather(like_rows), like_mask, *gather(nope_rows), nope_mask, stats)
 
     @torch.no_grad()
     def embed_items(self, model: TwoTowerModel, batch_size: int = 8192) -> npt.NDArray[np.float32]:

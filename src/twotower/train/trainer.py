@@ -19,9 +19,11 @@ from twotower.features.examples import Histories
 from twotower.model.config import TowerConfig
 from twotower.model.loss import retrieval_loss
 from twotower.model.towers import TwoTowerModel
+from twotower.train.batches import DeviceHistories
+from twotower.train.distributed import World
 from twotower.train.tables import FeatureTables
 
-__all__ = ["EpochStats", "TrainConfig", "Trainer", "recall_at_k"]
+__all__ = ["EpochStats", "TrainConfig", "Trainer", "epoch_shard", "recall_at_k"]
 
 
 @dataclass
@@ -37,6 +39,7 @@ class TrainConfig:
     seed: int = 0
     patience: int = 5  # epochs without a better validation Recall@20 before stopping
     max_valid_users: int = 2000
+    precision: str = "fp32"  # or "bf16": autocast of both towers (the loss stays fp32)
 
 
 @dataclass
@@ -109,7 +112,7 @@ class Trainer:
         histories: Histories,
         config: TrainConfig,
         valid: tuple[npt.NDArray[np.int64], list[npt.NDArray[np.int64]]] | None = None,
-        world: tuple[int, int] = (0, 1),
+        world: World | None = None,
     ) -> None:
         self.model = model
         self.tables = tables
@@ -117,11 +120,13 @@ class Trainer:
         self.config = config
         self.cfg: TowerConfig = model.cfg
         self.valid = valid  # (users, their validation likes)
-        self.rank, self.world_size = world
+        self.world = world or World()
+        self.rank, self.world_size = self.world.rank, self.world.size
         self.device = tables.device
         self.optimizer = _optimizer(model, config)
         self.state = TrainState()
         self.train_model: torch.nn.Module = model  # the DDP wrapper when distributed
+        self.batches = DeviceHistories(histories, self.device)
         ex_users, ex_items, ex_p, ex_q = histories.examples()
         self.ex_users, self.ex_items, self.ex_p, self.ex_q = ex_users, ex_items, ex_p, ex_q
         counts = histories.item_counts(tables.n_items).astype(np.float64)
@@ -135,37 +140,39 @@ class Trainer:
         return int(self.ex_users.size)
 
     # -- one epoch ------------------------------------------------------------------------------------------
-    def _batch_loss(self, states: npt.NDArray[np.int64], rng: np.random.Generator) -> torch.Tensor:
-        """Loss of a batch of user states (history prefixes), each with ``targets_per_history`` positives."""
-        cfg = self.cfg
+    def _batch_loss(self, states: torch.Tensor, liked_total: int, gen: torch.Generator) -> torch.Tensor:
+        """Loss of a batch of user states (history prefixes), each with ``targets_per_history`` positives; built on
+        the device from the device-resident index (``liked_total``: the batch's liked pairs, counted on the host)."""
+        cfg, dev = self.cfg, self.batches
         k = self.targets_per_state
-        users, p = self.ex_users[states], self.ex_p[states]
+        users, p = dev.ex_users[states], dev.ex_p[states]
         if cfg.history == "profile":
-            batch = self.hist.batch(users)
-            targets = self.hist.hide_likes(users, k, rng, batch)
+            like_rows, like_mask, nope_rows, nope_mask, stats = dev.user_batch(users)
+            items, like_mask = dev.hide_likes(users, k, gen, like_mask)
         else:
-            batch = self.hist.batch(users, p, self.ex_q[states])
+            like_rows, like_mask, nope_rows, nope_mask, stats = dev.user_batch(users, p, dev.ex_q[states])
             if cfg.target_window > 1:
-                targets = self.hist.future_likes(np.repeat(users, k), np.repeat(p, k), cfg.target_window, rng)
+                items = dev.future_likes(users.repeat_interleave(k), p.repeat_interleave(k), cfg.target_window, gen)
             else:
-                targets = np.repeat(self.ex_items[states], k)
-        items = torch.from_numpy(targets).to(self.device)
-        user_in = self.tables.user_inputs(batch)
+                items = dev.ex_items[states].repeat_interleave(k)
+        user_in = self.tables.gather_user(like_rows, like_mask, nope_rows, nope_mask, stats)
         m = min(cfg.uniform_negatives, self.tables.n_items)
-        uniform_ids = torch.from_numpy(rng.integers(0, self.tables.n_items, m)).to(self.device)
+        uniform_ids = torch.randint(0, self.tables.n_items, (m,), generator=gen, device=self.device)
         parts = [items, uniform_ids]
         hard_mask = None
         if cfg.hard_negatives:
-            hard_rows, has = self.hist.sample_nopes(users, rng)
-            parts.append(torch.from_numpy(hard_rows).to(self.device))
-            hard_mask = torch.from_numpy(np.repeat(has, k)).to(self.device)
-        u, v = self.train_model(user_in, self.tables.items(torch.cat(parts)))
+            hard_rows, has = dev.sample_nopes(users, gen)
+            parts.append(hard_rows)
+            hard_mask = has.repeat_interleave(k)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
+            u, v = self.train_model(user_in, self.tables.items(torch.cat(parts)))
+        u, v = u.float(), v.float()
         b = items.shape[0]
         groups = None
-        liked = self._liked(users) if cfg.mask_likes else None
+        liked = dev.liked(users, liked_total) if cfg.mask_likes else None
         if k > 1:
             u = u.repeat_interleave(k, dim=0)
-            groups = torch.arange(len(states), device=self.device).repeat_interleave(k)
+            groups = torch.arange(states.shape[0], device=self.device).repeat_interleave(k)
             if liked is not None:  # row r becomes rows r*k .. r*k+k-1
                 offsets = torch.arange(k, device=self.device)
                 liked = ((liked[0][:, None] * k + offsets).reshape(-1), liked[1].repeat_interleave(k))
@@ -184,14 +191,6 @@ class Trainer:
             liked=liked,
         )
 
-    def _liked(self, users: npt.NDArray[np.int64]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(row, item)`` for every item each user of the batch liked in the rows the trainer sees."""
-        counts = self.hist.like_count[users]
-        rows = np.repeat(np.arange(users.size), counts)
-        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        cols = self.hist.like_items[np.repeat(self.hist.like_start[users], counts) + offsets]
-        return torch.from_numpy(rows).to(self.device), torch.from_numpy(cols.astype(np.int64)).to(self.device)
-
     @property
     def targets_per_state(self) -> int:
         sets = self.cfg.history == "profile" or self.cfg.target_window > 1
@@ -204,32 +203,44 @@ class Trainer:
     def train_epoch(self, epoch: int, progress: Callable[[int, float], None] | None = None) -> EpochStats:
         self.model.train()
         rng = np.random.default_rng([self.config.seed, epoch])
-        torch.manual_seed(self.config.seed * 100_003 + epoch)
         k = self.targets_per_state
-        # an epoch is as many positives as there are training likes: 1/k as many user states, k targets each
-        states = rng.permutation(self.n_examples)[: -(-self.n_examples // k)][self.rank :: self.world_size]
+        # an epoch is as many positives as there are training likes: 1/k as many user states, k targets each;
+        # every rank draws the same permutation and takes an equal shard of it (the same steps on every rank)
+        order = epoch_shard(rng.permutation(self.n_examples)[: -(-self.n_examples // k)], self.rank, self.world_size)
+        # ranks sample their negatives and dropout masks independently
+        torch.manual_seed(self.config.seed * 100_003 + epoch + 7919 * self.rank)
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(np.random.SeedSequence([self.config.seed, epoch, self.rank]).generate_state(1)[0]))
+        states = torch.from_numpy(order).to(self.device)  # the epoch's only host-to-device copy
         bs = max(1, self.config.batch_size // k)
-        start, total, steps, seen = time.perf_counter(), 0.0, 0, 0
-        n_batches = max(-(-states.size // bs), 1)
-        for i in range(0, states.size, bs):
-            ex = states[i : i + bs]
-            if ex.size * k < 2:
-                continue
-            seen += ex.size * k
+        starts = [i for i in range(0, order.size, bs) if min(bs, order.size - i) * k >= 2]
+        liked = [self.batches.liked_total(self.ex_users[order[i : i + bs]]) if self.cfg.mask_likes else 0
+                 for i in starts]  # fmt: skip
+        start, seen = time.perf_counter(), 0
+        total = torch.zeros((), device=self.device)
+        n_batches = max(-(-order.size // bs), 1)
+        last = float("nan")
+        for step, (i, n_liked) in enumerate(zip(starts, liked, strict=True), start=1):
             lr = scheduled_lr(self.config, epoch - 1 + (i // bs) / n_batches)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss = self._batch_loss(ex, rng)
+            loss = self._batch_loss(states[i : i + bs], n_liked, gen)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             self.optimizer.step()
-            total += float(loss.detach())
-            steps += 1
+            total += loss.detach()
+            n = min(bs, order.size - i) * k
+            seen += n
             if progress is not None:
-                progress(int(ex.size) * k, total / steps)
+                # reading the loss waits for the device: on an accelerator, only every 50 steps
+                if self.device.type == "cpu" or step % 50 == 0 or step == len(starts):
+                    last = float(total) / step
+                progress(n * self.world_size, last)
+        # one collective per epoch: the mean loss and the examples of all ranks; rank 0's validation figure
+        loss_sum, steps, seen_all = self.world.sum_floats([float(total), float(len(starts)), float(seen)])
         seconds = time.perf_counter() - start
-        recall = self.validate() if self.rank == 0 else float("nan")
-        stats = EpochStats(epoch, total / max(steps, 1), recall, seen, seconds, self.learning_rate)
+        [recall] = self.world.broadcast_floats([self.validate() if self.rank == 0 else float("nan")])
+        stats = EpochStats(epoch, loss_sum / max(steps, 1), recall, int(seen_all), seconds, self.learning_rate)
         self.state.history.append(stats)
         self.state.epoch = epoch
         return stats
@@ -258,9 +269,15 @@ class Trainer:
         ]
         return recall_at_k(scores, seen, targets)
 
+    @property
+    def validates(self) -> bool:
+        return self.valid is not None and self.valid[0].size > 0
+
     def improved(self, stats: EpochStats) -> bool:
-        """Record the epoch; True when it is the best so far on validation."""
-        if math.isnan(stats.valid_recall_at_20) or stats.valid_recall_at_20 > self.state.best_recall:
+        """Record the epoch; True when it is the best so far on validation. Without validation (the refit) the
+        latest epoch is the best; with it, a NaN figure (a diverged model) never is."""
+        recall = stats.valid_recall_at_20
+        if not self.validates or (not math.isnan(recall) and recall > self.state.best_recall):
             self.state.best_recall = stats.valid_recall_at_20
             self.state.best_epoch = stats.epoch
             return True
@@ -268,3 +285,13 @@ class Trainer:
 
     def should_stop(self) -> bool:
         return self.state.epoch - self.state.best_epoch >= self.config.patience
+
+
+def epoch_shard(order: npt.NDArray[np.int64], rank: int, world_size: int) -> npt.NDArray[np.int64]:
+    """Rank ``rank``'s share of the epoch ``order``: every rank gets exactly ``ceil(len / world_size)`` states
+    (the order is padded by wrapping around, as DistributedSampler does), so every rank runs the same number of
+    steps of the same sizes and no all-reduce waits for a rank that has finished its epoch."""
+    if world_size <= 1:
+        return order
+    per_rank = -(-order.size // world_size)
+    return np.resize(order, per_rank * world_size)[rank::world_size]
