@@ -112,6 +112,18 @@ def database_copy(pg_server: str, template: str | None) -> Iterator[str]:
         _drop_db(pg_server, name)
 
 
+@contextmanager
+def synth_database(pg_server: str, template: str, config: object) -> Iterator[str]:
+    """URL of a new migrated database filled by the synthetic generator with ``config``, dropped afterwards."""
+    from twotower.synth import SynthConfig, generate
+
+    assert isinstance(config, SynthConfig)
+    with database_copy(pg_server, template) as url:
+        with psycopg.connect(url) as conn, conn.transaction():
+            generate(conn, config)
+        yield url
+
+
 @pytest.fixture
 def db_url(pg_server: str, template_db: str) -> Iterator[str]:
     """URL of a fresh, migrated database for this test."""

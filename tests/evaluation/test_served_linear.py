@@ -13,29 +13,24 @@ from collections.abc import Iterator
 import numpy as np
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
-from tests.conftest import _create_db, _drop_db
+from tests.conftest import synth_database
 from twotower.evaluation import served_linear
 from twotower.evaluation.split import Split
 from twotower.features.catalog import load_catalog
 from twotower.features.decisions import load_decision_log
 from twotower.serve.linear import TagIndex
 from twotower.serve.recommend import _LINEAR_CANDIDATES
-from twotower.synth import SynthConfig, generate
+from twotower.synth import SynthConfig
 
 K = 60
 
 
 @pytest.fixture(scope="module")
 def conn(pg_server: str, template_db: str) -> Iterator[psycopg.Connection]:
-    name = _create_db(pg_server, template_db)
-    url = make_conninfo(pg_server, dbname=name)
-    with psycopg.connect(url) as c:
-        with c.transaction():
-            generate(c, SynthConfig(videos=800, users=120, decisions=16_000, seed=5, tastes=4))
+    config = SynthConfig(videos=800, users=120, decisions=16_000, seed=5, tastes=4)
+    with synth_database(pg_server, template_db, config) as url, psycopg.connect(url) as c:
         yield c
-    _drop_db(pg_server, name)
 
 
 def test_the_served_fallback_is_the_gated_linear_model(conn: psycopg.Connection) -> None:

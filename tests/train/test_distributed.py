@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
-from tests.conftest import _create_db, _drop_db
+from tests.conftest import synth_database
 from twotower.db import Database
 from twotower.features.examples import Histories
 from twotower.features.history import HistoryConfig
 from twotower.settings import Settings
-from twotower.synth import SynthConfig, generate
+from twotower.synth import SynthConfig
 from twotower.train.prepare import prepare
 from twotower.train.trainer import epoch_shard
 
@@ -37,12 +36,8 @@ TOLERANCE = 0.85  # 2 processes reach at least this share of the 1-process valid
 
 @pytest.fixture(scope="module")
 def ddp_url(pg_server: str, template_db: str) -> Iterator[str]:
-    name = _create_db(pg_server, template_db)
-    url = make_conninfo(pg_server, dbname=name)
-    with psycopg.connect(url) as conn, conn.transaction():
-        generate(conn, SYNTH)
-    yield url
-    _drop_db(pg_server, name)
+    with synth_database(pg_server, template_db, SYNTH) as url:
+        yield url
 
 
 def _run(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.CompletedProcess[str]:

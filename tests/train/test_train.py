@@ -9,18 +9,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 import torch
-from psycopg.conninfo import make_conninfo
 
-from tests.conftest import _create_db, _drop_db
+from tests.conftest import synth_database
 from twotower.db import Database
 from twotower.errors import InputError
 from twotower.evaluation import PopularityScorer, evaluate, served_linear
 from twotower.evaluation.scorers import RandomScorer
 from twotower.settings import Settings
-from twotower.synth import SynthConfig, generate
+from twotower.synth import SynthConfig
 from twotower.train.run import TrainOptions, train
 from twotower.train.scorer import TwoTowerScorer
 
@@ -29,12 +27,8 @@ SYNTH = SynthConfig(videos=3000, users=600, decisions=50_000, seed=7, tastes=8)
 
 @pytest.fixture(scope="module")
 def synth_url(pg_server: str, template_db: str) -> Iterator[str]:
-    name = _create_db(pg_server, template_db)
-    url = make_conninfo(pg_server, dbname=name)
-    with psycopg.connect(url) as conn, conn.transaction():
-        generate(conn, SYNTH)
-    yield url
-    _drop_db(pg_server, name)
+    with synth_database(pg_server, template_db, SYNTH) as url:
+        yield url
 
 
 @pytest.fixture

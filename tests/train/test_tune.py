@@ -11,13 +11,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
-from tests.conftest import _create_db, _drop_db
+from tests.conftest import synth_database
 from twotower.db import Database
 from twotower.errors import InputError
 from twotower.settings import Settings
-from twotower.synth import SynthConfig, generate
+from twotower.synth import SynthConfig
 from twotower.train.config_file import read_config
 from twotower.train.tune import TuneOptions, tune
 
@@ -26,12 +25,8 @@ SMALL = SynthConfig(videos=600, users=200, decisions=12_000, seed=3, tastes=4)
 
 @pytest.fixture(scope="module")
 def small_url(pg_server: str, template_db: str) -> Iterator[str]:
-    name = _create_db(pg_server, template_db)
-    url = make_conninfo(pg_server, dbname=name)
-    with psycopg.connect(url) as conn, conn.transaction():
-        generate(conn, SMALL)
-    yield url
-    _drop_db(pg_server, name)
+    with synth_database(pg_server, template_db, SMALL) as url:
+        yield url
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
