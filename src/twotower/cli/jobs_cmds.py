@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -26,6 +28,13 @@ def batch_update(
         show_default=False,
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
+    nice: int = typer.Option(
+        10,
+        "--nice",
+        min=0,
+        max=19,
+        help="Lower this worker's CPU priority by this much: on a machine shared with the API, requests come first.",
+    ),
 ) -> None:
     """(Re)embed videos and users for a model version in checkpointed chunks. Run it on several machines at once
     to share the work; a killed run started again resumes where it stopped."""
@@ -34,6 +43,8 @@ def batch_update(
     from twotower.registry.store import open_store
 
     settings = get_settings()
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)  # the towers' work (ONNX Runtime) yields the CPU to the API's requests
     options = BatchOptions(
         version=model_version, videos=videos, users=users, chunk_size=chunk_size, max_rate=max_rate,
         retries=retries, cache_dir=settings.model_cache_dir, shadow=shadow,
