@@ -37,7 +37,7 @@ from twotower.pipeline.deploy import (
     deploy,
 )
 from twotower.registry import ArtifactError, LocalStore, S3Store
-from twotower.registry.versions import NOTIFY_CHANNEL, RollbackRefused, hnsw_index_name, rollback
+from twotower.registry.versions import NOTIFY_CHANNEL, RollbackRefused, hnsw_index_name, process_actor, rollback
 from twotower.settings import Settings
 from twotower.synth import SynthConfig
 from twotower.train.run import TrainOptions, train
@@ -151,9 +151,11 @@ def test_deploy_promote_rollback(db: Database, url: str, models: dict[str, Path]
         took = time.perf_counter() - started
         after = conn.execute("SELECT count(*), max(created_at) FROM video_embeddings").fetchone()
         history = conn.execute("SELECT version, previous_version, action FROM model_deployments ORDER BY id").fetchall()
+        actors = {r[0] for r in conn.execute("SELECT actor FROM model_deployments")}
     assert (active, previous) == ("a", "b") and took < 1.0
     assert before == after  # nothing recomputed: both generations were there all along
     assert history == [("a", None, "promote"), ("b", "a", "promote"), ("a", "b", "rollback")]
+    assert actors == {process_actor()} and "@" in process_actor()  # who: this process's user@host
     _intact(url, "a")
     with psycopg.connect(url) as conn:
         assert rollback(conn, "b") == ("b", "a")

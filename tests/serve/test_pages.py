@@ -159,7 +159,8 @@ def test_console_rolls_back_and_back_and_looks_up(with_try: Served, page: Any) -
         page.wait_for_selector(f"#versions-message:has-text('Active: {after} (was {before})')")
         assert _active(with_try) == after
     assert page.locator("#deployments-list tbody tr").count() == deployments + 2
-    assert page.locator("#deployments-list tbody tr").first.inner_text().split("\t")[1:3] == ["rollback", "b"]
+    latest = page.locator("#deployments-list tbody tr").first.inner_text().split("\t")
+    assert latest[1:3] == ["rollback", "b"] and latest[-1] == "console:service_role", latest  # who, recorded
 
     page.fill("#user-id", str(user))
     page.click("#user-form button")

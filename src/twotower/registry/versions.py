@@ -7,7 +7,10 @@ the servers; they never touch embeddings, so they take milliseconds.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -90,7 +93,16 @@ def active_version(conn: psycopg.Connection[Any]) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _switch(conn: psycopg.Connection[Any], version: str, action: str) -> str | None:
+def process_actor() -> str:
+    """``user@host`` of this process: who a command-line deploy or rollback was."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (containers)
+        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _switch(conn: psycopg.Connection[Any], version: str, action: str, actor: str | None) -> str | None:
     """Make ``version`` active in one transaction (caller's), retire the old one, record it, notify."""
     locks.xact_lock(conn, _SWITCH_LOCK)
     row = conn.execute("SELECT status FROM model_versions WHERE version = %s FOR UPDATE", (version,)).fetchone()
@@ -109,8 +121,8 @@ def _switch(conn: psycopg.Connection[Any], version: str, action: str) -> str | N
         (version,),
     )
     conn.execute(
-        "INSERT INTO model_deployments (version, previous_version, action) VALUES (%s, %s, %s)",
-        (version, previous, action),
+        "INSERT INTO model_deployments (version, previous_version, action, actor) VALUES (%s, %s, %s, %s)",
+        (version, previous, action, actor or process_actor()),
     )
     conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, version))  # delivered at commit
     return previous
@@ -128,13 +140,16 @@ def _not_switchable(version: str, status: str) -> str:
     return f"version {version} is {status}: only a version with a complete embedding generation can be activated"
 
 
-def promote(conn: psycopg.Connection[Any], version: str) -> str | None:
-    """Activate a freshly built version; returns the version it replaced."""
+def promote(conn: psycopg.Connection[Any], version: str, actor: str | None = None) -> str | None:
+    """Activate a freshly built version; returns the version it replaced. ``actor``: who (default: this
+    process's ``user@host``)."""
     with conn.transaction():
-        return _switch(conn, version, "promote")
+        return _switch(conn, version, "promote", actor)
 
 
-def rollback(conn: psycopg.Connection[Any], version: str | None = None) -> tuple[str, str | None]:
+def rollback(
+    conn: psycopg.Connection[Any], version: str | None = None, actor: str | None = None
+) -> tuple[str, str | None]:  # fmt: skip
     """Activate ``version`` (default: the most recently retired one that still has its generation).
 
     Returns ``(now_active, previously_active)``. No embedding is recomputed.
@@ -157,7 +172,7 @@ def rollback(conn: psycopg.Connection[Any], version: str | None = None) -> tuple
             version = str(row[0])
         elif active_version(conn) == version:
             raise InputError(f"version {version} is already active")
-        previous = _switch(conn, version, "rollback")
+        previous = _switch(conn, version, "rollback", actor)
     return version, previous
 
 

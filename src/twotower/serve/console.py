@@ -33,7 +33,7 @@ def versions(service: Service) -> dict[str, Any]:
     def work(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         found = list_versions(conn)
         with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute("SELECT id, version, previous_version, action, created_at FROM model_deployments "
+            cur.execute("SELECT id, version, previous_version, action, actor, created_at FROM model_deployments "
                         "ORDER BY created_at DESC, id DESC LIMIT 50")  # fmt: skip
             history = cur.fetchall()
         active = next((v.version for v in found if v.status == "active"), None)
@@ -53,10 +53,10 @@ def versions(service: Service) -> dict[str, Any]:
     return service.run(work)
 
 
-def roll_back(service: Service, version: str | None) -> dict[str, Any]:
-    """Activate ``version`` (default: the last retired one), then load it in this process at once (the other
-    processes hear it through LISTEN/NOTIFY)."""
-    now, previous = service.run(lambda conn: rollback(conn, version))
+def roll_back(service: Service, version: str | None, actor: str) -> dict[str, Any]:
+    """Activate ``version`` (default: the last retired one), recorded as done by ``actor``, then load it in this
+    process at once (the other processes hear it through LISTEN/NOTIFY)."""
+    now, previous = service.run(lambda conn: rollback(conn, version, actor=actor))
     if service.holder is not None:
         service.holder.refresh(force=True)
     return {"active": now, "previous": previous, "serving": service.model.version if service.model else None}

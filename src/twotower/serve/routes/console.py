@@ -39,9 +39,9 @@ def versions(_: Admin, service: ServiceDep) -> dict[str, Any]:
 @router.post("/v1/admin/rollback")
 def rollback(body: RollbackIn, caller: Admin, service: ServiceDep) -> dict[str, Any]:
     """Activate a retired version (default: the last one) and load it now; 409 when none can be (service role)."""
-    done = console.roll_back(service, body.version)
-    # who: the deployments table records what and when; the caller goes to the log
-    log.warning("rollback to %s (was %s) by %s", done["active"], done["previous"], caller.user_id or caller.role)
+    actor = f"console:{caller.user_id or caller.role}"  # recorded with the switch (model_deployments.actor)
+    done = console.roll_back(service, body.version, actor)
+    log.warning("rollback to %s (was %s) by %s", done["active"], done["previous"], actor)
     return done
 
 

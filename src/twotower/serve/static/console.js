@@ -71,7 +71,7 @@
     ], data.versions, { id: "versions-list" }));
     fill("deployments-table", table([
       ["when", (d) => when(d.created_at)], ["action", (d) => d.action], ["version", (d) => d.version],
-      ["previous", (d) => d.previous_version],
+      ["previous", (d) => d.previous_version], ["who", (d) => d.actor || "-"],
     ], data.deployments, { id: "deployments-list" }));
     return data;
   }
