@@ -105,7 +105,6 @@ def evaluate(
     train = train_likes_matrix(split, n)
     test = test_likes_matrix(split, n, train)
     warm_item = np.diff(train.tocsc().indptr) > 0
-    warm_index = np.flatnonzero(warm_item)
     n_train = np.diff(train.indptr)
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     exact = n <= exact_auc_max_items
@@ -132,8 +131,7 @@ def evaluate(
                 scores[:, warm_item] = -np.inf
                 top = top_k(scores, ks[-1])
                 rankable = np.isfinite(np.take_along_axis(scores, top, axis=1))
-                without_warm = [np.union1d(e, warm_index) for e in excluded]
-                auc = auc_per_target(scores, tgt.indptr, tgt.indices, without_warm, negatives, ub, seed)
+                auc = auc_per_target(scores, tgt.indptr, tgt.indices, excluded, negatives, ub, seed, warm_item)
             values = _batch_metrics(scores, top, tgt, warm_item, kind, ks, auc)
             per_user[kind].append(values)
             has = ~np.isnan(values["mrr"])

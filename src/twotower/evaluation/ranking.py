@@ -86,42 +86,53 @@ def auc_per_target(
     negatives: int | None,
     seeds: npt.NDArray[np.integer],
     seed: int,
+    blocked: npt.NDArray[np.bool_] | None = None,
 ) -> npt.NDArray[np.float64]:
     """Per target: P(target scores above a negative), ties count one half.
 
     Row ``r``'s targets are ``targets[indptr[r]:indptr[r+1]]`` (sorted); its negatives are every item that
-    is neither excluded nor a target. ``negatives=None``: all of them (exact). Otherwise that many are drawn
-    uniformly with replacement from a generator seeded by ``(seed, seeds[r])``, so the sample of a user does
-    not depend on the batch they land in. NaN where a row has no negatives.
+    is neither excluded, nor blocked (``blocked[i]``: item ``i`` is no negative for any row), nor a target.
+    ``negatives=None``: all of them (exact). Otherwise that many are drawn uniformly with replacement from a
+    generator seeded by ``(seed, seeds[r])``, so the sample of a user does not depend on the batch they land in.
+    NaN where a row has no negatives.
     """
     b, n = scores.shape
     out = np.full(targets.size, np.nan)
+    n_blocked = int(np.count_nonzero(blocked)) if blocked is not None else 0
     for r in range(b):
         lo, hi = int(indptr[r]), int(indptr[r + 1])
         if lo == hi:
             continue
         pos = targets[lo:hi]
         forbidden = np.union1d(excluded[r], pos)
-        if forbidden.size >= n:
+        also_blocked = int(np.count_nonzero(blocked[forbidden])) if blocked is not None else 0
+        if forbidden.size + n_blocked - also_blocked >= n:
             continue
         row = scores[r]
         if negatives is None:
-            keep = np.ones(n, dtype=bool)
+            keep = ~blocked if blocked is not None else np.ones(n, dtype=bool)
             keep[forbidden] = False
             neg = np.sort(row[keep])
         else:
             rng = np.random.default_rng((seed, int(seeds[r])))
             drawn = rng.integers(0, n, size=negatives)
-            bad = _member(drawn, forbidden)
+            bad = _not_negative(drawn, forbidden, blocked)
             while bad.any():  # resample the few that hit a liked item; the candidate set is non-empty
                 drawn[bad] = rng.integers(0, n, size=int(bad.sum()))
-                bad = _member(drawn, forbidden)
+                bad = _not_negative(drawn, forbidden, blocked)
             neg = np.sort(row[drawn])
         value = row[pos]
         below = np.searchsorted(neg, value, side="left")
         not_above = np.searchsorted(neg, value, side="right")
         out[lo:hi] = (below + 0.5 * (not_above - below)) / neg.size
     return out
+
+
+def _not_negative(
+    drawn: Index, forbidden: npt.NDArray[np.integer], blocked: npt.NDArray[np.bool_] | None
+) -> npt.NDArray[np.bool_]:
+    bad = _member(drawn, forbidden)
+    return bad | blocked[drawn] if blocked is not None else bad
 
 
 def _member(values: npt.NDArray[np.integer], sorted_set: npt.NDArray[np.integer]) -> npt.NDArray[np.bool_]:

@@ -59,14 +59,22 @@ class Scorer(Protocol):
         ...
 
 
-def train_likes_matrix(split: Split, n_items: int) -> sp.csr_matrix:
-    """Binary ``[n_users, n_items]`` CSR of the training likes (what ranking excludes and models learn)."""
+def train_likes_matrix(split: Split, n_items: int, recent: int | None = None) -> sp.csr_matrix:
+    """Binary ``[n_users, n_items]`` CSR of the training likes (what ranking excludes and models learn); with
+    ``recent``, only each user's ``recent`` latest ones (the log is sorted by user, then time)."""
     log = split.log
-    rows = split.train & log.like
-    if rows.any() and int(log.item[rows].max()) >= n_items:
-        raise InputError(f"the decision log has item index {int(log.item[rows].max())}, catalog has {n_items} items")
-    data = np.ones(int(rows.sum()), dtype=np.float32)
-    x = sp.csr_matrix((data, (log.user[rows], log.item[rows])), shape=(log.n_users, n_items))
+    idx = np.flatnonzero(split.train & log.like)
+    if idx.size and int(log.item[idx].max()) >= n_items:
+        raise InputError(f"the decision log has item index {int(log.item[idx].max())}, catalog has {n_items} items")
+    if recent is not None:
+        users = log.user[idx]
+        # likes from this one to the user's last, this one included
+        after = np.bincount(users, minlength=log.n_users)[users] - (
+            np.arange(idx.size) - np.searchsorted(users, users, side="left")
+        )
+        idx = idx[after <= recent]
+    data = np.ones(idx.size, dtype=np.float32)
+    x = sp.csr_matrix((data, (log.user[idx], log.item[idx])), shape=(log.n_users, n_items))
     x.sum_duplicates()
     x.data[:] = 1.0  # a video liked twice is still one like
     return x
@@ -174,7 +182,7 @@ class LinearScorer(_Fitted):
         likes = train_likes_matrix(split, self.n_items)
         self._likes = likes
         if self.recent_likes is not None:
-            likes = _recent_likes(split, self.n_items, self.recent_likes)
+            likes = train_likes_matrix(split, self.n_items, self.recent_likes)
         counts = np.asarray(likes.sum(axis=1), dtype=np.float64).ravel()
         inv = np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0)
         self._mean = sp.diags(inv.astype(np.float32)).tocsr() @ likes  # row-normalised: one row = one mean
@@ -246,24 +254,6 @@ def served_linear(tags: Sequence[Sequence[str]], name: str = "linear") -> Linear
     return LinearScorer(
         tag_matrix(tags), name, profile_features=tag_matrix(tags, normalised=False), recent_likes=SERVED_RECENT_LIKES
     )
-
-
-def _recent_likes(split: Split, n_items: int, keep: int) -> sp.csr_matrix:
-    """Like ``train_likes_matrix``, but only each user's ``keep`` most recent training likes (the log is sorted
-    by user, then time)."""
-    log = split.log
-    idx = np.flatnonzero(split.train & log.like)
-    users = log.user[idx]
-    after = np.bincount(users, minlength=log.n_users)[users] - (
-        np.arange(idx.size) - np.searchsorted(users, users, side="left")
-    )  # likes from this one to the user's last, this one included
-    idx = idx[after <= keep]
-    x = sp.csr_matrix(
-        (np.ones(idx.size, dtype=np.float32), (log.user[idx], log.item[idx])), shape=(log.n_users, n_items)
-    )
-    x.sum_duplicates()
-    x.data[:] = 1.0
-    return x
 
 
 def tag_matrix(tags: Sequence[Sequence[str]], *, normalised: bool = True) -> sp.csr_matrix:
