@@ -14,6 +14,7 @@ from pgvector.psycopg import register_vector
 
 from tests.jobs.conftest import VIDEOS
 from twotower.db import Database
+from twotower.db.priority import Priority
 from twotower.embeddings.generation import update_embeddings
 from twotower.jobs import BatchOptions, run_batch
 from twotower.registry import LocalStore
@@ -74,6 +75,7 @@ def test_bulk_reembed_builds_and_switches_a_shadow_generation(url: str, deployed
     towers = _vectors(url)
     _move_every_vector(url)
     with Database.open(Settings(database_url=url, data_dir=deployed), migrate=False) as db:
+        db.lower_priority(Priority(idle=True))  # as `batch-update` runs it: its database sessions yield the CPU
         store = LocalStore(deployed / "store")
         result = run_batch(db, store, _options(deployed))
         with psycopg.connect(url) as conn:

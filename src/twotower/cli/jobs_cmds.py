@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from twotower.cli.console import err, open_db, out
+from twotower.db.priority import Priority
 from twotower.settings import get_settings
 
 
@@ -28,12 +27,12 @@ def batch_update(
         show_default=False,
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
-    nice: int = typer.Option(
-        10,
+    nice: str = typer.Option(
+        "idle",
         "--nice",
-        min=0,
-        max=19,
-        help="Lower this worker's CPU priority by this much: on a machine shared with the API, requests come first.",
+        help="CPU priority of this worker and, when the database runs on this machine, of its database processes: "
+        "a nice value 0-19 (0: unchanged), or 'idle' (Linux: only CPU time nothing else wants). On a machine shared "
+        "with the API, requests come first.",
     ),
 ) -> None:
     """(Re)embed videos and users for a model version in checkpointed chunks. Run it on several machines at once
@@ -43,13 +42,17 @@ def batch_update(
     from twotower.registry.store import open_store
 
     settings = get_settings()
-    if nice and hasattr(os, "nice"):
-        os.nice(nice)  # the towers' work (ONNX Runtime) yields the CPU to the API's requests
+    try:
+        priority = Priority.parse(nice)
+    except ValueError:
+        raise typer.BadParameter(f"expected 'idle' or a nice value 0-19, got {nice!r}", param_hint="--nice") from None
     options = BatchOptions(
         version=model_version, videos=videos, users=users, chunk_size=chunk_size, max_rate=max_rate,
         retries=retries, cache_dir=settings.model_cache_dir, shadow=shadow,
     )  # fmt: skip
     with open_db() as db:
+        priority.apply()  # this worker (the towers' ONNX Runtime threads start after this)
+        db.lower_priority(priority)  # and its database sessions, when the database runs here
         plan = plan_batch(db, options)
         chunks = ", ".join(f"{n:,} {target} chunk(s)" for target, n in plan.chunks.items())
         resume = f"; resumes job {plan.job_id} ({plan.done_chunks:,} chunk(s) done)" if plan.job_id else ""

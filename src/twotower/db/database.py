@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff  # the pool's reconnection schedule (see _Attempt)
 
 from twotower.db.embedded import EmbeddedServer
+from twotower.db.priority import Priority, SessionLowering
 from twotower.errors import ConfigError, DatabaseUnavailable
 from twotower.settings import Settings
 
@@ -94,6 +95,7 @@ class Database:
         self._unsupported: set[str] = set()  # session settings the server refused (logged once)
         self.session: dict[str, str] = {}  # settings applied to every pooled connection (set before first use)
         self.autocommit = False  # pooled connections in autocommit mode (set before first use)
+        self.lowering: SessionLowering | None = None  # background work: see ``lower_priority``
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     @classmethod
@@ -136,7 +138,16 @@ class Database:
             raise _invalid_url(conninfo, exc) from None
         return conninfo
 
+    def lower_priority(self, priority: Priority) -> None:
+        """Run the database's processes that serve this store's connections from now on at ``priority``, when the
+        database is on this machine (a batch job on a machine that also serves: see ``db.priority``; the job's own
+        process is lowered with ``priority.apply()``)."""
+        if priority.lowered:
+            self.lowering = SessionLowering(self.conninfo, priority, self._connect_kwargs())
+
     def close(self) -> None:
+        if self.lowering is not None:
+            self.lowering.close()
         self._closed = True  # a late user must not open a new pool that nobody closes
         if self._pool is not None:
             self._pool.close()
@@ -163,8 +174,9 @@ class Database:
             pass
 
     @contextmanager
-    def direct(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
-        """A dedicated connection outside the pool (migrations, COPY-heavy imports, LISTEN)."""
+    def direct(self, *, autocommit: bool = False, lowered: bool = True) -> Iterator[psycopg.Connection[Any]]:
+        """A dedicated connection outside the pool (migrations, COPY-heavy imports, LISTEN). ``lowered=False``: at
+        the server's priority even after ``lower_priority`` (short transactions that take locks requests wait on)."""
         try:
             conn = psycopg.connect(self.conninfo, autocommit=autocommit, **self._connect_kwargs())
         except psycopg.OperationalError as exc:
@@ -175,6 +187,8 @@ class Database:
             raise _invalid_url(self.conninfo, exc) from None
         try:
             _configure(conn)
+            if self.lowering is not None and lowered:
+                self.lowering.session(conn)
             yield conn
         finally:
             conn.close()
@@ -199,6 +213,8 @@ class Database:
 
     def _configure_pooled(self, conn: psycopg.Connection[Any]) -> None:
         _configure(conn)
+        if self.lowering is not None:
+            self.lowering.session(conn)
         for name, value in self.session.items():
             try:
                 conn.execute("SELECT set_config(%s, %s, false)", (name, value))

@@ -195,12 +195,16 @@ def _switch(conn: psycopg.Connection[Any], table: str, version: str, name: str, 
 
 
 def finish(
-    conn: psycopg.Connection[Any], table: str, version: str, name: str, dim: int | None, since: Any
+    conn: psycopg.Connection[Any], table: str, version: str, name: str, dim: int | None, since: Any,
+    urgent: psycopg.Connection[Any] | None = None,
 ) -> bool:  # fmt: skip
     """Index, switch in and tidy up after the loaded table ``name`` (autocommit ``conn``): True when it serves.
 
     ``dim``: the generation's HNSW index is built (video embeddings). ``since``: when the job started (rows the
-    live writers wrote from then on are carried over). Idempotent, see the module docstring."""
+    live writers wrote from then on are carried over). ``urgent`` (autocommit, default ``conn``): the connection
+    of the switch and of the old table's drop, the transactions that hold locks requests wait on. Idempotent, see
+    the module docstring."""
+    urgent = urgent or conn
     if not _exists(conn, name):
         return False  # dropped meanwhile (the generation was)
     first = False
@@ -209,14 +213,14 @@ def finish(
         _carry_over(conn, table, version, name, since)  # the bulk of it, before the index build and without locks
         _prepare(conn, table, version, name, dim)
         started = time.perf_counter()
-        old = _switch(conn, table, version, name, dim is not None, marked[0] if marked else since)
+        old = _switch(urgent, table, version, name, dim is not None, marked[0] if marked else since)
         first = old == table
         log.info("%s: switched in for %s in %.3fs (was %s)", name, version, time.perf_counter() - started, old)
     for attempt in range(SWITCH_TRIES):  # a request planned before the switch may still read the old table
         try:
-            with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-                for dropped in drop_children(conn, version, keep=name, tables=(table,)):
+            with urgent.transaction():
+                urgent.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                for dropped in drop_children(urgent, version, keep=name, tables=(table,)):
                     log.info("%s: the old rows of %s dropped", dropped, version)
             break
         except psycopg.errors.LockNotAvailable:

@@ -209,7 +209,8 @@ def run_batch(
                 on_chunk(int(done[0]) if done else 0, total, n)
             if options.max_rate > 0 and n > 0:  # the throttle: keep this worker under max_rate rows/s
                 time.sleep(max(0.0, n / options.max_rate - took))
-        result.status = finish_job(conn, job_id, options.version)
+        with db.direct(autocommit=True, lowered=False) as urgent:  # the switch: see finish_job
+            result.status = finish_job(conn, job_id, options.version, urgent)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -1,0 +1,46 @@
+"""The model holder: a loaded model stays out of the garbage collector's full passes, and a replaced one is freed."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from pathlib import Path
+
+import psycopg
+
+from tests.serve.conftest import Served
+from twotower.db import Database
+from twotower.registry.store import LocalStore
+from twotower.registry.versions import rollback
+from twotower.serve.runtime import ModelHolder
+
+
+def _tracked_ids(model: object) -> int:
+    """How many of the id objects of this model's item table a full collection would walk."""
+    ids = {id(v) for v in model.items.row}  # type: ignore[attr-defined]
+    return sum(1 for o in gc.get_objects() if id(o) in ids)
+
+
+def test_a_loaded_model_is_frozen_and_a_replaced_one_is_freed(served: Served, tmp_path: Path) -> None:
+    with Database.open(served.settings, migrate=False) as db:
+        holder = ModelHolder(db, LocalStore(served.store), tmp_path / "models", poll_seconds=600.0)
+        assert holder.refresh() is True
+        first = holder.current
+        assert first is not None and first.version == "b" and len(first.items.row) == 1000
+        # a full collection no longer walks the model's 1,000 id objects (nor anything else loaded so far)
+        assert gc.get_freeze_count() > 0
+        assert _tracked_ids(first) == 0
+        gone = weakref.ref(first)
+        gone_items = weakref.ref(first.items)
+        del first
+        try:
+            with psycopg.connect(served.db_url) as conn:
+                assert rollback(conn, "a") == ("a", "b")
+            assert holder.refresh() is True
+            assert holder.current is not None and holder.current.version == "a"
+            # frozen objects are still freed by reference counting: the replaced model is gone without a collection
+            assert gone() is None and gone_items() is None
+            assert _tracked_ids(holder.current) == 0
+        finally:
+            with psycopg.connect(served.db_url) as conn:
+                rollback(conn, "b")
