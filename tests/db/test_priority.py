@@ -81,3 +81,30 @@ def test_a_nice_value_lowers_without_raising(settings: Settings) -> None:
             assert Priority(nice=3).apply(pid)  # never raises a priority: still 7
             assert os.getpriority(os.PRIO_PROCESS, pid) == 7
     assert not Priority(nice=5).apply(2**22 + 1)  # no such process: refused, not raised
+
+
+_EVERY_THREAD = """
+import os, sys, threading
+import numpy  # OpenBLAS starts its threads here: before the priority is applied
+from twotower.db.priority import Priority
+
+stop = threading.Event()
+early = threading.Thread(target=stop.wait)
+early.start()
+assert len(os.listdir("/proc/self/task")) >= 2
+assert Priority(idle=True).apply()
+late = threading.Thread(target=stop.wait)  # created after: inherits it
+late.start()
+print(sorted({os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")}))
+stop.set()
+"""
+
+
+def test_a_process_is_lowered_with_every_thread_it_has() -> None:
+    # a priority belongs to a thread on Linux: the threads that existed before (the old os.nice() of the worker
+    # left OpenBLAS's pool at full priority) are lowered too; in a child, not to lower the test run itself
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _EVERY_THREAD], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"[{os.SCHED_IDLE}]", done.stdout

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,9 @@ from pgvector.psycopg import register_vector
 
 from tests.jobs.conftest import VIDEOS
 from twotower.db import Database
-from twotower.db.priority import Priority
+from twotower.db.priority import BACKGROUND, Priority, serving_clients
 from twotower.embeddings.generation import update_embeddings
+from twotower.embeddings.shadow import BUILD_WORKERS, TRAFFIC, _build_workers
 from twotower.jobs import BatchOptions, run_batch
 from twotower.registry import LocalStore
 from twotower.registry.generations import child_prefix
@@ -264,3 +267,33 @@ def test_live_writes_during_the_job_survive_the_switch(url: str, deployed: Path)
     assert len(after) == VIDEOS + 1 and live["created"] in after
     assert np.allclose(after[live["loaded"]], marker[0], atol=1e-6)  # the sync's write is newer than the chunk's
     assert _state(url)["children"] == [f"{child_prefix('video_embeddings', 'v')}{result.job_id}"]
+
+
+def test_a_gentle_job_builds_its_index_with_one_process_while_the_database_serves(url: str) -> None:
+    stop = threading.Event()
+
+    def client(name: str) -> None:  # a session running a statement every 5 ms
+        with psycopg.connect(url, autocommit=True, application_name=name) as other:
+            while not stop.is_set():
+                other.execute("SELECT 1")
+                time.sleep(0.005)
+
+    def running(*names: str) -> list[threading.Thread]:
+        threads = [threading.Thread(target=client, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        return threads
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert _build_workers(conn, gentle=False) == BUILD_WORKERS  # no sampling: the machine is the job's
+        assert serving_clients(conn) == 0 and _build_workers(conn, gentle=True) == BUILD_WORKERS
+        threads = running(BACKGROUND, BACKGROUND)  # other workers of the job (or another job) are not traffic
+        try:
+            assert serving_clients(conn) == 0 and _build_workers(conn, gentle=True) == BUILD_WORKERS
+            threads += running("twotower", "twotower")  # a server's pool at work
+            assert serving_clients(conn) == 2 >= TRAFFIC and _build_workers(conn, gentle=True) == 0
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()

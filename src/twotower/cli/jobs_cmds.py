@@ -48,7 +48,7 @@ def batch_update(
         raise typer.BadParameter(f"expected 'idle' or a nice value 0-19, got {nice!r}", param_hint="--nice") from None
     options = BatchOptions(
         version=model_version, videos=videos, users=users, chunk_size=chunk_size, max_rate=max_rate,
-        retries=retries, cache_dir=settings.model_cache_dir, shadow=shadow,
+        retries=retries, cache_dir=settings.model_cache_dir, shadow=shadow, gentle=priority.lowered,
     )  # fmt: skip
     with open_db() as db:
         priority.apply()  # this worker (the towers' ONNX Runtime threads start after this)

@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff  # the pool's reconnection schedule (see _Attempt)
 
 from twotower.db.embedded import EmbeddedServer
-from twotower.db.priority import Priority, SessionLowering
+from twotower.db.priority import BACKGROUND, Priority, SessionLowering
 from twotower.errors import ConfigError, DatabaseUnavailable
 from twotower.settings import Settings
 
@@ -96,6 +96,7 @@ class Database:
         self.session: dict[str, str] = {}  # settings applied to every pooled connection (set before first use)
         self.autocommit = False  # pooled connections in autocommit mode (set before first use)
         self.lowering: SessionLowering | None = None  # background work: see ``lower_priority``
+        self.application_name = "twotower"  # "twotower background" after ``lower_priority``
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     @classmethod
@@ -143,6 +144,7 @@ class Database:
         database is on this machine (a batch job on a machine that also serves: see ``db.priority``; the job's own
         process is lowered with ``priority.apply()``)."""
         if priority.lowered:
+            self.application_name = BACKGROUND  # what ``pg_stat_activity`` tells apart from the requests
             self.lowering = SessionLowering(self.conninfo, priority, self._connect_kwargs())
 
     def close(self) -> None:
@@ -165,7 +167,7 @@ class Database:
     def _connect_kwargs(self) -> dict[str, Any]:
         return {
             "connect_timeout": max(1, round(self.settings.db_connect_timeout)),
-            "application_name": "twotower",
+            "application_name": self.application_name,
         }
 
     def check(self) -> None:

@@ -21,16 +21,18 @@ import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-__all__ = ["Priority", "SessionLowering"]
+__all__ = ["BACKGROUND", "Priority", "SessionLowering", "serving_clients"]
 
 log = logging.getLogger(__name__)
 
 _LINUX = sys.platform.startswith("linux")
+BACKGROUND = "twotower background"  # the application_name of a lowered store's connections
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,20 @@ class Priority:
         return self.idle or self.nice > 0
 
     def apply(self, pid: int = 0) -> bool:
-        """Lower process ``pid`` (0: this one); False when not allowed or the process is gone. Never raises."""
+        """Lower process ``pid`` (0: this one, every thread of it); False when not allowed or the process is gone.
+        Never raises.
+
+        On Linux a priority belongs to a thread, and a thread inherits it only when it is created: the threads
+        that exist already (OpenBLAS starts its pool when numpy is imported) are lowered one by one."""
+        if pid == 0 and _LINUX:
+            try:
+                threads = [int(t) for t in os.listdir("/proc/self/task")]
+            except OSError:
+                threads = []
+            return all([self._apply(t) for t in threads]) if threads else self._apply(0)
+        return self._apply(pid)
+
+    def _apply(self, pid: int) -> bool:
         try:
             if self.idle and _LINUX:
                 os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
@@ -147,3 +162,23 @@ class SessionLowering:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def serving_clients(conn: psycopg.Connection[Any], samples: int = 3, interval: float = 0.25) -> int:
+    """How many client sessions of this database, other than background work (this one and every lowered
+    store's), ran a statement in the last second: the most seen in ``samples`` looks ``interval`` s apart. An idle
+    server's pool shows none; one serving requests shows its busy connections. (``pg_stat_activity`` is live; the
+    cumulative transaction counts of ``pg_stat_database`` reach it only about once a second per backend, or
+    later.)"""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' "
+        "AND pid <> pg_backend_pid() AND application_name <> %s "
+        "AND (state = 'active' OR state_change > now() - interval '1 second')"
+    )
+    most = 0
+    for i in range(samples):
+        if i:
+            time.sleep(interval)
+        row = conn.execute(query, (BACKGROUND,)).fetchone()
+        most = max(most, int(row[0]) if row else 0)
+    return most

@@ -34,12 +34,13 @@ Vectors = tuple[list[uuid.UUID], npt.NDArray[np.float32]]
 class Embedder:
     """A version's towers (loaded on first use) and its item table (loaded on the first users' use)."""
 
-    def __init__(self, db: Database, store: ArtifactStore, version: str, cache_dir: Path) -> None:
+    def __init__(self, db: Database, store: ArtifactStore, version: str, cache_dir: Path, *, threads: int = 0) -> None:
         self.db, self.store, self.version, self.cache_dir = db, store, version, cache_dir
+        self.threads = threads  # ONNX Runtime's intra-op threads (0: one per core)
 
     @functools.cached_property
     def towers(self) -> OnnxTowers:
-        return OnnxTowers(fetch(self.store, self.version, self.cache_dir))
+        return OnnxTowers(fetch(self.store, self.version, self.cache_dir), threads=self.threads)
 
     @functools.cached_property
     def items(self) -> ItemIndex:

@@ -39,6 +39,7 @@ import numpy.typing as npt
 import psycopg
 from psycopg import sql
 
+from twotower.db.priority import serving_clients
 from twotower.errors import StoreError
 from twotower.registry.generations import child_prefix, drop_children, generation_table
 from twotower.registry.versions import hnsw_index_name
@@ -50,6 +51,9 @@ LOCK_TIMEOUT = "50ms"  # the longest a request may wait on a lock of the switch 
 SWITCH_TRIES = 200
 BUILD_MEMORY = "512MB"  # maintenance_work_mem of the HNSW build: 100k 64-d vectors' graph fits in ~60 MB
 BUILD_WORKERS = 2  # parallel maintenance workers of the build
+# a gentle job (one that yields the CPU to live traffic) builds with no parallel worker while at least this many
+# other client sessions of the database ran a statement in the last second (``db.priority.serving_clients``)
+TRAFFIC = 2
 _REFERENCES = {  # the foreign keys of the embeddings tables: (column, table, its key)
     "video_embeddings": [("model_version", "model_versions", "version"), ("video_id", "videos", "id")],
     "user_embeddings": [("model_version", "model_versions", "version")],
@@ -119,8 +123,23 @@ def load_shadow(
     return len(ids)
 
 
-def _prepare(conn: psycopg.Connection[Any], table: str, version: str, name: str, dim: int | None) -> None:
-    """Foreign keys, indexes and statistics of the loaded table (autocommit ``conn``; idempotent)."""
+def _build_workers(conn: psycopg.Connection[Any], gentle: bool) -> int:
+    """Parallel maintenance workers for the index build: all of them, unless the job is gentle and the database
+    serves (each busy core costs requests the scheduler's ticks, even at the idle priority: ``db.priority``)."""
+    if not gentle:
+        return BUILD_WORKERS
+    clients = serving_clients(conn)
+    if clients >= TRAFFIC:
+        log.info("%d client sessions are busy: the index is built by one process", clients)
+        return 0
+    return BUILD_WORKERS
+
+
+def _prepare(
+    conn: psycopg.Connection[Any], table: str, version: str, name: str, dim: int | None, gentle: bool = False
+) -> None:  # fmt: skip
+    """Foreign keys, indexes and statistics of the loaded table (autocommit ``conn``; idempotent). ``gentle``:
+    see ``finish``."""
     ident = sql.Identifier(name)
     key = _KEY[table]
     if table == "video_embeddings":  # videos deleted while the job ran (their rows were read before)
@@ -144,7 +163,8 @@ def _prepare(conn: psycopg.Connection[Any], table: str, version: str, name: str,
         index = sql.Identifier(f"{name}_hnsw")
         conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(index))  # a build killed midway left nothing
         conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(BUILD_MEMORY)))
-        conn.execute(sql.SQL("SET max_parallel_maintenance_workers = {}").format(sql.Literal(BUILD_WORKERS)))
+        workers = _build_workers(conn, gentle)
+        conn.execute(sql.SQL("SET max_parallel_maintenance_workers = {}").format(sql.Literal(workers)))
         try:
             started = time.perf_counter()
             conn.execute(
@@ -153,7 +173,8 @@ def _prepare(conn: psycopg.Connection[Any], table: str, version: str, name: str,
                     "WITH (m = 16, ef_construction = 64) WHERE model_version = {}"
                 ).format(index, ident, sql.Literal(dim), sql.Literal(version))
             )  # the same as create_generation_index
-            log.info("%s: HNSW index built in %.1fs", name, time.perf_counter() - started)
+            log.info("%s: HNSW index built in %.1fs (%d parallel workers)", name, time.perf_counter() - started,
+                     workers)  # fmt: skip
         finally:
             conn.execute("RESET maintenance_work_mem")
             conn.execute("RESET max_parallel_maintenance_workers")
@@ -196,14 +217,15 @@ def _switch(conn: psycopg.Connection[Any], table: str, version: str, name: str, 
 
 def finish(
     conn: psycopg.Connection[Any], table: str, version: str, name: str, dim: int | None, since: Any,
-    urgent: psycopg.Connection[Any] | None = None,
+    urgent: psycopg.Connection[Any] | None = None, *, gentle: bool = False,
 ) -> bool:  # fmt: skip
     """Index, switch in and tidy up after the loaded table ``name`` (autocommit ``conn``): True when it serves.
 
     ``dim``: the generation's HNSW index is built (video embeddings). ``since``: when the job started (rows the
     live writers wrote from then on are carried over). ``urgent`` (autocommit, default ``conn``): the connection
-    of the switch and of the old table's drop, the transactions that hold locks requests wait on. Idempotent, see
-    the module docstring."""
+    of the switch and of the old table's drop, the transactions that hold locks requests wait on. ``gentle``: the
+    job yields the CPU to live traffic, so while the database serves, the index is built by one process (slower,
+    but a core stays free for requests). Idempotent, see the module docstring."""
     urgent = urgent or conn
     if not _exists(conn, name):
         return False  # dropped meanwhile (the generation was)
@@ -211,7 +233,7 @@ def finish(
     if not _attached(conn, table, name):
         marked = conn.execute("SELECT clock_timestamp()").fetchone()
         _carry_over(conn, table, version, name, since)  # the bulk of it, before the index build and without locks
-        _prepare(conn, table, version, name, dim)
+        _prepare(conn, table, version, name, dim, gentle)
         started = time.perf_counter()
         old = _switch(urgent, table, version, name, dim is not None, marked[0] if marked else since)
         first = old == table

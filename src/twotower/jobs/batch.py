@@ -59,6 +59,9 @@ class BatchOptions:
     retries: int = 3
     cache_dir: Path = Path(".twotower/models")
     shadow: bool | None = None  # rebuild the generation in a shadow table (None: when most vectors would change)
+    # the job yields the CPU to live traffic (``batch-update --nice``): one ONNX Runtime thread per worker (scale
+    # with workers), and a shadow generation's index built without parallel workers while the database serves
+    gentle: bool = False
 
     def validate(self) -> None:
         if not (self.videos or self.users):
@@ -189,7 +192,7 @@ def run_batch(
     options.validate()
     with db.direct() as conn:
         options.version = _version(conn, options.version)
-    embedder = Embedder(db, store, options.version, options.cache_dir)
+    embedder = Embedder(db, store, options.version, options.cache_dir, threads=1 if options.gentle else 0)
     job_id = _create_or_join(db, options, embedder)
     result = BatchResult(job_id, options.version)
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -210,7 +213,7 @@ def run_batch(
             if options.max_rate > 0 and n > 0:  # the throttle: keep this worker under max_rate rows/s
                 time.sleep(max(0.0, n / options.max_rate - took))
         with db.direct(autocommit=True, lowered=False) as urgent:  # the switch: see finish_job
-            result.status = finish_job(conn, job_id, options.version, urgent)
+            result.status = finish_job(conn, job_id, options.version, urgent, gentle=options.gentle)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -84,13 +84,15 @@ def shadow_targets(
 
 
 def finish_job(
-    conn: psycopg.Connection[Any], job_id: int, version: str, urgent: psycopg.Connection[Any] | None = None
+    conn: psycopg.Connection[Any], job_id: int, version: str, urgent: psycopg.Connection[Any] | None = None, *,
+    gentle: bool = False,
 ) -> str:  # fmt: skip
     """Close the job when no chunk is left pending or running (another worker may still be on one): the shadow
     generations switched in, or the table maintenance after in-place writes, then the status. One closing worker
     at a time. ``conn`` is in autocommit mode; ``urgent`` (autocommit, default ``conn``) runs the switch's short
     transactions, whose locks requests wait on: a connection at the server's priority when the job's sessions run
-    lower (``db.priority``), so that a busy machine cannot stretch them."""
+    lower (``db.priority``), so that a busy machine cannot stretch them. ``gentle``: the job yields to live
+    traffic (see ``embeddings.shadow.finish``)."""
     with conn.transaction():
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed') "
@@ -123,7 +125,7 @@ def finish_job(
                 dim = conn.execute("SELECT embedding_dim FROM model_versions WHERE version = %s", (version,))
                 finish(conn, table, version, shadow_name(table, version, job_id),
                        int(dim.fetchone()[0]) if target == "videos" else None, row[1],  # type: ignore[index]
-                       urgent or conn)  # fmt: skip
+                       urgent or conn, gentle=gentle)  # fmt: skip
             else:
                 stamp = "created_at" if target == "videos" else "updated_at"
                 _tidy(conn, table, stamp, version, row[1], hnsw_index_name(version) if target == "videos" else None)
