@@ -213,3 +213,14 @@ def test_cosine_schedule_and_id_weight_decay_train(synth_db: Database, tmp_path:
     assert all(np.isfinite(h.loss) for h in result.history)
     with pytest.raises(InputError, match="lr_schedule"):
         train(synth_db, _opts(tmp_path, lr_schedule="linear"))
+
+
+def test_bf16_autocast_trains_as_well_as_fp32(synth_db: Database, tmp_path: Path) -> None:
+    """``--precision bf16`` (meant for GPUs; CPU autocast runs the same code): the towers in bf16, the loss and
+    the weights in fp32. It learns as well as fp32 with the same seed, and the weights it leaves are fp32."""
+    runs = {p: train(synth_db, _opts(tmp_path / p, epochs=2, batch_size=1024, refit=False, seed=5, precision=p))
+            for p in ("fp32", "bf16")}  # fmt: skip
+    recall = {p: r.history[-1].valid_recall_at_20 for p, r in runs.items()}
+    assert all(np.isfinite(h.loss) for r in runs.values() for h in r.history)
+    assert recall["bf16"] >= 0.85 * recall["fp32"], recall
+    assert {t.dtype for t in runs["bf16"].model.state_dict().values() if t.is_floating_point()} == {torch.float32}
