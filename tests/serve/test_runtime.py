@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.serve.conftest import Served
 from twotower.db import Database
@@ -21,7 +23,15 @@ def _tracked_ids(model: object) -> int:
     return sum(1 for o in gc.get_objects() if id(o) in ids)
 
 
-def test_a_loaded_model_is_frozen_and_a_replaced_one_is_freed(served: Served, tmp_path: Path) -> None:
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    """The permanent generation back in the collector's lists afterwards (the rest of the run collects it)."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def test_a_loaded_model_is_frozen_and_a_replaced_one_is_freed(served: Served, tmp_path: Path, unfrozen: None) -> None:
     with Database.open(served.settings, migrate=False) as db:
         holder = ModelHolder(db, LocalStore(served.store), tmp_path / "models", poll_seconds=600.0)
         assert holder.refresh() is True

@@ -6,7 +6,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from twotower.cli.console import err, open_db, out
-from twotower.db.priority import Priority
+from twotower.db.priority import Priority, is_local
 from twotower.settings import get_settings
 
 
@@ -37,22 +37,25 @@ def batch_update(
 ) -> None:
     """(Re)embed videos and users for a model version in checkpointed chunks. Run it on several machines at once
     to share the work; a killed run started again resumes where it stopped."""
+
+    try:
+        priority = Priority.parse(nice)
+    except ValueError:
+        raise typer.BadParameter(f"expected 'idle' or a nice value 0-19, got {nice!r}", param_hint="--nice") from None
+    priority.apply()  # this worker, first: the threads that numpy and ONNX Runtime start below inherit it
     from twotower.errors import TwoTowerError
     from twotower.jobs import BatchOptions, plan_batch, run_batch
     from twotower.registry.store import open_store
 
     settings = get_settings()
-    try:
-        priority = Priority.parse(nice)
-    except ValueError:
-        raise typer.BadParameter(f"expected 'idle' or a nice value 0-19, got {nice!r}", param_hint="--nice") from None
-    options = BatchOptions(
-        version=model_version, videos=videos, users=users, chunk_size=chunk_size, max_rate=max_rate,
-        retries=retries, cache_dir=settings.model_cache_dir, shadow=shadow, gentle=priority.lowered,
-    )  # fmt: skip
     with open_db() as db:
-        priority.apply()  # this worker (the towers' ONNX Runtime threads start after this)
         db.lower_priority(priority)  # and its database sessions, when the database runs here
+        with db.direct() as conn:  # a gentle job keeps a core free for the API of a machine it shares
+            gentle = priority.lowered and is_local(conn)
+        options = BatchOptions(
+            version=model_version, videos=videos, users=users, chunk_size=chunk_size, max_rate=max_rate,
+            retries=retries, cache_dir=settings.model_cache_dir, shadow=shadow, gentle=gentle,
+        )  # fmt: skip
         plan = plan_batch(db, options)
         chunks = ", ".join(f"{n:,} {target} chunk(s)" for target, n in plan.chunks.items())
         resume = f"; resumes job {plan.job_id} ({plan.done_chunks:,} chunk(s) done)" if plan.job_id else ""

@@ -142,7 +142,10 @@ class Database:
     def lower_priority(self, priority: Priority) -> None:
         """Run the database's processes that serve this store's connections from now on at ``priority``, when the
         database is on this machine (a batch job on a machine that also serves: see ``db.priority``; the job's own
-        process is lowered with ``priority.apply()``)."""
+        process is lowered with ``priority.apply()``). Call it before the first pooled connection."""
+        if self.lowering is not None:
+            self.lowering.close()
+            self.lowering = None
         if priority.lowered:
             self.application_name = BACKGROUND  # what ``pg_stat_activity`` tells apart from the requests
             self.lowering = SessionLowering(self.conninfo, priority, self._connect_kwargs())

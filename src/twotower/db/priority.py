@@ -27,11 +27,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
-__all__ = ["BACKGROUND", "Priority", "SessionLowering", "serving_clients"]
+__all__ = ["BACKGROUND", "Priority", "SessionLowering", "is_local", "serving_clients"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Priority:
         return "idle" if self.idle else f"nice {self.nice}"
 
 
-def _local(conn: psycopg.Connection[Any]) -> bool:
+def is_local(conn: psycopg.Connection[Any]) -> bool:
     """Is this connection's server on this machine (a Unix socket, or a loopback address)?"""
     host = conn.info.host or ""
     if host.startswith("/") or host == "localhost":
@@ -100,37 +101,51 @@ def _local(conn: psycopg.Connection[Any]) -> bool:
         return False
 
 
-def _is_postgres(pid: int) -> bool:
-    """Is ``pid`` a Postgres process of this machine (and not a process that happens to share a remote pid)?"""
+def _boot_time() -> float:
+    with open("/proc/stat", encoding="ascii") as f:
+        return float(next(line.split()[1] for line in f if line.startswith("btime ")))
+
+
+def _is_backend(pid: int, started: datetime) -> bool:
+    """Is ``pid`` this machine's process of that Postgres backend: named ``postgres`` and started when the server
+    says the backend started? (Behind a loopback port may be another namespace's server, a tunnel or a pooler,
+    whose pids mean other processes here.)"""
     try:
         with open(f"/proc/{pid}/comm", encoding="utf-8") as f:
-            return f.read().strip() in ("postgres", "postmaster")
-    except OSError:
+            if f.read().strip() not in ("postgres", "postmaster"):
+                return False
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, clock ticks after boot
+        at = _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
         return False
+    return abs(at - started.timestamp()) < 2.0
 
 
 class SessionLowering:
     """Lowers the backends of the connections it is given, and the parallel workers they start.
 
     ``session(conn)`` is called for each new connection of the job. The watcher thread starts with the first
-    lowered backend; it asks ``pg_stat_activity`` every ``interval`` s for parallel workers led by a lowered
-    backend, on a connection of its own, until ``close()``."""
+    lowered backend; every ``interval`` s it asks ``pg_stat_activity`` for parallel workers whose leader is a
+    background session (``BACKGROUND``: this job's or another lowered job's), on a connection of its own whose
+    backend is lowered too, until ``close()``."""
 
     def __init__(self, conninfo: str, priority: Priority, connect: dict[str, Any], interval: float = 0.05) -> None:
         self.conninfo, self.priority, self.connect, self.interval = conninfo, priority, connect, interval
-        self.leaders: set[int] = set()  # backends lowered (pids)
-        self.lowered: set[tuple[int, Any]] = set()  # their parallel workers lowered so far: (pid, backend_start)
+        self.lowered: set[tuple[int, datetime]] = set()  # parallel workers lowered so far: (pid, backend_start)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refused = False  # a backend could not be lowered (another user's server): told once
 
-    def session(self, conn: psycopg.Connection[Any]) -> bool:
-        """Lower this connection's backend; True when it was."""
-        if not (self.priority.lowered and _LINUX and _local(conn)):
+    def _lower(self, conn: psycopg.Connection[Any]) -> bool:
+        if not (self.priority.lowered and _LINUX and is_local(conn)):
             return False
+        row = conn.execute("SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
+        if not conn.autocommit:
+            conn.rollback()  # no transaction left open by this look
         pid = conn.info.backend_pid
-        if not _is_postgres(pid):
+        if row is None or not _is_backend(pid, row[0]):
             return False
         if not self.priority.apply(pid):
             if not self.refused:
@@ -138,26 +153,30 @@ class SessionLowering:
                 log.info("cannot lower the priority of the database's processes (another user's server): "
                          "only this process runs at %s", self.priority)  # fmt: skip
             return False
+        return True
+
+    def session(self, conn: psycopg.Connection[Any]) -> bool:
+        """Lower this connection's backend; True when it was."""
+        if not self._lower(conn):
+            return False
         with self._lock:
-            self.leaders.add(pid)
-            if self._thread is None:
+            if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(target=self._watch, name="twotower-priority", daemon=True)
                 self._thread.start()
         return True
 
     def _watch(self) -> None:
+        query = (
+            "SELECT w.pid, w.backend_start FROM pg_stat_activity w JOIN pg_stat_activity l ON l.pid = w.leader_pid "
+            "WHERE w.pid <> w.leader_pid AND l.application_name = %s"
+        )
         try:
             with psycopg.connect(self.conninfo, autocommit=True, **self.connect) as conn:
+                self._lower(conn)
                 while not self._stop.wait(self.interval):
-                    with self._lock:
-                        leaders = list(self.leaders)
-                    rows = conn.execute(
-                        "SELECT pid, backend_start FROM pg_stat_activity WHERE leader_pid = ANY(%s) "
-                        "AND pid <> leader_pid",
-                        (leaders,),
-                    ).fetchall()
-                    for pid, started in rows:
-                        if (pid, started) not in self.lowered and _is_postgres(pid) and self.priority.apply(pid):
+                    for pid, started in conn.execute(query, (BACKGROUND,)).fetchall():
+                        if (pid, started) not in self.lowered and _is_backend(pid, started):
+                            self.priority.apply(pid)
                             self.lowered.add((pid, started))
         except psycopg.Error as exc:  # the database went away: the job's own connections will say so
             log.debug("priority watcher stopped: %s", exc)
@@ -171,13 +190,14 @@ class SessionLowering:
 def serving_clients(conn: psycopg.Connection[Any], samples: int = 3, interval: float = 0.25) -> int:
     """How many client sessions of this database, other than background work (this one and every lowered
     store's), ran a statement in the last second: the most seen in ``samples`` looks ``interval`` s apart. An idle
-    server's pool shows none; one serving requests shows its busy connections. (``pg_stat_activity`` is live; the
+    server's pool shows none; one serving requests shows its busy connections. Without the right to see other
+    roles' sessions (``pg_read_all_stats``), each of theirs counts as busy. (``pg_stat_activity`` is live; the
     cumulative transaction counts of ``pg_stat_database`` reach it only about once a second per backend, or
     later.)"""
     query = (
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' "
         "AND pid <> pg_backend_pid() AND application_name <> %s "
-        "AND (state = 'active' OR state_change > now() - interval '1 second')"
+        "AND (state IS NULL OR state = 'active' OR state_change > now() - interval '1 second')"
     )
     most = 0
     for i in range(samples):

@@ -28,10 +28,12 @@ indexed (again) and switched; an attached one only needs the old child dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,7 @@ from twotower.registry.versions import hnsw_index_name
 __all__ = ["BUILD_MEMORY", "LOCK_TIMEOUT", "create_shadow", "finish", "load_shadow", "shadow_name"]
 
 log = logging.getLogger("twotower.jobs")
+Opener = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]  # opens a connection when it is due
 LOCK_TIMEOUT = "50ms"  # the longest a request may wait on a lock of the switch (per attempt)
 SWITCH_TRIES = 200
 BUILD_MEMORY = "512MB"  # maintenance_work_mem of the HNSW build: 100k 64-d vectors' graph fits in ~60 MB
@@ -217,36 +220,40 @@ def _switch(conn: psycopg.Connection[Any], table: str, version: str, name: str, 
 
 def finish(
     conn: psycopg.Connection[Any], table: str, version: str, name: str, dim: int | None, since: Any,
-    urgent: psycopg.Connection[Any] | None = None, *, gentle: bool = False,
+    urgent: Opener | None = None, *, gentle: bool = False,
 ) -> bool:  # fmt: skip
     """Index, switch in and tidy up after the loaded table ``name`` (autocommit ``conn``): True when it serves.
 
     ``dim``: the generation's HNSW index is built (video embeddings). ``since``: when the job started (rows the
-    live writers wrote from then on are carried over). ``urgent`` (autocommit, default ``conn``): the connection
-    of the switch and of the old table's drop, the transactions that hold locks requests wait on. ``gentle``: the
+    live writers wrote from then on are carried over). ``urgent`` (default: ``conn``) opens the autocommit
+    connection of the switch and of the old table's drop, the transactions that hold locks requests wait on,
+    when they are due (not during the index build). ``gentle``: the
     job yields the CPU to live traffic, so while the database serves, the index is built by one process (slower,
     but a core stays free for requests). Idempotent, see the module docstring."""
-    urgent = urgent or conn
     if not _exists(conn, name):
         return False  # dropped meanwhile (the generation was)
     first = False
-    if not _attached(conn, table, name):
+    attached = _attached(conn, table, name)
+    marked = None
+    if not attached:
         marked = conn.execute("SELECT clock_timestamp()").fetchone()
         _carry_over(conn, table, version, name, since)  # the bulk of it, before the index build and without locks
         _prepare(conn, table, version, name, dim, gentle)
-        started = time.perf_counter()
-        old = _switch(urgent, table, version, name, dim is not None, marked[0] if marked else since)
-        first = old == table
-        log.info("%s: switched in for %s in %.3fs (was %s)", name, version, time.perf_counter() - started, old)
-    for attempt in range(SWITCH_TRIES):  # a request planned before the switch may still read the old table
-        try:
-            with urgent.transaction():
-                urgent.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-                for dropped in drop_children(urgent, version, keep=name, tables=(table,)):
-                    log.info("%s: the old rows of %s dropped", dropped, version)
-            break
-        except psycopg.errors.LockNotAvailable:
-            time.sleep(min(0.5, 0.01 * 2 ** min(attempt, 6)))
+    with (urgent or (lambda: contextlib.nullcontext(conn)))() as fast:
+        if not attached:
+            started = time.perf_counter()
+            old = _switch(fast, table, version, name, dim is not None, marked[0] if marked else since)
+            first = old == table
+            log.info("%s: switched in for %s in %.3fs (was %s)", name, version, time.perf_counter() - started, old)
+        for attempt in range(SWITCH_TRIES):  # a request planned before the switch may still read the old table
+            try:
+                with fast.transaction():
+                    fast.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                    for dropped in drop_children(fast, version, keep=name, tables=(table,)):
+                        log.info("%s: the old rows of %s dropped", dropped, version)
+                break
+            except psycopg.errors.LockNotAvailable:
+                time.sleep(min(0.5, 0.01 * 2 ** min(attempt, 6)))
     if first:  # the version's old rows were deleted from the embeddings table: vacuum them now, not on traffic
         conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
     return True

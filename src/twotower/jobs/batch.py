@@ -23,6 +23,7 @@ serving does not see, and the closing worker indexes it and switches it in, in o
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -190,6 +191,17 @@ def run_batch(
 ) -> BatchResult:
     """Work on the job for ``options`` until no chunk is left. ``on_chunk(done, total, rows)`` after each."""
     options.validate()
+    if not options.gentle:
+        return _run_batch(db, store, options, on_chunk)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):  # a gentle worker keeps to one core: no BLAS helper threads (they spin)
+        return _run_batch(db, store, options, on_chunk)
+
+
+def _run_batch(
+    db: Database, store: ArtifactStore, options: BatchOptions, on_chunk: Callable[[int, int, int], None] | None
+) -> BatchResult:  # fmt: skip
     with db.direct() as conn:
         options.version = _version(conn, options.version)
     embedder = Embedder(db, store, options.version, options.cache_dir, threads=1 if options.gentle else 0)
@@ -212,8 +224,8 @@ def run_batch(
                 on_chunk(int(done[0]) if done else 0, total, n)
             if options.max_rate > 0 and n > 0:  # the throttle: keep this worker under max_rate rows/s
                 time.sleep(max(0.0, n / options.max_rate - took))
-        with db.direct(autocommit=True, lowered=False) as urgent:  # the switch: see finish_job
-            result.status = finish_job(conn, job_id, options.version, urgent, gentle=options.gentle)
+        urgent = functools.partial(db.direct, autocommit=True, lowered=False)  # the switch: see finish_job
+        result.status = finish_job(conn, job_id, options.version, urgent, gentle=options.gentle)
     result.seconds = time.perf_counter() - started
     return result
 

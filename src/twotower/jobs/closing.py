@@ -28,7 +28,7 @@ from psycopg import sql
 from twotower.db import locks
 from twotower.embeddings.embedder import Embedder
 from twotower.embeddings.generation import TOLERANCE
-from twotower.embeddings.shadow import finish, shadow_name
+from twotower.embeddings.shadow import Opener, finish, shadow_name
 from twotower.registry.generations import generation_table
 from twotower.registry.versions import hnsw_index_name
 
@@ -84,15 +84,14 @@ def shadow_targets(
 
 
 def finish_job(
-    conn: psycopg.Connection[Any], job_id: int, version: str, urgent: psycopg.Connection[Any] | None = None, *,
-    gentle: bool = False,
+    conn: psycopg.Connection[Any], job_id: int, version: str, urgent: Opener | None = None, *, gentle: bool = False,
 ) -> str:  # fmt: skip
     """Close the job when no chunk is left pending or running (another worker may still be on one): the shadow
     generations switched in, or the table maintenance after in-place writes, then the status. One closing worker
-    at a time. ``conn`` is in autocommit mode; ``urgent`` (autocommit, default ``conn``) runs the switch's short
-    transactions, whose locks requests wait on: a connection at the server's priority when the job's sessions run
-    lower (``db.priority``), so that a busy machine cannot stretch them. ``gentle``: the job yields to live
-    traffic (see ``embeddings.shadow.finish``)."""
+    at a time. ``conn`` is in autocommit mode; ``urgent`` (default: ``conn``) opens, when the switch is due, the
+    autocommit connection of its short transactions, whose locks requests wait on: one at the server's priority
+    when the job's sessions run lower (``db.priority``), so that a busy machine cannot stretch them.
+    ``gentle``: the job yields to live traffic (see ``embeddings.shadow.finish``)."""
     with conn.transaction():
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed') "
@@ -125,7 +124,7 @@ def finish_job(
                 dim = conn.execute("SELECT embedding_dim FROM model_versions WHERE version = %s", (version,))
                 finish(conn, table, version, shadow_name(table, version, job_id),
                        int(dim.fetchone()[0]) if target == "videos" else None, row[1],  # type: ignore[index]
-                       urgent or conn, gentle=gentle)  # fmt: skip
+                       urgent, gentle=gentle)  # fmt: skip
             else:
                 stamp = "created_at" if target == "videos" else "updated_at"
                 _tidy(conn, table, stamp, version, row[1], hnsw_index_name(version) if target == "videos" else None)

@@ -127,7 +127,6 @@ class ModelHolder:
             items = self.current.items.refreshed(conn, self.current.towers.pipeline)  # videos added or changed
             self.current = replace(self.current, items=items)
             self.last_error = None
-            _freeze()
             return False
         if version is None:
             if current is not None:
@@ -204,12 +203,13 @@ class ModelHolder:
 
 
 def _freeze() -> None:
-    """Keep the model out of the garbage collector's full passes.
+    """Keep the model out of the garbage collector's full passes (after a model load, not on every check).
 
     A loaded model of 100k videos holds ~100k id objects, and the server's own modules ~250k more: a full
     collection walks all of them (~150 ms on one core, holding the GIL) at unpredictable moments under load, which
     made the p99 latency. Long-lived objects are moved to the permanent generation (``gc.freeze``); reference
-    counting still frees the old model when a new one replaces it (it holds no reference cycles), and the young
-    generations are collected first so no short-lived cycle is frozen with them."""
-    gc.collect(1)
+    counting still frees the old model when a new one replaces it (it holds no reference cycles). One full
+    collection first, on the watcher thread, once per load: no garbage cycle is frozen (it would never be freed).
+    The item table's catalog refreshes in between add only the changed videos' objects."""
+    gc.collect()
     gc.freeze()
