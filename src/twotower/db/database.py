@@ -96,7 +96,6 @@ class Database:
         self.session: dict[str, str] = {}  # settings applied to every pooled connection (set before first use)
         self.autocommit = False  # pooled connections in autocommit mode (set before first use)
         self.lowering: SessionLowering | None = None  # background work: see ``lower_priority``
-        self.application_name = "twotower"  # "twotower background" after ``lower_priority``
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     @classmethod
@@ -147,8 +146,7 @@ class Database:
             self.lowering.close()
             self.lowering = None
         if priority.lowered:
-            self.application_name = BACKGROUND  # what ``pg_stat_activity`` tells apart from the requests
-            self.lowering = SessionLowering(self.conninfo, priority, self._connect_kwargs())
+            self.lowering = SessionLowering(self.conninfo, priority, self._connect_kwargs)
 
     def close(self) -> None:
         if self.lowering is not None:
@@ -170,7 +168,8 @@ class Database:
     def _connect_kwargs(self) -> dict[str, Any]:
         return {
             "connect_timeout": max(1, round(self.settings.db_connect_timeout)),
-            "application_name": self.application_name,
+            # a lowered store's sessions are what ``pg_stat_activity`` tells apart from the requests
+            "application_name": BACKGROUND if self.lowering is not None else "twotower",
         }
 
     def check(self) -> None:

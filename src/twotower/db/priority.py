@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -130,7 +131,9 @@ class SessionLowering:
     background session (``BACKGROUND``: this job's or another lowered job's), on a connection of its own whose
     backend is lowered too, until ``close()``."""
 
-    def __init__(self, conninfo: str, priority: Priority, connect: dict[str, Any], interval: float = 0.05) -> None:
+    def __init__(
+        self, conninfo: str, priority: Priority, connect: Callable[[], dict[str, Any]], interval: float = 0.05
+    ) -> None:  # fmt: skip
         self.conninfo, self.priority, self.connect, self.interval = conninfo, priority, connect, interval
         self.lowered: set[tuple[int, datetime]] = set()  # parallel workers lowered so far: (pid, backend_start)
         self._lock = threading.Lock()
@@ -139,7 +142,7 @@ class SessionLowering:
         self.refused = False  # a backend could not be lowered (another user's server): told once
 
     def _lower(self, conn: psycopg.Connection[Any]) -> bool:
-        if not (self.priority.lowered and _LINUX and is_local(conn)):
+        if not (_LINUX and is_local(conn)):
             return False
         row = conn.execute("SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
         if not conn.autocommit:
@@ -171,7 +174,7 @@ class SessionLowering:
             "WHERE w.pid <> w.leader_pid AND l.application_name = %s"
         )
         try:
-            with psycopg.connect(self.conninfo, autocommit=True, **self.connect) as conn:
+            with psycopg.connect(self.conninfo, autocommit=True, **self.connect()) as conn:
                 self._lower(conn)
                 while not self._stop.wait(self.interval):
                     for pid, started in conn.execute(query, (BACKGROUND,)).fetchall():

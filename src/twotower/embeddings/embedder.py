@@ -18,8 +18,7 @@ import numpy.typing as npt
 import psycopg
 
 from twotower.db import Database
-from twotower.embeddings.generation import update_embeddings
-from twotower.features.catalog import load_catalog
+from twotower.embeddings.generation import embed_videos_counted, update_embeddings, video_vectors
 from twotower.features.decisions import load_decision_log
 from twotower.features.examples import Histories
 from twotower.inference.items import ItemIndex
@@ -53,15 +52,10 @@ class Embedder:
 
     def video_vectors(self, conn: psycopg.Connection[Any], ids: list[uuid.UUID]) -> Vectors:
         """The item tower's vectors of these videos (ids of videos that are gone are left out)."""
-        catalog = load_catalog(conn, list(ids))
-        if not len(catalog):
-            return [], np.zeros((0, self.towers.dim), dtype=np.float32)
-        return list(catalog.ids), self.towers.embed_items(self.towers.pipeline.transform(catalog))
+        return video_vectors(conn, self.towers, ids)
 
     def video_range(self, conn: psycopg.Connection[Any], start: str, end: str) -> Vectors:
-        ids = [r[0] for r in conn.execute(
-            "SELECT id FROM videos WHERE id BETWEEN %s AND %s ORDER BY id", (start, end)).fetchall()]  # fmt: skip
-        return self.video_vectors(conn, ids)
+        return self.video_vectors(conn, _video_ids(conn, start, end))
 
     def user_range(self, conn: psycopg.Connection[Any], start: str, end: str) -> Vectors:
         """The user tower's vectors of the users with decisions in this inclusive id range (all their decisions)."""
@@ -74,13 +68,17 @@ class Embedder:
 
     def embed_videos(self, conn: psycopg.Connection[Any], ids: list[uuid.UUID]) -> tuple[int, int]:
         """Re-embed these videos in place: ``(videos that exist, rows written)``. The caller's transaction."""
-        found, vectors = self.video_vectors(conn, ids)
-        return len(found), update_embeddings(conn, "video_embeddings", "video_id", self.version, found, vectors)
+        return embed_videos_counted(conn, self.towers, ids)
 
     def embed_video_range(self, conn: psycopg.Connection[Any], start: str, end: str) -> tuple[int, int]:
-        found, vectors = self.video_range(conn, start, end)
-        return len(found), update_embeddings(conn, "video_embeddings", "video_id", self.version, found, vectors)
+        return self.embed_videos(conn, _video_ids(conn, start, end))
 
     def embed_user_range(self, conn: psycopg.Connection[Any], start: str, end: str) -> tuple[int, int]:
         found, vectors = self.user_range(conn, start, end)
         return len(found), update_embeddings(conn, "user_embeddings", "user_id", self.version, found, vectors)
+
+
+def _video_ids(conn: psycopg.Connection[Any], start: str, end: str) -> list[uuid.UUID]:
+    """The ids of the videos in this inclusive id range, in order."""
+    rows = conn.execute("SELECT id FROM videos WHERE id BETWEEN %s AND %s ORDER BY id", (start, end)).fetchall()
+    return [r[0] for r in rows]

@@ -41,6 +41,7 @@ __all__ = [
     "embed_videos_counted",
     "replace_embeddings",
     "update_embeddings",
+    "video_vectors",
     "write_embeddings",
 ]
 
@@ -162,12 +163,18 @@ def embed_videos_counted(
     conn: psycopg.Connection[Any], towers: OnnxTowers, ids: Sequence[uuid.UUID]
 ) -> tuple[int, int]:
     """``embed_videos``, returning ``(videos that exist, rows written)``."""
+    found, vectors = video_vectors(conn, towers, ids)
+    return len(found), update_embeddings(conn, "video_embeddings", "video_id", towers.version, found, vectors)
+
+
+def video_vectors(
+    conn: psycopg.Connection[Any], towers: OnnxTowers, ids: Sequence[uuid.UUID]
+) -> tuple[list[uuid.UUID], npt.NDArray[np.float32]]:  # fmt: skip
+    """The item tower's vectors of these videos, with their ids (ids of videos that are gone are left out)."""
     catalog = load_catalog(conn, list(ids))
     if not len(catalog):
-        return 0, 0
-    vectors = towers.embed_items(towers.pipeline.transform(catalog))
-    written = update_embeddings(conn, "video_embeddings", "video_id", towers.version, catalog.ids, vectors)
-    return len(catalog), written
+        return [], np.zeros((0, towers.dim), dtype=np.float32)
+    return list(catalog.ids), towers.embed_items(towers.pipeline.transform(catalog))
 
 
 def create_generation_index(conn: psycopg.Connection[Any], version: str, dim: int) -> None:

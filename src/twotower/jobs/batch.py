@@ -23,6 +23,7 @@ serving does not see, and the closing worker indexes it and switches it in, in o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -191,11 +192,10 @@ def run_batch(
 ) -> BatchResult:
     """Work on the job for ``options`` until no chunk is left. ``on_chunk(done, total, rows)`` after each."""
     options.validate()
-    if not options.gentle:
-        return _run_batch(db, store, options, on_chunk)
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(1, "blas"):  # a gentle worker keeps to one core: no BLAS helper threads (they spin)
+    # a gentle worker keeps to one core: no BLAS helper threads (they spin)
+    with threadpool_limits(1, "blas") if options.gentle else contextlib.nullcontext():
         return _run_batch(db, store, options, on_chunk)
 
 
