@@ -54,6 +54,32 @@ def test_fused_and_export_paths_agree() -> None:
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_one_lookup_per_table_for_both_towers_gives_the_same_outputs_and_gradients() -> None:
+    """Training encodes both towers with one embedding_bag per table; it must equal the towers computed apart,
+    forward (also with plain gathers) and backward (the gradients Adam sees)."""
+    cfg = _cfg()
+    model = TwoTowerModel(cfg).eval()
+    with torch.no_grad():  # non-zero pooling scores, so the learned weights' gradients are exercised too
+        model.like_score.weight.normal_(0.0, 0.5)
+    users, items = _users(6, cfg), _items(9, cfg)
+
+    def run(joint: bool) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        model.zero_grad()
+        outputs = list(model(users, items)) if joint else [model.user_tower(*users), model.item_tower(*items)]
+        (outputs[0].sum() * 3 + outputs[1].pow(2).sum() + (outputs[0] @ outputs[1].T).sum()).backward()
+        return outputs, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    (joint_out, joint_grads), (apart_out, apart_grads) = run(True), run(False)
+    model.encoder.fused = False
+    with torch.no_grad():
+        plain_out = [model.user_tower(*users), model.item_tower(*items)]
+    for a, b, c in zip(joint_out, apart_out, plain_out, strict=True):
+        assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
+    assert joint_grads.keys() == apart_grads.keys() and "encoder.ids.weight" in joint_grads
+    for name, grad in joint_grads.items():
+        assert torch.allclose(grad, apart_grads[name], atol=1e-5), name
+
+
 def test_loss_masks_accidental_hits_and_missing_hard_negatives() -> None:
     torch.manual_seed(0)
     u = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
@@ -140,6 +166,21 @@ def test_loss_never_counts_a_users_own_likes_as_negatives() -> None:
     expected = torch.nn.functional.cross_entropy(logits, ids)
     assert torch.isclose(masked, expected, atol=1e-6)
     assert not torch.isclose(masked, retrieval_loss(u, v, ids, log_q, 0.1, uniform=uniform, uniform_ids=uniform_ids))
+
+
+@pytest.mark.parametrize("catalog_size", [None, 40])
+def test_liked_mask_matches_a_brute_force_one(catalog_size: int | None) -> None:
+    """The mask of liked candidates, with repeated candidates (in-batch positives repeat) and liked items that
+    are no candidate, equals the obvious double loop."""
+    from twotower.model.loss import _liked_columns
+
+    g = torch.Generator().manual_seed(3)
+    columns = torch.randint(0, 40, (60,), generator=g)  # repeats certain
+    rows, items = torch.randint(0, 7, (90,), generator=g), torch.randint(0, 40, (90,), generator=g)
+    mask = _liked_columns((rows, items), 7, columns, catalog_size)
+    pairs = set(zip(rows.tolist(), items.tolist(), strict=True))
+    expected = torch.tensor([[(r, c) in pairs for c in columns.tolist()] for r in range(7)])
+    assert torch.equal(mask, expected) and expected.any() and not expected.all()
 
 
 @pytest.mark.parametrize(("field", "value"), [("history_pooling", "max"), ("history_dropout", 1.0)])

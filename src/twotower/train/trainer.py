@@ -189,6 +189,7 @@ class Trainer:
             hard_mask=hard_mask,
             groups=groups,
             liked=liked,
+            catalog_size=self.tables.n_items + 1,  # the padding row too
         )
 
     @property
