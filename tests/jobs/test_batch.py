@@ -72,7 +72,11 @@ def _cli(url: str, data: Path, *args: str) -> subprocess.Popen[str]:
 def test_dry_run_prints_the_plan_and_changes_nothing(url: str, deployed: Path) -> None:
     out, err = _cli(url, deployed, "--dry-run", "--chunk-size", "100").communicate(timeout=120)
     assert "plan: version v: 600 videos, 150 users in 6 videos chunk(s), 2 users chunk(s)" in out, err
-    assert "nothing was changed" in out
+    # the towers were deployed with these vectors: a sample re-embedded finds nothing to change
+    assert "videos: changed rows in place (about 0% would change; a shadow from 15%)" in out, out
+    assert "users: changed rows in place (about 0% would change" in out and "nothing was changed" in out
+    forced, _ = _cli(url, deployed, "--dry-run", "--shadow", "--no-users").communicate(timeout=120)
+    assert "videos: a shadow generation, switched in at the end (--shadow)" in forced and "users:" not in forced
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
     bad = _cli(url, deployed, "--no-videos", "--no-users")
@@ -117,6 +121,8 @@ def test_killed_batch_resumes_without_gaps_or_duplicates(url: str, deployed: Pat
     with Database.open(Settings(database_url=url, data_dir=deployed), migrate=False) as db:
         plan = plan_batch(db, _options(deployed, chunk_size=100))
         assert plan.job_id is not None and plan.done_chunks == 3
+        decided = f"as job {plan.job_id} decided"  # the path of a resumed job is the job's, not a new estimate
+        assert plan.paths == {"videos": ("in place", decided), "users": ("in place", decided)}
         result = run_batch(db, LocalStore(deployed / "store"), _options(deployed, chunk_size=100))
     assert result.job_id == plan.job_id and result.chunks_done == 5 and result.status == "succeeded"
     videos, distinct, users, with_decisions = _counts(url)

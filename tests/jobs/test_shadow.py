@@ -59,6 +59,11 @@ def _state(url: str) -> dict[str, object]:
             )
         ]
         own = conn.execute("SELECT count(*) FROM ONLY video_embeddings WHERE model_version = 'v'").fetchone()[0]  # type: ignore[index]
+        # the foreign keys of the serving child: (referenced table, validated)
+        keys = conn.execute(
+            "SELECT confrelid::regclass::text, convalidated FROM pg_constraint WHERE contype = 'f' AND conrelid = "
+            "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'video_embeddings'::regclass LIMIT 1) ORDER BY 1"
+        ).fetchall()
         index = conn.execute(
             "SELECT i.indrelid::regclass::text, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "WHERE c.relname = %s", (hnsw_index_name("v"),)).fetchone()  # fmt: skip
@@ -71,7 +76,7 @@ def _state(url: str) -> dict[str, object]:
             f"EXPLAIN SELECT video_id FROM {table} WHERE model_version = 'v' "
             f"ORDER BY embedding::vector({dim}) <#> '{q}'::vector({dim}) LIMIT 10").fetchall())  # fmt: skip
     return {"tables": tables, "children": children, "own_rows": own, "index": index,
-            "uses_index": hnsw_index_name("v") in plan, "plan": plan}  # fmt: skip
+            "uses_index": hnsw_index_name("v") in plan, "plan": plan, "keys": keys}  # fmt: skip
 
 
 def test_bulk_reembed_builds_and_switches_a_shadow_generation(url: str, deployed: Path) -> None:
@@ -91,6 +96,7 @@ def test_bulk_reembed_builds_and_switches_a_shadow_generation(url: str, deployed
         child = f"{child_prefix('video_embeddings', 'v')}{result.job_id}"
         assert first["tables"] == first["children"] == [child] and first["own_rows"] == 0
         assert first["index"] == (child, True) and first["uses_index"], first["plan"]
+        assert first["keys"] == [("model_versions", True), ("videos", True)]  # enforced and validated
 
         again = run_batch(db, store, _options(deployed))  # nothing changed: in place, nothing written
         assert again.status == "succeeded" and again.written["videos"] == 0 and _state(url)["tables"] == [child]
@@ -234,7 +240,8 @@ def test_the_switch_never_holds_requests_behind_a_busy_table(url: str, deployed:
 
 def test_live_writes_during_the_job_survive_the_switch(url: str, deployed: Path) -> None:
     """The catalog sync keeps writing to the serving table while a shadow loads: a video it re-embeds after its
-    chunk was loaded keeps the sync's vector, and a video created meanwhile keeps its row."""
+    chunk was loaded keeps the sync's vector, a video created meanwhile keeps its row, and a video deleted after
+    its chunk was loaded has none (the loaded table's foreign keys are then validated)."""
     _move_every_vector(url)
     with psycopg.connect(url) as conn:
         dim = conn.execute("SELECT embedding_dim FROM model_versions WHERE version = 'v'").fetchone()[0]  # type: ignore[index]
@@ -247,26 +254,29 @@ def test_live_writes_during_the_job_survive_the_switch(url: str, deployed: Path)
             return
         with psycopg.connect(url) as conn, conn.transaction():
             register_vector(conn)
-            loaded = conn.execute(  # a video whose chunk is already in the shadow
+            loaded, doomed = conn.execute(  # videos whose chunk is already in the shadow
                 "SELECT v.id FROM job_chunks c JOIN videos v ON v.id::text BETWEEN c.range_start AND c.range_end "
-                "WHERE c.status = 'done' ORDER BY v.id LIMIT 1"
-            ).fetchone()
+                "WHERE c.status = 'done' ORDER BY v.id LIMIT 2"
+            ).fetchall()
+            conn.execute("DELETE FROM videos WHERE id = %s", (doomed[0],))
             created = conn.execute(
                 "INSERT INTO videos (source, external_id, title) VALUES ('live', 'x1', 'made meanwhile') RETURNING id"
             ).fetchone()
-            assert loaded is not None and created is not None
+            assert created is not None
             for video in (loaded[0], created[0]):
                 update_embeddings(conn, "video_embeddings", "video_id", "v", [video], marker)
-            live.update(loaded=str(loaded[0]), created=str(created[0]))
+            live.update(loaded=str(loaded[0]), created=str(created[0]), deleted=str(doomed[0]))
 
     with Database.open(Settings(database_url=url, data_dir=deployed), migrate=False) as db:
         result = run_batch(db, LocalStore(deployed / "store"), _options(deployed, users=False, shadow=True),
                            on_chunk=sync_meanwhile)  # fmt: skip
     assert result.status == "succeeded" and live
     after = _vectors(url)
-    assert len(after) == VIDEOS + 1 and live["created"] in after
+    assert len(after) == VIDEOS and live["created"] in after and live["deleted"] not in after
     assert np.allclose(after[live["loaded"]], marker[0], atol=1e-6)  # the sync's write is newer than the chunk's
-    assert _state(url)["children"] == [f"{child_prefix('video_embeddings', 'v')}{result.job_id}"]
+    state = _state(url)
+    assert state["children"] == [f"{child_prefix('video_embeddings', 'v')}{result.job_id}"]
+    assert state["keys"] == [("model_versions", True), ("videos", True)]
 
 
 def test_a_gentle_job_builds_its_index_with_one_process_while_the_database_serves(url: str) -> None:

@@ -56,11 +56,14 @@ def batch_update(
             version=model_version, videos=videos, users=users, chunk_size=chunk_size, max_rate=max_rate,
             retries=retries, cache_dir=settings.model_cache_dir, shadow=shadow, gentle=gentle,
         )  # fmt: skip
-        plan = plan_batch(db, options)
+        plan = plan_batch(db, options, open_store(settings) if dry_run else None)
         chunks = ", ".join(f"{n:,} {target} chunk(s)" for target, n in plan.chunks.items())
         resume = f"; resumes job {plan.job_id} ({plan.done_chunks:,} chunk(s) done)" if plan.job_id else ""
         out.print(f"plan: version {plan.version}: {plan.videos:,} videos, {plan.users:,} users in {chunks}{resume}")
         if dry_run:
+            for target, (how, why) in plan.paths.items():
+                written = "a shadow generation, switched in at the end" if how == "shadow" else "changed rows in place"
+                out.print(f"{target}: {written} ({why})")
             out.print("dry run: nothing was changed")
             return
         progress = Progress(

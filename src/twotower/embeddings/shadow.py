@@ -10,10 +10,11 @@ is several times cheaper (pgvector's guidance). So a bulk re-embed:
    over at the end, see ``_carry_over``);
 2. loads it with binary COPY, chunk by chunk, each chunk in the transaction that marks it done (a worker killed
    mid-chunk leaves the chunk pending and none of its rows);
-3. ``finish``: the foreign keys (``NOT VALID``: the rows were read from the catalog; a video deleted meanwhile is
-   removed first), ``VACUUM (ANALYZE)`` (autovacuum is off during the load), the secondary index, the
-   generation's partial HNSW index built on the loaded table (a plain ``CREATE INDEX``: the table is invisible,
-   so nothing waits on it, and the build may use parallel workers); then the switch, one short transaction: the
+3. ``finish``: the foreign keys (added ``NOT VALID``, then the rows of videos deleted while the job ran are
+   removed, then validated: a scan that blocks no request), ``VACUUM (ANALYZE)`` (autovacuum is off during the
+   load), the secondary index, the generation's partial HNSW index built on the loaded table (a plain
+   ``CREATE INDEX``: the table is invisible, so nothing waits on it, and the build may use parallel workers);
+   then the switch, one short transaction: the
    version's current rows leave (the attached child is detached, or, the first time, the rows in the embeddings
    table itself are deleted and its partial HNSW index dropped), the loaded table is attached (``INHERIT``) and its
    index takes the generation's index name. Every lock it takes is taken with a ``lock_timeout`` of
@@ -145,17 +146,21 @@ def _prepare(
     see ``finish``."""
     ident = sql.Identifier(name)
     key = _KEY[table]
-    if table == "video_embeddings":  # videos deleted while the job ran (their rows were read before)
-        conn.execute(sql.SQL("DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM videos v WHERE v.id = s.video_id)")
-                     .format(ident))  # fmt: skip
-    for n, (column, ref, ref_key) in enumerate(_REFERENCES[table]):
-        fk = sql.Identifier(f"{name}_fk{n}")
+    keys = [sql.Identifier(f"{name}_fk{n}") for n in range(len(_REFERENCES[table]))]
+    for fk, (column, ref, ref_key) in zip(keys, _REFERENCES[table], strict=True):
         conn.execute(
             sql.SQL(
                 "ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {fk}, ADD CONSTRAINT {fk} FOREIGN KEY ({c}) "
                 "REFERENCES {r} ({k}) ON DELETE CASCADE NOT VALID"
             ).format(t=ident, fk=fk, c=sql.Identifier(column), r=sql.Identifier(ref), k=sql.Identifier(ref_key))
         )
+    # from now on a deleted video takes its loaded row with it; the ones deleted while the job ran (their rows
+    # were read before) go now. Then the keys are checked (a scan that blocks no reader or writer of the tables)
+    if table == "video_embeddings":
+        conn.execute(sql.SQL("DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM videos v WHERE v.id = s.video_id)")
+                     .format(ident))  # fmt: skip
+    for fk in keys:
+        conn.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(ident, fk))
     # the load's vacuum (visibility map, statistics) now, before the index build, rather than an autovacuum (of
     # the inserts) competing with the build and live traffic; autovacuum was off during the load for that reason
     conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(ident))

@@ -41,7 +41,7 @@ from twotower.db import Database, locks
 from twotower.embeddings.embedder import Embedder
 from twotower.embeddings.shadow import create_shadow, load_shadow, shadow_name
 from twotower.errors import InputError, NotFound, TwoTowerError
-from twotower.jobs.closing import KIND, TABLES, finish_job, shadow_targets
+from twotower.jobs.closing import KIND, SHADOW_SHARE, TABLES, changed_shares, finish_job, shadow_targets
 from twotower.registry.store import ArtifactStore
 from twotower.registry.versions import active_version, get_version
 
@@ -82,6 +82,8 @@ class BatchPlan:
     chunks: dict[Target, int]
     job_id: int | None = None  # an unfinished job this run would resume
     done_chunks: int = 0
+    # how each target would be written: "shadow" (a shadow generation switched in) or "in place", and why
+    paths: dict[Target, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,22 +132,33 @@ def _open_job(conn: psycopg.Connection[Any], options: BatchOptions) -> tuple[int
     return None if row is None else (int(row[0]), str(options.version))
 
 
-def plan_batch(db: Database, options: BatchOptions) -> BatchPlan:
-    """What a run would do (``--dry-run``): nothing is written."""
+def plan_batch(db: Database, options: BatchOptions, store: ArtifactStore | None = None) -> BatchPlan:
+    """What a run would do (``--dry-run``): nothing is written. With ``store``, the path of each target is
+    decided as a new job would (a sample re-embedded with the version's towers, see ``jobs.closing``)."""
     options.validate()
     with db.direct() as conn:
         version = _version(conn, options.version)
         targets = _targets(conn, options)
         options.version = version
         existing = _open_job(conn, options)
-        done = 0
+        done, paths = 0, {}
         if existing is not None:
-            row = conn.execute("SELECT count(*) FROM job_chunks WHERE job_id = %s AND status = 'done'",
+            row = conn.execute("SELECT count(*) FILTER (WHERE c.status = 'done'), j.params->'shadow' FROM jobs j "
+                               "LEFT JOIN job_chunks c ON c.job_id = j.id WHERE j.id = %s GROUP BY j.id",
                                (existing[0],)).fetchone()  # fmt: skip
-            done = int(row[0]) if row else 0
+            done, shadow = (int(row[0]), row[1] or []) if row else (0, [])
+            paths = {t: ("shadow" if t in shadow else "in place", f"as job {existing[0]} decided") for t in targets}
+        elif options.shadow is not None:
+            why = "--shadow" if options.shadow else "--in-place"
+            paths = {t: ("shadow" if options.shadow else "in place", why) for t in targets}
+        elif store is not None:
+            embedder = Embedder(db, store, version, options.cache_dir, threads=1 if options.gentle else 0)
+            for target, share in changed_shares(conn, embedder, targets).items():
+                how = "shadow" if share >= SHADOW_SHARE else "in place"
+                paths[target] = (how, f"about {share:.0%} would change; a shadow from {SHADOW_SHARE:.0%}")  # type: ignore[index]
     chunks = {t: (len(ids) + options.chunk_size - 1) // options.chunk_size for t, ids in targets.items()}
     return BatchPlan(version, len(targets.get("videos", [])), len(targets.get("users", [])), chunks,
-                     existing[0] if existing else None, done)  # fmt: skip
+                     existing[0] if existing else None, done, paths)  # fmt: skip
 
 
 def _create_or_join(db: Database, options: BatchOptions, embedder: Embedder) -> int:

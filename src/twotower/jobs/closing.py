@@ -67,6 +67,16 @@ def _changed_share(conn: psycopg.Connection[Any], embedder: Embedder, target: st
     return changed / len(found)
 
 
+def changed_shares(
+    conn: psycopg.Connection[Any], embedder: Embedder, targets: dict[Any, list[Any]]
+) -> dict[str, float]:  # fmt: skip
+    """Each target's estimated share of rows whose vector would change (a sample of ``SAMPLE`` re-embedded)."""
+    shares = {target: _changed_share(conn, embedder, target, ids) for target, ids in sorted(targets.items())}
+    for target, share in shares.items():
+        log.info("%s of %s: about %.0f%% would change", target, embedder.version, 100 * share)
+    return shares
+
+
 def shadow_targets(
     conn: psycopg.Connection[Any], embedder: Embedder, targets: dict[Any, list[Any]], forced: bool | None
 ) -> list[str]:  # fmt: skip
@@ -74,13 +84,7 @@ def shadow_targets(
     estimated changed share is at least ``SHADOW_SHARE``."""
     if forced is not None:
         return sorted(targets) if forced else []
-    out = []
-    for target, ids in sorted(targets.items()):
-        share = _changed_share(conn, embedder, target, ids)
-        log.info("%s of %s: about %.0f%% would change", target, embedder.version, 100 * share)
-        if share >= SHADOW_SHARE:
-            out.append(target)
-    return out
+    return [target for target, share in changed_shares(conn, embedder, targets).items() if share >= SHADOW_SHARE]
 
 
 def finish_job(
