@@ -76,7 +76,12 @@ def _batch(d: dict[str, Any]) -> tuple[str, bool]:
 
 
 def _train(d: dict[str, Any]) -> tuple[str, bool]:
-    return f"{d['best_examples_per_second']:,} examples/s", d["best_examples_per_second"] >= 50_000
+    best = d.get("best_positives_per_second", d.get("best_examples_per_second", 0))
+    runs = d.get("by_batch_size", {}).values()
+    shown = "; ".join(f"batch {r['batch_size']}: {r['positives_per_second']:,}/s = {r['share_of_control']:.2f}x a "
+                      f"minimal loop of the same shape ({r['control_examples_per_second']:,}/s)"
+                      for r in runs if "share_of_control" in r)  # fmt: skip
+    return f"{best:,} positives/s" + (f" ({shown})" if shown else ""), best >= 50_000
 
 
 def _quality(d: dict[str, Any]) -> tuple[str, bool]:

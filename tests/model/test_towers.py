@@ -54,30 +54,51 @@ def test_fused_and_export_paths_agree() -> None:
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_one_lookup_per_table_for_both_towers_gives_the_same_outputs_and_gradients() -> None:
-    """Training encodes both towers with one embedding_bag per table; it must equal the towers computed apart,
-    forward (also with plain gathers) and backward (the gradients Adam sees)."""
-    cfg = _cfg()
+@pytest.mark.parametrize("history_ids", [False, True])
+def test_one_lookup_per_table_for_both_towers_gives_the_same_outputs_and_gradients(history_ids: bool) -> None:
+    """Training encodes both towers with one embedding_bag per table; it must equal the towers computed apart
+    with plain gathers, forward and backward (the gradients Adam sees). With ``history_ids`` the history reads
+    its own ID table: two ID tables in one step."""
+    cfg = _cfg(history_ids=history_ids)
     model = TwoTowerModel(cfg).eval()
     with torch.no_grad():  # non-zero pooling scores, so the learned weights' gradients are exercised too
         model.like_score.weight.normal_(0.0, 0.5)
     users, items = _users(6, cfg), _items(9, cfg)
 
-    def run(joint: bool) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    def run(fused: bool) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         model.zero_grad()
-        outputs = list(model(users, items)) if joint else [model.user_tower(*users), model.item_tower(*items)]
+        model.encoder.fused = fused
+        outputs = list(model(users, items)) if fused else [model.user_tower(*users), model.item_tower(*items)]
         (outputs[0].sum() * 3 + outputs[1].pow(2).sum() + (outputs[0] @ outputs[1].T).sum()).backward()
-        return outputs, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        # row 0 of a table: the plain gathers' padding_idx keeps it out of the gradient, embedding_bag does not
+        # (a missing category, code 0, is trained as one; padding slots weigh 0 in both)
+        return outputs, {n: g[1:] if n.startswith("encoder.") and g.dim() == 2 else g for n, g in grads.items()}
 
-    (joint_out, joint_grads), (apart_out, apart_grads) = run(True), run(False)
-    model.encoder.fused = False
-    with torch.no_grad():
-        plain_out = [model.user_tower(*users), model.item_tower(*items)]
-    for a, b, c in zip(joint_out, apart_out, plain_out, strict=True):
-        assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
-    assert joint_grads.keys() == apart_grads.keys() and "encoder.ids.weight" in joint_grads
+    (joint_out, joint_grads), (plain_out, plain_grads) = run(True), run(False)
+    for a, b in zip(joint_out, plain_out, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert joint_grads.keys() == plain_grads.keys() and "encoder.ids.weight" in joint_grads
+    assert ("encoder.context_ids.weight" in joint_grads) == history_ids
     for name, grad in joint_grads.items():
-        assert torch.allclose(grad, apart_grads[name], atol=1e-5), name
+        assert grad.abs().sum() > 0 or name == "recency_slope", name
+        assert torch.allclose(grad, plain_grads[name], atol=1e-5), name
+
+
+def test_joint_towers_draw_the_same_training_noise_as_the_towers_apart() -> None:
+    """In training, the joint call hides the same history slots and IDs as the towers called one after the
+    other under the same seed (the heads' dropout is off here: it is drawn per head, after both encodings)."""
+    cfg = _cfg(dropout=0.0, id_dropout=0.5, history_dropout=0.5)
+    model = TwoTowerModel(cfg).train()
+    users, items = _users(6, cfg), _items(9, cfg)
+    torch.manual_seed(5)
+    joint = model(users, items)
+    torch.manual_seed(5)
+    apart = model.user_tower(*users), model.item_tower(*items)
+    torch.manual_seed(6)
+    other = model(users, items)
+    for a, b, c in zip(joint, apart, other, strict=True):
+        assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, c, atol=1e-3)
 
 
 def test_loss_masks_accidental_hits_and_missing_hard_negatives() -> None:

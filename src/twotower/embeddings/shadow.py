@@ -30,12 +30,13 @@ indexed (again) and switched; an attached one only needs the old child dropped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +51,7 @@ from twotower.registry.versions import hnsw_index_name
 __all__ = ["BUILD_MEMORY", "LOCK_TIMEOUT", "create_shadow", "finish", "load_shadow", "shadow_name"]
 
 log = logging.getLogger("twotower.jobs")
+T = TypeVar("T")
 Opener = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]  # opens a connection when it is due
 LOCK_TIMEOUT = "50ms"  # the longest a request may wait on a lock of the switch (per attempt)
 SWITCH_TRIES = 200
@@ -93,6 +95,26 @@ def _attached(conn: psycopg.Connection[Any], table: str, name: str) -> bool:
     row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(%s) "
                        "AND inhparent = to_regclass(%s))", (name, table)).fetchone()  # fmt: skip
     return bool(row and row[0])
+
+
+def _has_constraint(conn: psycopg.Connection[Any], table: str, constraint: str) -> bool:
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) "
+                       "AND conname = %s)", (table, constraint)).fetchone()  # fmt: skip
+    return bool(row and row[0])
+
+
+def _retry_locks(conn: psycopg.Connection[Any], action: Callable[[], T], failure: str) -> T:
+    """``action`` in a transaction whose locks wait at most ``LOCK_TIMEOUT``, tried again (after a pause that lets
+    the queued requests through) until it gets them; ``StoreError`` after ``SWITCH_TRIES`` tries."""
+    for attempt in range(SWITCH_TRIES):
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                return action()
+        except psycopg.errors.LockNotAvailable:
+            time.sleep(min(0.5, 0.01 * 2 ** min(attempt, 6)))
+    raise StoreError(f"{failure}: its locks were busy {SWITCH_TRIES} times; run batch-update again to finish the "
+                     "job (the serving rows are unchanged)")  # fmt: skip
 
 
 def create_shadow(conn: psycopg.Connection[Any], table: str, version: str, name: str) -> None:
@@ -146,21 +168,23 @@ def _prepare(
     see ``finish``."""
     ident = sql.Identifier(name)
     key = _KEY[table]
-    keys = [sql.Identifier(f"{name}_fk{n}") for n in range(len(_REFERENCES[table]))]
+    keys = [f"{name}_fk{n}" for n in range(len(_REFERENCES[table]))]
     for fk, (column, ref, ref_key) in zip(keys, _REFERENCES[table], strict=True):
-        conn.execute(
-            sql.SQL(
-                "ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {fk}, ADD CONSTRAINT {fk} FOREIGN KEY ({c}) "
-                "REFERENCES {r} ({k}) ON DELETE CASCADE NOT VALID"
-            ).format(t=ident, fk=fk, c=sql.Identifier(column), r=sql.Identifier(ref), k=sql.Identifier(ref_key))
-        )
+        if _has_constraint(conn, name, fk):  # a re-run: dropping it again would lock ``ref`` exclusively
+            continue
+        add = sql.SQL(
+            "ALTER TABLE {t} ADD CONSTRAINT {fk} FOREIGN KEY ({c}) REFERENCES {r} ({k}) ON DELETE CASCADE NOT VALID"
+        ).format(t=ident, fk=sql.Identifier(fk), c=sql.Identifier(column), r=sql.Identifier(ref),
+                 k=sql.Identifier(ref_key))  # fmt: skip
+        # it locks ``ref`` against writes (the catalog sync, deploy) while it waits: never for long
+        _retry_locks(conn, functools.partial(conn.execute, add), f"could not add the foreign key {fk}")
     # from now on a deleted video takes its loaded row with it; the ones deleted while the job ran (their rows
     # were read before) go now. Then the keys are checked (a scan that blocks no reader or writer of the tables)
     if table == "video_embeddings":
         conn.execute(sql.SQL("DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM videos v WHERE v.id = s.video_id)")
                      .format(ident))  # fmt: skip
     for fk in keys:
-        conn.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(ident, fk))
+        conn.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(ident, sql.Identifier(fk)))
     # the load's vacuum (visibility map, statistics) now, before the index build, rather than an autovacuum (of
     # the inserts) competing with the build and live traffic; autovacuum was off during the load for that reason
     conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(ident))
@@ -194,33 +218,27 @@ def _switch(conn: psycopg.Connection[Any], table: str, version: str, name: str, 
     writers (not readers) until the commit, so no write falls between the carry-over and the switch."""
     ident, parent = sql.Identifier(name), sql.Identifier(table)
     generation_index = sql.Identifier(hnsw_index_name(version))
-    for attempt in range(SWITCH_TRIES):
-        try:
-            with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-                old = generation_table(conn, table, version)
-                conn.execute(sql.SQL("LOCK TABLE ONLY {} IN SHARE MODE").format(sql.Identifier(old)))
-                _carry_over(conn, table, version, name, since)
-                if old == table:  # the first time: the rows are in the embeddings table itself
-                    conn.execute(sql.SQL("DELETE FROM ONLY {} WHERE model_version = %s").format(parent), (version,))
-                    if indexed:
-                        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(generation_index))
-                else:
-                    conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT {}").format(sql.Identifier(old), parent))
-                    if indexed:
-                        conn.execute(sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
-                            generation_index, sql.Identifier(f"{old}_hnsw")))  # fmt: skip
-                conn.execute(sql.SQL("ALTER TABLE {} INHERIT {}").format(ident, parent))
-                if indexed:
-                    conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                        sql.Identifier(f"{name}_hnsw"), generation_index))  # fmt: skip
-            return old
-        except psycopg.errors.LockNotAvailable:
-            time.sleep(min(0.5, 0.01 * 2 ** min(attempt, 6)))  # let the queued requests through, then again
-    raise StoreError(
-        f"could not switch {name} in: its locks were busy {SWITCH_TRIES} times; run batch-update "
-        "again to finish the job (the serving rows are unchanged)"
-    )
+
+    def switch() -> str:
+        old = generation_table(conn, table, version)
+        conn.execute(sql.SQL("LOCK TABLE ONLY {} IN SHARE MODE").format(sql.Identifier(old)))
+        _carry_over(conn, table, version, name, since)
+        if old == table:  # the first time: the rows are in the embeddings table itself
+            conn.execute(sql.SQL("DELETE FROM ONLY {} WHERE model_version = %s").format(parent), (version,))
+            if indexed:
+                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(generation_index))
+        else:
+            conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT {}").format(sql.Identifier(old), parent))
+            if indexed:
+                conn.execute(sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
+                    generation_index, sql.Identifier(f"{old}_hnsw")))  # fmt: skip
+        conn.execute(sql.SQL("ALTER TABLE {} INHERIT {}").format(ident, parent))
+        if indexed:
+            conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                sql.Identifier(f"{name}_hnsw"), generation_index))  # fmt: skip
+        return old
+
+    return _retry_locks(conn, switch, f"could not switch {name} in")
 
 
 def finish(
@@ -250,15 +268,16 @@ def finish(
             old = _switch(fast, table, version, name, dim is not None, marked[0] if marked else since)
             first = old == table
             log.info("%s: switched in for %s in %.3fs (was %s)", name, version, time.perf_counter() - started, old)
-        for attempt in range(SWITCH_TRIES):  # a request planned before the switch may still read the old table
-            try:
-                with fast.transaction():
-                    fast.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-                    for dropped in drop_children(fast, version, keep=name, tables=(table,)):
-                        log.info("%s: the old rows of %s dropped", dropped, version)
-                break
-            except psycopg.errors.LockNotAvailable:
-                time.sleep(min(0.5, 0.01 * 2 ** min(attempt, 6)))
+
+        # a request planned before the switch may still read the old table: its drop waits for it, briefly
+        def drop() -> None:
+            for dropped in drop_children(fast, version, keep=name, tables=(table,)):
+                log.info("%s: the old rows of %s dropped", dropped, version)
+
+        try:
+            _retry_locks(fast, drop, f"could not drop the old rows of {version}")
+        except StoreError as exc:  # they serve no query any more: the next job (or a re-run) drops them
+            log.warning("%s", exc)
     if first:  # the version's old rows were deleted from the embeddings table: vacuum them now, not on traffic
         conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
     return True

@@ -41,7 +41,7 @@ from twotower.db import Database, locks
 from twotower.embeddings.embedder import Embedder
 from twotower.embeddings.shadow import create_shadow, load_shadow, shadow_name
 from twotower.errors import InputError, NotFound, TwoTowerError
-from twotower.jobs.closing import KIND, SHADOW_SHARE, TABLES, changed_shares, finish_job, shadow_targets
+from twotower.jobs.closing import KIND, TABLES, finish_job, planned_paths, shadow_targets
 from twotower.registry.store import ArtifactStore
 from twotower.registry.versions import active_version, get_version
 
@@ -148,14 +148,13 @@ def plan_batch(db: Database, options: BatchOptions, store: ArtifactStore | None 
                                (existing[0],)).fetchone()  # fmt: skip
             done, shadow = (int(row[0]), row[1] or []) if row else (0, [])
             paths = {t: ("shadow" if t in shadow else "in place", f"as job {existing[0]} decided") for t in targets}
-        elif options.shadow is not None:
-            why = "--shadow" if options.shadow else "--in-place"
-            paths = {t: ("shadow" if options.shadow else "in place", why) for t in targets}
-        elif store is not None:
+    if existing is None:
+        embedder = None
+        if store is not None and options.shadow is None:
             embedder = Embedder(db, store, version, options.cache_dir, threads=1 if options.gentle else 0)
-            for target, share in changed_shares(conn, embedder, targets).items():
-                how = "shadow" if share >= SHADOW_SHARE else "in place"
-                paths[target] = (how, f"about {share:.0%} would change; a shadow from {SHADOW_SHARE:.0%}")  # type: ignore[index]
+            embedder.towers  # noqa: B018  # loaded (perhaps downloaded) before the estimate's transaction
+        with db.direct() as conn:
+            paths = planned_paths(conn, embedder, targets, options.shadow)
     chunks = {t: (len(ids) + options.chunk_size - 1) // options.chunk_size for t, ids in targets.items()}
     return BatchPlan(version, len(targets.get("videos", [])), len(targets.get("users", [])), chunks,
                      existing[0] if existing else None, done, paths)  # fmt: skip

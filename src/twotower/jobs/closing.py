@@ -19,7 +19,7 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psycopg
@@ -32,7 +32,9 @@ from twotower.embeddings.shadow import Opener, finish, shadow_name
 from twotower.registry.generations import generation_table
 from twotower.registry.versions import hnsw_index_name
 
-__all__ = ["KIND", "SHADOW_SHARE", "TABLES", "finish_job", "shadow_targets"]
+__all__ = ["KIND", "SHADOW_SHARE", "TABLES", "finish_job", "planned_paths", "shadow_targets"]
+
+T = TypeVar("T")  # a target's name
 
 log = logging.getLogger("twotower.jobs")
 KIND = "batch_update"
@@ -67,24 +69,30 @@ def _changed_share(conn: psycopg.Connection[Any], embedder: Embedder, target: st
     return changed / len(found)
 
 
-def changed_shares(
-    conn: psycopg.Connection[Any], embedder: Embedder, targets: dict[Any, list[Any]]
-) -> dict[str, float]:  # fmt: skip
-    """Each target's estimated share of rows whose vector would change (a sample of ``SAMPLE`` re-embedded)."""
-    shares = {target: _changed_share(conn, embedder, target, ids) for target, ids in sorted(targets.items())}
-    for target, share in shares.items():
+def planned_paths(
+    conn: psycopg.Connection[Any], embedder: Embedder | None, targets: dict[T, list[Any]], forced: bool | None
+) -> dict[T, tuple[str, str]]:  # fmt: skip
+    """How a new job writes each target, ``("shadow" | "in place", why)``: all of them in a shadow generation
+    (``forced`` True), none (False), or those whose estimated changed share is at least ``SHADOW_SHARE`` (a
+    sample re-embedded by ``embedder``; without one, nothing is estimated: ``{}``)."""
+    if forced is not None:
+        return {t: ("shadow" if forced else "in place", "--shadow" if forced else "--in-place") for t in targets}
+    if embedder is None:
+        return {}
+    out: dict[T, tuple[str, str]] = {}
+    for target, ids in sorted(targets.items()):
+        share = _changed_share(conn, embedder, str(target), ids)
         log.info("%s of %s: about %.0f%% would change", target, embedder.version, 100 * share)
-    return shares
+        how = "shadow" if share >= SHADOW_SHARE else "in place"
+        out[target] = (how, f"about {share:.0%} would change; a shadow from {SHADOW_SHARE:.0%}")
+    return out
 
 
 def shadow_targets(
     conn: psycopg.Connection[Any], embedder: Embedder, targets: dict[Any, list[Any]], forced: bool | None
 ) -> list[str]:  # fmt: skip
-    """The targets a new job rebuilds in a shadow generation: all (``forced`` True), none (False), or those whose
-    estimated changed share is at least ``SHADOW_SHARE``."""
-    if forced is not None:
-        return sorted(targets) if forced else []
-    return [target for target, share in changed_shares(conn, embedder, targets).items() if share >= SHADOW_SHARE]
+    """The targets a new job rebuilds in a shadow generation (``planned_paths``)."""
+    return sorted(t for t, (how, _) in planned_paths(conn, embedder, targets, forced).items() if how == "shadow")
 
 
 def finish_job(
