@@ -10,17 +10,16 @@ is several times cheaper (pgvector's guidance). So a bulk re-embed:
    over at the end, see ``_carry_over``);
 2. loads it with binary COPY, chunk by chunk, each chunk in the transaction that marks it done (a worker killed
    mid-chunk leaves the chunk pending and none of its rows);
-3. ``finish``: the foreign keys (added ``NOT VALID``, then the rows of videos deleted while the job ran are
-   removed, then validated: a scan that blocks no request), ``VACUUM (ANALYZE)`` (autovacuum is off during the
-   load), the secondary index, the generation's partial HNSW index built on the loaded table (a plain
-   ``CREATE INDEX``: the table is invisible, so nothing waits on it, and the build may use parallel workers);
-   then the switch, one short transaction: the
-   version's current rows leave (the attached child is detached, or, the first time, the rows in the embeddings
-   table itself are deleted and its partial HNSW index dropped), the loaded table is attached (``INHERIT``) and its
-   index takes the generation's index name. Every lock it takes is taken with a ``lock_timeout`` of
-   ``LOCK_TIMEOUT`` and the transaction retried: a request never waits on the switch for longer than that. Queries
-   of the version see the old rows or the new ones, never both or neither (one commit). Then the old child is
-   dropped (after the first switch: the embeddings table vacuumed).
+3. ``finish``: the foreign keys (added ``NOT VALID``, then the rows of videos deleted while the job ran are removed,
+   then validated: a scan that blocks no request), ``VACUUM (ANALYZE)`` (autovacuum is off during the load), the
+   secondary index, the generation's partial HNSW index built on the loaded table (a plain ``CREATE INDEX``: the
+   table is invisible, so nothing waits on it, and the build may use parallel workers); then the switch, one short
+   transaction: the version's current rows leave (the attached child is detached, or, the first time, the rows in
+   the embeddings table itself are deleted and its partial HNSW index dropped), the loaded table is attached
+   (``INHERIT``) and its index takes the generation's index name. Every lock it takes is taken with a
+   ``lock_timeout`` of ``LOCK_TIMEOUT`` and the transaction retried: a request never waits on the switch for longer
+   than that. Queries of the version see the old rows or the new ones, never both or neither (one commit). Then the
+   old child is dropped (after the first switch: the embeddings table vacuumed).
 
 A worker killed at any moment leaves the serving rows intact: before the switch's commit they are untouched; after
 it they are the new ones. A re-run finds the state (``finish`` is idempotent): a loaded table not attached yet is
