@@ -69,7 +69,7 @@ def _cli(url: str, data: Path, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def test_dry_run_prints_the_plan_and_changes_nothing(url: str, deployed: Path) -> None:
+def test_dry_run_prints_the_plan_and_changes_nothing(url: str, deployed: Path, tmp_path: Path) -> None:
     out, err = _cli(url, deployed, "--dry-run", "--chunk-size", "100").communicate(timeout=120)
     assert "plan: version v: 600 videos, 150 users in 6 videos chunk(s), 2 users chunk(s)" in out, err
     # the towers were deployed with these vectors: a sample re-embedded finds nothing to change
@@ -77,6 +77,11 @@ def test_dry_run_prints_the_plan_and_changes_nothing(url: str, deployed: Path) -
     assert "users: changed rows in place (about 0% would change" in out and "nothing was changed" in out
     forced, _ = _cli(url, deployed, "--dry-run", "--shadow", "--no-users").communicate(timeout=120)
     assert "videos: a shadow generation, switched in at the end (--shadow)" in forced and "users:" not in forced
+    # the estimate needs the version's towers: a store that lacks them is one line and an exit code, no traceback
+    lost = _cli(url, tmp_path, "--dry-run")  # an empty store and model cache
+    out, err = lost.communicate(timeout=120)
+    assert lost.returncode == 66 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (out, err)
+    assert "version v" in err and out == "", (out, err)
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
     bad = _cli(url, deployed, "--no-videos", "--no-users")
