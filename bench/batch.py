@@ -111,6 +111,11 @@ NICE: list[str] = []  # batch-update's --nice, when given
 SHADOW = "batch, every vector changes"
 
 
+def _p99_ms(latencies: list[float]) -> float:
+    """The p99 of latencies in seconds, in ms."""
+    return 1000 * sorted(latencies)[int(len(latencies) * 0.99)]
+
+
 def _batch(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "twotower", "batch-update", "--no-users", "--model-version", VERSION, *NICE, *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -303,12 +308,12 @@ def main(argv: list[str] | None = None) -> int:
                 ordered = sorted(latencies)
                 if batch_args is None:
                     quiet += latencies
-                busy = sorted(lat for lat, s in zip(latencies, starts, strict=True) if monitor.busy(s))
+                busy = [lat for lat, s in zip(latencies, starts, strict=True) if monitor.busy(s)]
                 phases[name] = {"p50_ms": 1000 * ordered[len(ordered) // 2],
-                                "p99_ms": 1000 * ordered[int(len(ordered) * 0.99)], "errors": errors,
+                                "p99_ms": _p99_ms(ordered), "errors": errors,
                                 "requests": len(latencies), "algorithms": dict(algorithms),
                                 "requests_during_table_maintenance": len(busy),
-                                "p99_ms_during_table_maintenance": 1000 * busy[int(len(busy) * 0.99)] if busy else None,
+                                "p99_ms_during_table_maintenance": _p99_ms(busy) if busy else None,
                                 **monitor.during(at, driven)}  # fmt: skip
                 p = phases[name]
                 if until_done:  # the requests started in the second before the switch
@@ -336,8 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             monitor.stopping.set()
             monitor.join(timeout=5)
         # the p99 without a job: the requests of both no-batch phases (before and after the jobs) together
-        quiet.sort()
-        baseline = 1000 * quiet[int(len(quiet) * 0.99)]
+        baseline = _p99_ms(quiet)
         print(f"p99 without a job (both no-batch phases, {len(quiet):,} requests): {baseline:.2f} ms; with one:")
         for name, p in phases.items():
             if not name.startswith("no batch"):

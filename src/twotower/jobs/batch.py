@@ -148,16 +148,22 @@ def plan_batch(db: Database, options: BatchOptions, store: ArtifactStore | None 
                                (existing[0],)).fetchone()  # fmt: skip
             done, shadow = (int(row[0]), row[1] or []) if row else (0, [])
             paths = {t: ("shadow" if t in shadow else "in place", f"as job {existing[0]} decided") for t in targets}
-    if existing is None:
+    if existing is None and store is not None:  # a dry run: a run decides when it creates the job
         embedder = None
-        if store is not None and options.shadow is None:
-            embedder = Embedder(db, store, version, options.cache_dir, threads=1 if options.gentle else 0)
+        if options.shadow is None:
+            embedder = _embedder(db, store, options)
             embedder.towers  # noqa: B018  # loaded (perhaps downloaded) before the estimate's transaction
         with db.direct() as conn:
             paths = planned_paths(conn, embedder, targets, options.shadow)
     chunks = {t: (len(ids) + options.chunk_size - 1) // options.chunk_size for t, ids in targets.items()}
     return BatchPlan(version, len(targets.get("videos", [])), len(targets.get("users", [])), chunks,
                      existing[0] if existing else None, done, paths)  # fmt: skip
+
+
+def _embedder(db: Database, store: ArtifactStore, options: BatchOptions) -> Embedder:
+    assert options.version is not None  # resolved by the caller
+    # a gentle worker keeps to one core: one ONNX Runtime thread
+    return Embedder(db, store, options.version, options.cache_dir, threads=1 if options.gentle else 0)
 
 
 def _create_or_join(db: Database, options: BatchOptions, embedder: Embedder) -> int:
@@ -216,7 +222,7 @@ def _run_batch(
 ) -> BatchResult:  # fmt: skip
     with db.direct() as conn:
         options.version = _version(conn, options.version)
-    embedder = Embedder(db, store, options.version, options.cache_dir, threads=1 if options.gentle else 0)
+    embedder = _embedder(db, store, options)
     job_id = _create_or_join(db, options, embedder)
     result = BatchResult(job_id, options.version)
     worker = f"{socket.gethostname()}:{os.getpid()}"

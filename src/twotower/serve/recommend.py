@@ -215,7 +215,7 @@ class PopularityCache:
         parallel plan, 1.7 s under load): it runs with a serial plan, one core, so requests keep the others, and
         every ~5 minutes (popularity moves slowly; a cold user is the only one it answers)."""
         with self._lock, conn.transaction():
-            if self.loaded_at and not self.stale():  # another thread refreshed it while this one waited
+            if not self.stale():  # another thread refreshed it while this one waited
                 return
             conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             popular = conn.execute(
