@@ -82,8 +82,12 @@ def recall_at_k(
 
 
 def _optimizer(model: TwoTowerModel, config: TrainConfig) -> torch.optim.Optimizer:
+    # fused: one pass over each parameter's memory, not one per arithmetic step (on a CPU the unfused update of
+    # the 2.5M-entry ID table costs 2-8 ms a step, the fused one about 1 ms)
     if config.id_weight_decay <= 0:
-        return torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        return torch.optim.Adam(
+            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
+        )
     tables = [model.encoder.ids.weight]
     if model.encoder.context_ids is not None:
         tables.append(model.encoder.context_ids.weight)
@@ -92,7 +96,7 @@ def _optimizer(model: TwoTowerModel, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(
         [{"params": tables, "weight_decay": config.id_weight_decay},
          {"params": rest, "weight_decay": config.weight_decay}],
-        lr=config.learning_rate,
+        lr=config.learning_rate, fused=True,
     )  # fmt: skip
 
 
