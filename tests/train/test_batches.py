@@ -1,16 +1,20 @@
-"""The device-resident batch builder gives the numpy builder's inputs; epoch shards are equal; NaN never wins."""
+"""The device-resident batch builder gives the numpy builder's inputs; a step never waits for the device; epoch shards
+are equal; NaN never wins."""
 
 from __future__ import annotations
 
 import uuid
 
 import numpy as np
+import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from twotower.features.decisions import DecisionLog
 from twotower.features.examples import Histories
 from twotower.features.history import HistoryConfig
 from twotower.train.batches import DeviceHistories
+from twotower.train.tables import FeatureTables
 from twotower.train.trainer import EpochStats, TrainConfig, Trainer, epoch_shard
 
 
@@ -65,13 +69,9 @@ def test_epoch_shards_are_equal_and_cover_the_epoch() -> None:
             assert sum(s.size for s in shards) < n + world
 
 
-def test_a_nan_validation_figure_is_not_an_improvement() -> None:
-    from twotower.model.config import TowerConfig
-    from twotower.model.towers import TwoTowerModel
+def _tables() -> FeatureTables:
+    """The item features of ``_log``'s 60 items (plus the padding row), as ``FeatureTables`` reads them."""
     from twotower.train.tables import FeatureTables
-
-    log = _log()
-    hist = Histories(log, np.ones(len(log), dtype=bool), 60, HistoryConfig())
 
     class _Features:  # the fields FeatureTables reads
         def with_padding_row(self) -> _Features:
@@ -80,11 +80,79 @@ def test_a_nan_validation_figure_is_not_an_improvement() -> None:
         def __len__(self) -> int:
             return 60
 
+    rng = np.random.default_rng(1)
     f = _Features()
     f.item_id = np.arange(61)  # type: ignore[attr-defined]
-    f.tags, f.performers = np.zeros((61, 4), np.int64), np.zeros((61, 2), np.int64)  # type: ignore[attr-defined]
-    f.categorical, f.numeric = np.zeros((61, 4), np.int64), np.zeros((61, 10), np.float32)  # type: ignore[attr-defined]
-    tables = FeatureTables(f, torch.device("cpu"))  # type: ignore[arg-type]
+    f.tags, f.performers = rng.integers(0, 9, (61, 4)), rng.integers(0, 5, (61, 2))  # type: ignore[attr-defined]
+    f.categorical = rng.integers(0, 3, (61, 4))  # type: ignore[attr-defined]
+    f.numeric = rng.random((61, 10)).astype(np.float32)  # type: ignore[attr-defined]
+    return FeatureTables(f, torch.device("cpu"))  # type: ignore[arg-type]
+
+
+# ops that make the host wait for the device (a scalar read, or an output whose size depends on the data)
+_SYNCS = {"_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "_unique", "_unique2", "unique_dim",
+          "unique_consecutive", "equal"}  # fmt: skip
+
+
+class _SyncSpy(TorchDispatchMode):
+    """Every aten op run inside, and the ones that would wait for a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = func.__name__.split(".")[0]
+        self.ops.add(name)
+        kwargs = kwargs or {}
+        bool_index = name == "index" and any(t is not None and t.dtype == torch.bool for t in args[1])
+        unsized = name == "repeat_interleave" and isinstance(args[0], torch.Tensor) and len(args) == 1 and \
+            kwargs.get("output_size") is None  # fmt: skip
+        if name in _SYNCS or bool_index or unsized:
+            self.syncs.append(str(func))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "tower", [{}, {"target_window": 3, "targets_per_history": 2}, {"history": "profile", "targets_per_history": 2}]
+)
+def test_a_training_step_never_waits_for_the_device(tower: dict[str, object]) -> None:
+    """The step a GPU runs, checked on the CPU: building the batch from the device-resident index, both towers,
+    the loss, the backward pass and Adam run no op that reads a value back to the host (``.item()``, a bool of a
+    tensor) or whose output size depends on the data (``nonzero``, masks, ``unique``): every size is known on the
+    host before the step. On a GPU each of those would stall the step until the device caught up."""
+    from twotower.model.config import TowerConfig
+    from twotower.model.towers import TwoTowerModel
+
+    log = _log(per_user=40)
+    hist = Histories(log, np.ones(len(log), dtype=bool), 60, HistoryConfig(max_likes=7, max_nopes=4))
+    cfg = TowerConfig(n_items=61, n_tags=9, n_performers=5, n_categorical=(3, 3, 3, 3), max_tags=4, max_performers=2,
+                      max_likes=7, max_nopes=4, **tower)  # type: ignore[arg-type]  # fmt: skip
+    trainer = Trainer(TwoTowerModel(cfg), _tables(), hist, TrainConfig(batch_size=32))
+    trainer.model.train()
+    k = trainer.targets_per_state
+    order = np.arange(trainer.n_examples)[: 32 // k]
+    states = torch.from_numpy(order)
+    liked = trainer.batches.liked_total(trainer.ex_users[order])
+    gen = torch.Generator().manual_seed(0)
+    with _SyncSpy() as spy:
+        loss = trainer._batch_loss(states, liked, gen)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        trainer.optimizer.step()
+    assert {"_embedding_bag", "_fused_adam_", "mm"} <= spy.ops  # the spy saw the step
+    assert spy.syncs == []
+    assert torch.isfinite(loss.detach())
+
+
+def test_a_nan_validation_figure_is_not_an_improvement() -> None:
+    from twotower.model.config import TowerConfig
+    from twotower.model.towers import TwoTowerModel
+
+    log = _log()
+    hist = Histories(log, np.ones(len(log), dtype=bool), 60, HistoryConfig())
+    tables = _tables()
     model = TwoTowerModel(TowerConfig(n_items=61, max_tags=4, max_performers=2))
     valid = (np.array([0, 1]), [np.array([1]), np.array([2])])
     trainer = Trainer(model, tables, hist, TrainConfig(), valid=valid)
