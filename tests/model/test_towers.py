@@ -216,16 +216,3 @@ def test_configs_saved_before_the_new_fields_load_as_they_were() -> None:
     cfg = TowerConfig.from_json(old)
     assert (cfg.history_pooling, cfg.history_dropout, cfg.mask_likes, cfg.history_ids) == ("mean", 0.0, False, False)
     assert TowerConfig.from_json(_cfg().to_json()) == _cfg()
-
-
-def test_head_dropout_hides_a_share_p_and_rescales_the_rest() -> None:
-    from twotower.model.towers import _Dropout
-
-    drop = _Dropout(0.3).train()
-    torch.manual_seed(0)
-    x = torch.rand(200, 500) + 0.5
-    y = drop(x)
-    hidden = y == 0
-    assert abs(hidden.float().mean().item() - 0.3) < 0.01
-    assert torch.allclose(y[~hidden], x[~hidden] / 0.7)
-    assert torch.equal(drop.eval()(x), x) and torch.equal(_Dropout(0.0).train()(x), x)

@@ -4,6 +4,7 @@ are equal; NaN never wins."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,9 +90,11 @@ def _tables() -> FeatureTables:
     return FeatureTables(f, torch.device("cpu"))  # type: ignore[arg-type]
 
 
-# ops that make the host wait for the device (a scalar read, or an output whose size depends on the data)
+# ops that make the host wait for the device (a scalar read, or an output whose size depends on the data), or
+# copy from the host (a tensor made from Python values)
 _SYNCS = {"_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "_unique", "_unique2", "unique_dim",
-          "unique_consecutive", "equal"}  # fmt: skip
+          "unique_consecutive", "unique_dim_consecutive", "equal", "allclose", "bincount", "lift_fresh"}  # fmt: skip
+_MASKED = {"index", "index_put", "index_put_", "_index_put_impl_"}  # with a bool mask: the size of its True set
 
 
 class _SyncSpy(TorchDispatchMode):
@@ -106,7 +109,7 @@ class _SyncSpy(TorchDispatchMode):
         name = func.__name__.split(".")[0]
         self.ops.add(name)
         kwargs = kwargs or {}
-        bool_index = name == "index" and any(t is not None and t.dtype == torch.bool for t in args[1])
+        bool_index = name in _MASKED and any(t is not None and t.dtype in (torch.bool, torch.uint8) for t in args[1])
         unsized = name == "repeat_interleave" and isinstance(args[0], torch.Tensor) and len(args) == 1 and \
             kwargs.get("output_size") is None  # fmt: skip
         if name in _SYNCS or bool_index or unsized:
@@ -114,14 +117,26 @@ class _SyncSpy(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+def _recorded(method: Any, calls: list[str]) -> Any:
+    """``method``, noting its name in ``calls`` on every call."""
+
+    def call(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        calls.append(method.__name__)
+        return method(self, *args, **kwargs)
+
+    return call
+
+
 @pytest.mark.parametrize(
     "tower", [{}, {"target_window": 3, "targets_per_history": 2}, {"history": "profile", "targets_per_history": 2}]
 )
-def test_a_training_step_never_waits_for_the_device(tower: dict[str, object]) -> None:
+def test_a_training_step_never_waits_for_the_device(tower: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
     """The step a GPU runs, checked on the CPU: building the batch from the device-resident index, both towers,
     the loss, the backward pass and Adam run no op that reads a value back to the host (``.item()``, a bool of a
-    tensor) or whose output size depends on the data (``nonzero``, masks, ``unique``): every size is known on the
-    host before the step. On a GPU each of those would stall the step until the device caught up."""
+    tensor, ``tolist``) or whose output size depends on the data (``nonzero``, bool masks, ``unique``,
+    ``bincount``), and makes no tensor from host values: every size is known on the host before the step. On a GPU
+    each of those would stall the step until the device caught up. (A GPU run would add
+    ``torch.cuda.set_sync_debug_mode("error")``, which also sees syncs inside kernels.)"""
     from twotower.model.config import TowerConfig
     from twotower.model.towers import TwoTowerModel
 
@@ -136,13 +151,17 @@ def test_a_training_step_never_waits_for_the_device(tower: dict[str, object]) ->
     states = torch.from_numpy(order)
     liked = trainer.batches.liked_total(trainer.ex_users[order])
     gen = torch.Generator().manual_seed(0)
+    reads: list[str] = []  # reads to the host that send no op through the spy on a CPU
+    for method in ("item", "tolist", "numpy", "cpu"):
+        monkeypatch.setattr(torch.Tensor, method, _recorded(getattr(torch.Tensor, method), reads))
     with _SyncSpy() as spy:
         loss = trainer._batch_loss(states, liked, gen)
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         trainer.optimizer.step()
     assert {"_embedding_bag", "_fused_adam_", "mm"} <= spy.ops  # the spy saw the step
-    assert spy.syncs == []
+    monkeypatch.undo()
+    assert spy.syncs == [] and reads == []
     assert torch.isfinite(loss.detach())
 
 

@@ -135,19 +135,9 @@ class ItemEncoder(nn.Module):
         return projected * (total > 0).to(numeric.dtype)
 
 
-class _Dropout(nn.Dropout):
-    """``nn.Dropout`` with its mask drawn as one uniform tensor: the same distribution, and on a CPU a third
-    cheaper than ``bernoulli_`` (which cost 4 ms of a training step)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p <= 0:
-            return x
-        return x * ((torch.rand_like(x) >= self.p).to(x.dtype) / (1.0 - self.p))
-
-
 def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
     # one hidden layer: on a 2-core CPU the towers must train at tens of thousands of examples a second
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), _Dropout(dropout), nn.Linear(hidden, d_out))
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
 
 
 class TwoTowerModel(nn.Module):

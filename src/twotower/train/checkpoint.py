@@ -15,6 +15,10 @@ from twotower.train.trainer import EpochStats, Trainer
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
+# how the optimizer computes its update: the running code's choice, not the checkpoint's (one written before
+# the optimizer ran fused would otherwise turn the fused update off for the rest of the run)
+_IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")
+
 
 def save_checkpoint(trainer: Trainer, directory: Path) -> None:
     """Write atomically: a crash while saving leaves the previous checkpoint intact."""
@@ -53,7 +57,9 @@ def load_checkpoint(trainer: Trainer, directory: Path) -> bool:
         if key.startswith("opt."):
             _, pid, name = key.split(".", 2)
             state.setdefault(int(pid), {})[name] = value.cpu() if name == "step" else value
-    trainer.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = [{**saved, **{k: live[k] for k in _IMPLEMENTATION if k in live}}
+              for saved, live in zip(meta["param_groups"], trainer.optimizer.param_groups, strict=True)]  # fmt: skip
+    trainer.optimizer.load_state_dict({"state": state, "param_groups": groups})
     trainer.state.epoch = int(meta["epoch"])
     trainer.state.best_recall = float(meta["best_recall"])
     trainer.state.best_epoch = int(meta["best_epoch"])
