@@ -90,6 +90,18 @@ def _tables() -> FeatureTables:
     return FeatureTables(f, torch.device("cpu"))  # type: ignore[arg-type]
 
 
+def _trainer(config: TrainConfig, **tower: Any) -> Trainer:
+    """A trainer of a small model on ``_log``'s users and ``_tables``' items (histories of 7 likes, 4 nopes)."""
+    from twotower.model.config import TowerConfig
+    from twotower.model.towers import TwoTowerModel
+
+    log = _log(per_user=40)
+    hist = Histories(log, np.ones(len(log), dtype=bool), 60, HistoryConfig(max_likes=7, max_nopes=4))
+    cfg = TowerConfig(n_items=61, n_tags=9, n_performers=5, n_categorical=(3, 3, 3, 3), max_tags=4, max_performers=2,
+                      max_likes=7, max_nopes=4, **tower)  # fmt: skip
+    return Trainer(TwoTowerModel(cfg), _tables(), hist, config)
+
+
 # ops that make the host wait for the device (a scalar read, or an output whose size depends on the data), or
 # copy from the host (a tensor made from Python values)
 _SYNCS = {"_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "_unique", "_unique2", "unique_dim",
@@ -137,14 +149,7 @@ def test_a_training_step_never_waits_for_the_device(tower: dict[str, object], mo
     ``bincount``), and makes no tensor from host values: every size is known on the host before the step. On a GPU
     each of those would stall the step until the device caught up. (A GPU run would add
     ``torch.cuda.set_sync_debug_mode("error")``, which also sees syncs inside kernels.)"""
-    from twotower.model.config import TowerConfig
-    from twotower.model.towers import TwoTowerModel
-
-    log = _log(per_user=40)
-    hist = Histories(log, np.ones(len(log), dtype=bool), 60, HistoryConfig(max_likes=7, max_nopes=4))
-    cfg = TowerConfig(n_items=61, n_tags=9, n_performers=5, n_categorical=(3, 3, 3, 3), max_tags=4, max_performers=2,
-                      max_likes=7, max_nopes=4, **tower)  # type: ignore[arg-type]  # fmt: skip
-    trainer = Trainer(TwoTowerModel(cfg), _tables(), hist, TrainConfig(batch_size=32))
+    trainer = _trainer(TrainConfig(batch_size=32), **tower)
     trainer.model.train()
     k = trainer.targets_per_state
     order = np.arange(trainer.n_examples)[: 32 // k]

@@ -5,25 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from tests.train.test_batches import _log, _tables
-from twotower.features.examples import Histories
-from twotower.features.history import HistoryConfig
-from twotower.model.config import TowerConfig
-from twotower.model.towers import TwoTowerModel
+from tests.train.test_batches import _trainer as small_trainer
 from twotower.train.checkpoint import load_checkpoint, save_checkpoint
 from twotower.train.trainer import TrainConfig, Trainer
 
 
 def _trainer() -> Trainer:
-    log = _log(per_user=40)
-    hist = Histories(log, np.ones(len(log), dtype=bool), 60, HistoryConfig(max_likes=7, max_nopes=4))
-    cfg = TowerConfig(n_items=61, n_tags=9, n_performers=5, n_categorical=(3, 3, 3, 3), max_tags=4, max_performers=2,
-                      max_likes=7, max_nopes=4)  # fmt: skip
     torch.manual_seed(0)
-    return Trainer(TwoTowerModel(cfg), _tables(), hist, TrainConfig(batch_size=64, seed=3))
+    return small_trainer(TrainConfig(batch_size=64, seed=3))
 
 
 def test_a_checkpoint_from_before_the_fused_optimizer_resumes_fused(tmp_path: Path) -> None:
