@@ -3,12 +3,13 @@
     .venv/bin/python bench/train.py [--batch-sizes 512 2048 auto] [--device auto|cpu|cuda] [--precision bf16]
                                     [--objective past|profile] [--small]
 
-For each batch size: one epoch (a fixed budget of examples) through the real `twotower train` path (data from
-Postgres, temporal split, feature pipeline, device-resident batches); examples/s (= positives/s: with
-``--objective profile`` one user-tower pass serves 4 positives) counts the training loop only, and the
-validation Recall@20 after that budget is printed beside it. The control, measured in the same run on the same
-device at the same batch size, is a minimal loop of the same shape with every tensor resident on the device
-(bench/_control.py): the product's examples/s is reported as a share of it.
+For each batch size (user states per step): one epoch through the real `twotower train` path (data from
+Postgres, temporal split, feature pipeline, device-resident batches). positives/s counts the training loop only:
+each user state is trained on its next 3 likes (with ``--objective profile``, on 4 likes hidden from its
+profile), one user-tower pass for all of them. The validation Recall@20 after that budget is printed beside it.
+The control, measured in the same run on the same device at the same batch size, is a minimal loop of the same
+shape with every tensor resident on the device (bench/_control.py), one positive per user: the product's
+positives/s is reported as a share of its examples/s.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from twotower.synth import SynthConfig, generate
 from twotower.train.run import TrainOptions, train
 
 TARGET = 20_000  # positives/s on CPU (issue 16)
-OBJECTIVES = {"past": {}, "profile": {"history": "profile", "targets_per_history": 4}}
+OBJECTIVES = {"past": {}, "profile": {"history": "profile", "targets_per_history": 4, "next_likes": 1}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,11 +61,13 @@ def main(argv: list[str] | None = None) -> int:
             stats = result.history[-1]
             device = result.model.encoder.ids.weight.device
             info = json.loads((result.directory / "training.json").read_text())
-            per_step = int(info["batch_size_per_process"])
+            per_step = int(info["batch_size_per_process"])  # user states
+            k = result.model.cfg.positives_per_state
             control = control_examples_per_second(device, per_step, size[0], size[1], args.control_steps,
                                                   bf16=args.precision == "bf16")  # fmt: skip
             results[str(bs)] = {
                 "batch_size": per_step,
+                "positives_per_state": k,
                 "learning_rate": info["learning_rate"],
                 "positives": stats.examples,
                 "seconds": round(stats.seconds, 2),
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 "control_examples_per_second": round(control),
                 "share_of_control": round(stats.examples_per_second / control, 3),
             }
-            print(f"batch {bs:>5} ({per_step}): {stats.examples_per_second:>9,.0f} positives/s, valid Recall@20 "
+            print(f"batch {bs:>5} ({per_step} states x {k} positives): {stats.examples_per_second:>9,.0f} positives/s, "
+                  f"valid Recall@20 "
                   f"{stats.valid_recall_at_20:.4f} after 1 epoch ({stats.examples:,} in {stats.seconds:.1f} s); "
                   f"control {control:,.0f}/s -> {stats.examples_per_second / control:.2f}x")  # fmt: skip
     best = max(r["positives_per_second"] for r in results.values())

@@ -204,7 +204,9 @@ def test_liked_mask_matches_a_brute_force_one(catalog_size: int | None) -> None:
     assert torch.equal(mask, expected) and expected.any() and not expected.all()
 
 
-@pytest.mark.parametrize(("field", "value"), [("history_pooling", "max"), ("history_dropout", 1.0)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("history_pooling", "max"), ("history_dropout", 1.0), ("next_likes", 0), ("next_likes", 65)]
+)
 def test_new_switches_are_checked(field: str, value: object) -> None:
     with pytest.raises(InputError, match=field):
         _cfg(**{field: value})
@@ -212,7 +214,61 @@ def test_new_switches_are_checked(field: str, value: object) -> None:
 
 def test_configs_saved_before_the_new_fields_load_as_they_were() -> None:
     old = {k: v for k, v in _cfg().to_json().items()
-           if k not in ("history_ids", "history_pooling", "history_dropout", "mask_likes")}  # fmt: skip
+           if k not in ("history_ids", "history_pooling", "history_dropout", "mask_likes", "next_likes")}  # fmt: skip
     cfg = TowerConfig.from_json(old)
     assert (cfg.history_pooling, cfg.history_dropout, cfg.mask_likes, cfg.history_ids) == ("mean", 0.0, False, False)
+    assert cfg.next_likes == 1  # trained on the next like only
     assert TowerConfig.from_json(_cfg().to_json()) == _cfg()
+
+
+def _loss_by_hand(u, v, ids, log_q, uniform, uniform_ids, hard, hard_mask, groups, liked, t):  # type: ignore[no-untyped-def]
+    """Each positive's cross-entropy over itself and its row's negatives, one positive at a time."""
+    liked_by = {(int(r), int(i)) for r, i in zip(*liked, strict=True)}
+    losses = []
+    for j, r in enumerate(groups.tolist()):
+        own_items = {int(ids[i]) for i in range(len(ids)) if int(groups[i]) == r}
+        row = [u[r] @ v[j] / t - log_q[j]]
+        for c in range(len(ids)):
+            if int(ids[c]) not in own_items and (r, int(ids[c])) not in liked_by:
+                row.append(u[r] @ v[c] / t - log_q[c])
+        for c in range(len(uniform_ids)):
+            if int(uniform_ids[c]) not in own_items and (r, int(uniform_ids[c])) not in liked_by:
+                row.append(u[r] @ uniform[c] / t)
+        if hard_mask[r]:
+            row.append(u[r] @ hard[r] / t)
+        logits = torch.stack(row)
+        losses.append(torch.logsumexp(logits, 0) - logits[0])
+    return torch.stack(losses).mean()
+
+
+def test_loss_of_several_positives_per_user_state_matches_one_positive_at_a_time() -> None:
+    """Three user states with two positives each: every positive is scored against its row's negatives only —
+    never its own row's other positives, their repeats among the candidates or the row's liked items."""
+    g = torch.Generator().manual_seed(4)
+    u = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1).requires_grad_()
+    v = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    uniform = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    hard = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    ids = torch.tensor([1, 2, 3, 1, 4, 5])  # item 1 is a positive of rows 0 and 1
+    uniform_ids = torch.tensor([2, 6, 7, 8, 5])  # items 2 and 5 are also rows 0's and 2's positives
+    log_q = torch.randn(6, generator=g)
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    hard_mask = torch.tensor([True, False, True])
+    liked = (torch.tensor([0, 2, 2]), torch.tensor([7, 3, 9]))  # item 9 is no candidate
+    got = retrieval_loss(u, v, ids, log_q, 0.1, uniform=uniform, uniform_ids=uniform_ids, uniform_log_q=0.0,
+                         hard=hard, hard_mask=hard_mask, groups=groups, liked=liked)  # fmt: skip
+    expected = _loss_by_hand(u, v, ids, log_q, uniform, uniform_ids, hard, hard_mask, groups, liked, 0.1)
+    assert torch.isclose(got, expected, atol=1e-5)
+    (grad,) = torch.autograd.grad(got, u)
+    (expected_grad,) = torch.autograd.grad(expected, u)
+    assert torch.allclose(grad, expected_grad, atol=1e-5)
+    # a row whose candidates are all its own positives has no negatives: a zero loss and a finite gradient
+    alone = retrieval_loss(u[:1], v[:2], ids[:2], log_q[:2], 0.1, groups=torch.tensor([0, 0]))
+    assert alone == 0 and torch.isfinite(torch.autograd.grad(alone, u)[0]).all()
+
+
+@pytest.mark.parametrize("sampled", [{"history": "profile"}, {"target_window": 4}])
+def test_next_likes_and_sampled_targets_are_exclusive(sampled: dict[str, object]) -> None:
+    with pytest.raises(InputError, match="set next_likes=1"):
+        _cfg(next_likes=2, **sampled)
+    assert _cfg(next_likes=1, **sampled).next_likes == 1

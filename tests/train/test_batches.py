@@ -61,6 +61,37 @@ def test_device_batches_match_the_numpy_builder() -> None:
         assert 0 < got[1][r].sum() - mask[r].sum() <= 2 or hist.like_count[u] > 7
 
 
+def test_next_likes_are_the_like_after_a_history_and_the_ones_after_it() -> None:
+    log = _log()
+    hist = Histories(log, np.ones(len(log), dtype=bool), 60, HistoryConfig(max_likes=7, max_nopes=4))
+    dev = DeviceHistories(hist, torch.device("cpu"))
+    users, items, p, _ = hist.examples()
+    got = dev.next_likes(torch.from_numpy(users), torch.from_numpy(p), 3).reshape(-1, 3).numpy()
+    for (u, before), row, first in zip(zip(users, p, strict=True), got, items, strict=True):
+        following = hist.like_items[hist.like_start[u] + before : hist.like_start[u] + hist.like_count[u]]
+        assert row[0] == first  # the example's own target comes first
+        # the next three; near the end of a history the ones left, in turn
+        np.testing.assert_array_equal(row, following[np.arange(3) % following.size])
+    assert (hist.like_count[users] - p >= 3).any() and (hist.like_count[users] - p == 1).any()
+
+
+@pytest.mark.parametrize(
+    ("tower", "sampled"),
+    [
+        ({"next_likes": 3}, False),
+        ({"next_likes": 1}, False),
+        ({"next_likes": 1, "target_window": 4, "targets_per_history": 2}, True),
+    ],
+)
+def test_an_epoch_visits_every_user_state_with_its_next_likes(tower: dict[str, Any], sampled: bool) -> None:
+    """Every user state once per epoch with its k positives; sampled targets visit 1/k of the states."""
+    trainer = _trainer(TrainConfig(batch_size=64, seed=3), **tower)
+    k, n = trainer.targets_per_state, trainer.n_examples
+    assert trainer.positives_per_epoch == (-(-n // k) if sampled else n) * k
+    stats = trainer.train_epoch(1)
+    assert stats.examples == trainer.positives_per_epoch and np.isfinite(stats.loss)
+
+
 def test_epoch_shards_are_equal_and_cover_the_epoch() -> None:
     for n in (1, 2, 7, 1027):
         for world in (1, 2, 3):
@@ -140,7 +171,12 @@ def _recorded(method: Any, calls: list[str]) -> Any:
 
 
 @pytest.mark.parametrize(
-    "tower", [{}, {"target_window": 3, "targets_per_history": 2}, {"history": "profile", "targets_per_history": 2}]
+    "tower",
+    [
+        {},
+        {"target_window": 3, "targets_per_history": 2, "next_likes": 1},
+        {"history": "profile", "targets_per_history": 2, "next_likes": 1},
+    ],
 )
 def test_a_training_step_never_waits_for_the_device(tower: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
     """The step a GPU runs, checked on the CPU: building the batch from the device-resident index, both towers,

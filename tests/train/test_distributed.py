@@ -24,6 +24,7 @@ from tests.conftest import synth_database
 from twotower.db import Database
 from twotower.features.examples import Histories
 from twotower.features.history import HistoryConfig
+from twotower.model.config import TowerConfig
 from twotower.settings import Settings
 from twotower.synth import SynthConfig
 from twotower.train.prepare import prepare
@@ -104,8 +105,10 @@ def test_torchrun_two_processes_end_and_match_one(ddp_url: str, cli_env: dict[st
     with psycopg.connect(ddp_url) as conn:
         versions = conn.execute("SELECT version, status FROM model_versions").fetchall()
     assert versions == [(ddp_dir.name, "ready")]
-    # every epoch counts the examples of both ranks (an epoch is all training likes, padded to an even split)
-    assert all(n_states <= h["examples"] <= n_states + 2 for h in ddp_info["history"]), ddp_info["history"]
+    # every epoch counts the positives of both ranks: every user state (padded to an even split) with its next
+    # likes each
+    k = TowerConfig().next_likes
+    assert all(n_states * k <= h["examples"] <= (n_states + 2) * k for h in ddp_info["history"]), ddp_info["history"]
     r_ddp, r_one = ddp_info["best_valid_recall_at_20"], one_info["best_valid_recall_at_20"]
     print(f"valid Recall@20: 2 processes {r_ddp:.4f}, 1 process {r_one:.4f} (ratio {r_ddp / r_one:.3f})")
     assert r_ddp > 0.05 and r_ddp >= TOLERANCE * r_one, (r_ddp, r_one)

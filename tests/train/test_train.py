@@ -185,15 +185,15 @@ def test_cli_train_and_evaluate(synth_url: str, cli_env: dict[str, str], tmp_pat
 @pytest.mark.parametrize(
     "tower",
     [
-        {"history": "profile", "targets_per_history": 4},
-        {"target_window": 5, "targets_per_history": 2},
+        {"history": "profile", "targets_per_history": 4, "next_likes": 1},
+        {"target_window": 5, "targets_per_history": 2, "next_likes": 1},
         {"history_ids": True, "history_pooling": "learned", "history_dropout": 0.2, "mask_likes": True},
-        {"history": "profile", "targets_per_history": 4, "mask_likes": True},
+        {"history": "profile", "targets_per_history": 4, "mask_likes": True, "next_likes": 1},
     ],
 )
 def test_alternative_objectives_train(synth_db: Database, tmp_path: Path, tower: dict[str, object]) -> None:
     """The set-based and windowed objectives (one user-tower pass, several positives) learn something too."""
-    result = train(synth_db, _opts(tmp_path, epochs=1, batch_size=1024, refit=False, tower=tower))
+    result = train(synth_db, _opts(tmp_path, epochs=1, batch_size=256, refit=False, tower=tower))
     [stats] = result.history
     assert stats.examples >= 0.9 * (result.prepared.split.fit & result.prepared.log.like).sum()
     assert np.isfinite(stats.loss) and stats.valid_recall_at_20 > 0.05

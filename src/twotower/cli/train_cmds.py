@@ -44,7 +44,10 @@ def train(
     ),
     embedding_dim: int = typer.Option(64, "--embedding-dim", help="Embedding dimension (32-768)."),
     batch_size: str = typer.Option(
-        "512", "--batch-size", help="Training examples per step and process; auto: by device (GPU 8192, CPU 512)."
+        "512",
+        "--batch-size",
+        help="User states per step and process, each trained on its next likes (3 by default: 1,536 positives a "
+        "step at 512); auto: by device (GPU 8192, CPU 512).",
     ),
     epochs: int = typer.Option(20, "--epochs", help="Maximum epochs (early stopping on validation Recall@20)."),
     learning_rate: float = typer.Option(2e-3, "--learning-rate", help="Adam learning rate."),
@@ -128,7 +131,7 @@ def train(
         valid = "" if math.isnan(stats.valid_recall_at_20) else f"  valid Recall@20 {stats.valid_recall_at_20:.4f}"
         mark = " *" if better and valid else "  "
         out.print(
-            f"epoch {stats.epoch:>3}  loss {stats.loss:.4f}{valid}{mark}  {stats.examples_per_second:,.0f} examples/s"
+            f"epoch {stats.epoch:>3}  loss {stats.loss:.4f}{valid}{mark}  {stats.examples_per_second:,.0f} positives/s"
         )
         progress.reset(task, total=size["n"], description=f"epoch {stats.epoch + 1}", loss="-")
 

@@ -14,7 +14,13 @@ __all__ = ["MAX_DIM", "MIN_DIM", "TowerConfig"]
 MIN_DIM = 32
 MAX_DIM = 768
 # what a saved config written before these fields existed meant (it still loads as the model it was)
-_LEGACY = {"history_ids": False, "history_pooling": "mean", "history_dropout": 0.0, "mask_likes": False}
+_LEGACY = {
+    "history_ids": False,
+    "history_pooling": "mean",
+    "history_dropout": 0.0,
+    "mask_likes": False,
+    "next_likes": 1,
+}
 
 
 @dataclass
@@ -52,8 +58,14 @@ class TowerConfig:
     # "past": a user state is what they did before a like, the target is that like (sequential);
     # "profile": the state is the user's whole training profile, targets are likes hidden from it (set-based)
     history: str = "past"
-    target_window: int = 1  # "past": predict one of the next N likes (1: the next one)
-    targets_per_history: int = 1  # positives drawn per user state: the user tower runs once for all of them
+    # "past": each user state is trained on the like that follows it and the ones after it, up to this many
+    # (the dense all-action loss of PinnerFormer over a short window): every state is visited each epoch, and
+    # the user tower runs once for all of its positives
+    next_likes: int = 3
+    # sampled targets instead (with next_likes=1): "past": draw each target among the next N likes; "profile":
+    # hide this many likes of the profile. An epoch then visits 1/targets_per_history of the states
+    target_window: int = 1
+    targets_per_history: int = 1
     temperature: float = 0.05
     logq_weight: float = 1.0  # 1: full popularity correction; 0: none (favours popular items)
     uniform_negatives: int = 2048  # sampled from the whole catalog, shared by the batch
@@ -75,7 +87,25 @@ class TowerConfig:
             raise InputError(f"history_pooling must be 'mean' or 'learned', got {self.history_pooling!r}")
         if self.history not in ("past", "profile"):
             raise InputError(f"history must be 'past' or 'profile', got {self.history!r}")
+        if not 1 <= self.next_likes <= 64:
+            raise InputError(f"next_likes must be between 1 and 64, got {self.next_likes}")
+        if self.next_likes > 1 and (self.history == "profile" or self.target_window > 1):
+            raise InputError(
+                "next_likes applies to history 'past' with target_window 1; set next_likes=1 to sample targets "
+                "(target_window, or history 'profile')"
+            )
         self.n_categorical = tuple(self.n_categorical)  # type: ignore[assignment]
+
+    @property
+    def sampled_targets(self) -> bool:
+        """Targets drawn at random (among the coming likes, or hidden from the profile), not each state's next
+        ``next_likes`` likes."""
+        return self.history == "profile" or self.target_window > 1
+
+    @property
+    def positives_per_state(self) -> int:
+        """The positives each user state of a training step is scored on (the user tower runs once for them)."""
+        return self.targets_per_history if self.sampled_targets else self.next_likes
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -11,14 +11,13 @@ any other item the user liked.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["retrieval_loss"]
 
 
 def retrieval_loss(
-    users: Tensor,  # [B, d] L2-normalised
+    users: Tensor,  # [R, d] L2-normalised: one row per user state
     positives: Tensor,  # [B, d]
     positive_ids: Tensor,  # [B] catalog rows
     positive_log_q: Tensor,  # [B] log expected count of each positive among in-batch candidates
@@ -26,38 +25,39 @@ def retrieval_loss(
     uniform: Tensor | None = None,  # [M, d]
     uniform_ids: Tensor | None = None,  # [M]
     uniform_log_q: float = 0.0,  # log(M / n_items)
-    hard: Tensor | None = None,  # [B, d] one nope per user
-    hard_mask: Tensor | None = None,  # [B] True where the user has a nope
-    groups: Tensor | None = None,  # [B] rows with the same group are one user with several positives
+    hard: Tensor | None = None,  # [R, d] one nope per user state
+    hard_mask: Tensor | None = None,  # [R] True where the user has a nope
+    groups: Tensor | None = None,  # [B] the row of each positive (None: R == B, positive i is row i's)
     liked: tuple[Tensor, Tensor] | None = None,  # (row, item) pairs: the items each row's user liked
     catalog_size: int | None = None,  # items are rows 0 .. catalog_size - 1 (None: the largest row seen + 1)
 ) -> Tensor:
-    """Mean cross-entropy of each user's positive among the candidates. Scalar."""
-    logits = users @ positives.T / temperature - positive_log_q[None, :]
-    same = positive_ids[None, :] == positive_ids[:, None]
-    if groups is not None:  # a user's other positives are not negatives for them either
-        same = same | (groups[None, :] == groups[:, None])
-    liked_uniform = None
-    if liked is not None:  # a user's own likes are not negatives for them
-        candidates = positive_ids if uniform_ids is None else torch.cat([positive_ids, uniform_ids])
-        mask = _liked_columns(liked, users.shape[0], candidates, catalog_size)
-        same = same | mask[:, : len(positive_ids)]
-        liked_uniform = mask[:, len(positive_ids) :]
-    eye = torch.eye(len(positive_ids), dtype=torch.bool, device=users.device)
-    columns = [logits.masked_fill(same & ~eye, float("-inf"))]
+    """Mean over the positives of the cross-entropy of each one against its row's negatives. Scalar.
+
+    A row's negatives are the same for all of its positives: every candidate whose item is none of the row's
+    positives (nor, with ``liked``, one its user liked). So a row's logits are computed once however many
+    positives it has, and each positive's loss is ``logaddexp(logsumexp(negatives), own) - own``: the
+    cross-entropy over the positive and the negatives, without a logit matrix per positive."""
+    b = positive_ids.shape[0]
+    rows = torch.arange(b, device=users.device) if groups is None else groups
+    candidates = positive_ids if uniform_ids is None else torch.cat([positive_ids, uniform_ids])
+    # the row's own positives (and their repeats among the candidates: accidental hits) are never negatives
+    pairs = (rows, positive_ids)
+    if liked is not None:
+        pairs = (torch.cat([rows, liked[0]]), torch.cat([positive_ids, liked[1]]))
+    mask = _liked_columns(pairs, users.shape[0], candidates, catalog_size)
+    logits = users @ positives.T / temperature - positive_log_q[None, :]  # [R, B]
+    own = logits[rows, torch.arange(b, device=users.device)]
+    # a finite "never" (not -inf): a row with no negatives at all gives a zero loss, not a NaN gradient
+    never = torch.finfo(logits.dtype).min
+    columns = [logits.masked_fill(mask[:, :b], never)]
     if uniform is not None and uniform_ids is not None:
-        u_logits = users @ uniform.T / temperature - uniform_log_q
-        hit = uniform_ids[None, :] == positive_ids[:, None]
-        if liked_uniform is not None:
-            hit = hit | liked_uniform
-        columns.append(u_logits.masked_fill(hit, float("-inf")))
+        columns.append((users @ uniform.T / temperature - uniform_log_q).masked_fill(mask[:, b:], never))
     if hard is not None and hard_mask is not None:
         # a nope is a known negative, not a sample from the proposal: no correction
         h_logits = (users * hard).sum(-1, keepdim=True) / temperature
-        columns.append(h_logits.masked_fill(~hard_mask[:, None], float("-inf")))
-    all_logits = torch.cat(columns, dim=1)
-    target = torch.arange(len(positive_ids), device=users.device)
-    return F.cross_entropy(all_logits, target)
+        columns.append(h_logits.masked_fill(~hard_mask[:, None], never))
+    negatives = torch.logsumexp(torch.cat(columns, dim=1), dim=1)  # [R]
+    return (torch.logaddexp(negatives[rows], own) - own).mean()
 
 
 def _liked_columns(liked: tuple[Tensor, Tensor], n_rows: int, columns: Tensor, catalog_size: int | None) -> Tensor:

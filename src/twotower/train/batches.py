@@ -60,6 +60,13 @@ class DeviceHistories:
         stats = torch.stack([torch.log1p(likes) / 5.0, torch.log1p(nopes) / 5.0, ratio], dim=1).float()
         return like_rows, like_mask, nope_rows, nope_mask, stats
 
+    def next_likes(self, users: Tensor, before: Tensor, k: int) -> Tensor:
+        """``[len(users) * k]``: for a history of ``before`` likes, the like that follows it and the ones after
+        it, ``k`` per user (rows r*k .. r*k+k-1); where fewer than ``k`` follow, they repeat in turn."""
+        span = (self.like_count[users] - before).clamp(min=1)
+        offset = torch.arange(k, device=self.device)[None, :] % span[:, None]
+        return self.like_items[(self.like_start[users] + before)[:, None] + offset].reshape(-1)
+
     def future_likes(self, users: Tensor, before: Tensor, window: int, gen: torch.Generator) -> Tensor:
         """A target among the next ``window`` likes after a history of ``before`` likes."""
         span = torch.clamp(self.like_count[users] - before, max=window).clamp(min=1)

@@ -34,7 +34,8 @@ __all__ = ["TrainOptions", "TrainResult", "train"]
 @dataclass
 class TrainOptions:
     embedding_dim: int = 64
-    batch_size: int | str = 512  # per process; "auto": AUTO_BATCH for the device, the learning rate scaled with it
+    batch_size: int | str = 512  # user states per step and process (each with its next_likes positives); "auto":
+    # AUTO_BATCH for the device, the learning rate scaled with it
     epochs: int = 20
     learning_rate: float = 2e-3
     lr_schedule: str = "constant"  # or "cosine" (see TrainConfig)
@@ -180,7 +181,7 @@ def train(
         raise InputError("no training likes left after the temporal split: more swipes are needed")
     resumed = _restore(trainer, run_dir / "select", options.resume)
     if on_start is not None:
-        on_start(prepared, trainer.n_examples, resumed)
+        on_start(prepared, trainer.positives_per_epoch, resumed)
     best_state = _fit(trainer, world, device, run_dir / "select", options.epochs, on_epoch, on_batch)
     model = trainer.model
     history = trainer.state.history
@@ -196,7 +197,7 @@ def train(
         )  # fmt: skip
         _restore(refit, run_dir / "refit", options.resume)
         if on_refit is not None:
-            on_refit(refit.n_examples, best_epoch)
+            on_refit(refit.positives_per_epoch, best_epoch)
         best_state = _fit(refit, world, device, run_dir / "refit", best_epoch, on_epoch, on_batch)
         model = refit.model
     model.load_state_dict(best_state)

@@ -134,18 +134,25 @@ class Trainer:
         ex_users, ex_items, ex_p, ex_q = histories.examples()
         self.ex_users, self.ex_items, self.ex_p, self.ex_q = ex_users, ex_items, ex_p, ex_q
         counts = histories.item_counts(tables.n_items).astype(np.float64)
-        # log of each item's expected count among the B in-batch candidates (logQ correction)
+        # log of each item's expected count among a step's in-batch candidates (logQ correction)
         prob = counts / max(counts.sum(), 1.0)
-        log_q = np.log(np.maximum(prob * config.batch_size, 1e-12)) * model.cfg.logq_weight
+        log_q = np.log(np.maximum(prob * config.batch_size * self.targets_per_state, 1e-12)) * model.cfg.logq_weight
         self.log_q = torch.from_numpy(log_q.astype(np.float32)).to(self.device)
 
     @property
     def n_examples(self) -> int:
         return int(self.ex_users.size)
 
+    @property
+    def positives_per_epoch(self) -> int:
+        """What an epoch trains on, all ranks together: its user states times the positives of each."""
+        k = self.targets_per_state
+        states = -(-self.n_examples // k) if self.cfg.sampled_targets else self.n_examples
+        return -(-states // self.world_size) * self.world_size * k
+
     # -- one epoch ------------------------------------------------------------------------------------------
     def _batch_loss(self, states: torch.Tensor, liked_total: int, gen: torch.Generator) -> torch.Tensor:
-        """Loss of a batch of user states (history prefixes), each with ``targets_per_history`` positives; built on
+        """Loss of a batch of user states (history prefixes), each with ``targets_per_state`` positives; built on
         the device from the device-resident index (``liked_total``: the batch's liked pairs, counted on the host)."""
         cfg, dev = self.cfg, self.batches
         k = self.targets_per_state
@@ -158,7 +165,7 @@ class Trainer:
             if cfg.target_window > 1:
                 items = dev.future_likes(users.repeat_interleave(k), p.repeat_interleave(k), cfg.target_window, gen)
             else:
-                items = dev.ex_items[states].repeat_interleave(k)
+                items = dev.next_likes(users, p, k)
         user_in = self.tables.gather_user(like_rows, like_mask, nope_rows, nope_mask, stats)
         m = min(cfg.uniform_negatives, self.tables.n_items)
         uniform_ids = torch.randint(0, self.tables.n_items, (m,), generator=gen, device=self.device)
@@ -167,19 +174,14 @@ class Trainer:
         if cfg.hard_negatives:
             hard_rows, has = dev.sample_nopes(users, gen)
             parts.append(hard_rows)
-            hard_mask = has.repeat_interleave(k)
+            hard_mask = has
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
             u, v = self.train_model(user_in, self.tables.items(torch.cat(parts)))
         u, v = u.float(), v.float()
         b = items.shape[0]
-        groups = None
-        liked = dev.liked(users, liked_total) if cfg.mask_likes else None
-        if k > 1:
-            u = u.repeat_interleave(k, dim=0)
-            groups = torch.arange(states.shape[0], device=self.device).repeat_interleave(k)
-            if liked is not None:  # row r becomes rows r*k .. r*k+k-1
-                offsets = torch.arange(k, device=self.device)
-                liked = ((liked[0][:, None] * k + offsets).reshape(-1), liked[1].repeat_interleave(k))
+        # the k positives of state r are rows r*k .. r*k+k-1 of the candidates; the loss computes each state's
+        # logits once for all of them
+        groups = torch.arange(states.shape[0], device=self.device).repeat_interleave(k) if k > 1 else None
         return retrieval_loss(
             u,
             v[:b],
@@ -189,17 +191,16 @@ class Trainer:
             uniform=v[b : b + m],
             uniform_ids=uniform_ids,
             uniform_log_q=math.log(m / self.tables.n_items) * cfg.logq_weight,
-            hard=v[b + m :].repeat_interleave(k, dim=0) if cfg.hard_negatives else None,
+            hard=v[b + m :] if cfg.hard_negatives else None,
             hard_mask=hard_mask,
             groups=groups,
-            liked=liked,
+            liked=dev.liked(users, liked_total) if cfg.mask_likes else None,
             catalog_size=self.tables.n_items + 1,  # the padding row too
         )
 
     @property
     def targets_per_state(self) -> int:
-        sets = self.cfg.history == "profile" or self.cfg.target_window > 1
-        return self.cfg.targets_per_history if sets else 1
+        return self.cfg.positives_per_state
 
     @property
     def learning_rate(self) -> float:
@@ -209,15 +210,18 @@ class Trainer:
         self.model.train()
         rng = np.random.default_rng([self.config.seed, epoch])
         k = self.targets_per_state
-        # an epoch is as many positives as there are training likes: 1/k as many user states, k targets each;
-        # every rank draws the same permutation and takes an equal shard of it (the same steps on every rank)
-        order = epoch_shard(rng.permutation(self.n_examples)[: -(-self.n_examples // k)], self.rank, self.world_size)
+        # an epoch visits every user state once with its next k likes; with sampled targets it is as many
+        # positives as there are training likes (1/k of the states, k targets each). Every rank draws the same
+        # permutation and takes an equal shard of it (the same steps on every rank)
+        order = rng.permutation(self.n_examples)
+        order = epoch_shard(order[: -(-self.n_examples // k)] if self.cfg.sampled_targets else order, self.rank,
+                            self.world_size)  # fmt: skip
         # ranks sample their negatives and dropout masks independently
         torch.manual_seed(self.config.seed * 100_003 + epoch + 7919 * self.rank)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(int(np.random.SeedSequence([self.config.seed, epoch, self.rank]).generate_state(1)[0]))
         states = torch.from_numpy(order).to(self.device)  # the epoch's only host-to-device copy
-        bs = max(1, self.config.batch_size // k)
+        bs = self.config.batch_size  # user states per step, k positives each
         starts = [i for i in range(0, order.size, bs) if min(bs, order.size - i) * k >= 2]
         liked = [self.batches.liked_total(self.ex_users[order[i : i + bs]]) if self.cfg.mask_likes else 0
                  for i in starts]  # fmt: skip

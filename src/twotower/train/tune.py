@@ -88,6 +88,7 @@ def suggest(trial: optuna.Trial) -> dict[str, Any]:
             "history_pooling": trial.suggest_categorical("history_pooling", ["mean", "learned"]),
             "history_ids": trial.suggest_categorical("history_ids", [False, True]),
             "uniform_negatives": trial.suggest_categorical("uniform_negatives", [512, 1024, 2048, 4096]),
+            "next_likes": trial.suggest_int("next_likes", 1, 4),
             "logq_weight": trial.suggest_float("logq_weight", 0.0, 1.0),
         },
     }
