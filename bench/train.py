@@ -31,7 +31,7 @@ from twotower.synth import SynthConfig, generate
 from twotower.train.run import TrainOptions, train
 
 TARGET = 20_000  # positives/s on CPU (issue 16)
-OBJECTIVES = {"past": {}, "profile": {"history": "profile", "targets_per_history": 4, "next_likes": 1}}
+OBJECTIVES = {"past": {}, "profile": {"history": "profile", "targets_per_history": 4}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -269,6 +269,7 @@ def test_loss_of_several_positives_per_user_state_matches_one_positive_at_a_time
 
 @pytest.mark.parametrize("sampled", [{"history": "profile"}, {"target_window": 4}])
 def test_next_likes_and_sampled_targets_are_exclusive(sampled: dict[str, object]) -> None:
+    assert _cfg().next_likes == 3 and _cfg(**sampled).next_likes == 1  # the default follows the objective
     with pytest.raises(InputError, match="set next_likes=1"):
         _cfg(next_likes=2, **sampled)
-    assert _cfg(next_likes=1, **sampled).next_likes == 1
+    assert TowerConfig.from_json(_cfg(**sampled).to_json()) == _cfg(**sampled)

@@ -88,8 +88,21 @@ def test_an_epoch_visits_every_user_state_with_its_next_likes(tower: dict[str, A
     trainer = _trainer(TrainConfig(batch_size=64, seed=3), **tower)
     k, n = trainer.targets_per_state, trainer.n_examples
     assert trainer.positives_per_epoch == (-(-n // k) if sampled else n) * k
+    seen: list[int] = []
+    batch_loss = trainer._batch_loss
+
+    def spy(states: torch.Tensor, liked_total: int, gen: torch.Generator) -> torch.Tensor:
+        seen.extend(states.tolist())
+        return batch_loss(states, liked_total, gen)
+
+    trainer._batch_loss = spy  # type: ignore[method-assign]
     stats = trainer.train_epoch(1)
     assert stats.examples == trainer.positives_per_epoch and np.isfinite(stats.loss)
+    assert len(seen) == len(set(seen)) == (-(-n // k) if sampled else n)  # each state once; all of them unsampled
+    # a last batch of one state with one positive is skipped, and counted so
+    for batch in (n - 1, 1 << 20):
+        one = _trainer(TrainConfig(batch_size=batch, seed=3), next_likes=1)
+        assert one.positives_per_epoch == (n - 1 if batch == n - 1 else n)
 
 
 def test_epoch_shards_are_equal_and_cover_the_epoch() -> None:
@@ -175,7 +188,7 @@ def _recorded(method: Any, calls: list[str]) -> Any:
     [
         {},
         {"target_window": 3, "targets_per_history": 2, "next_likes": 1},
-        {"history": "profile", "targets_per_history": 2, "next_likes": 1},
+        {"history": "profile", "targets_per_history": 2},
     ],
 )
 def test_a_training_step_never_waits_for_the_device(tower: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -185,10 +185,10 @@ def test_cli_train_and_evaluate(synth_url: str, cli_env: dict[str, str], tmp_pat
 @pytest.mark.parametrize(
     "tower",
     [
-        {"history": "profile", "targets_per_history": 4, "next_likes": 1},
+        {"history": "profile", "targets_per_history": 4},
         {"target_window": 5, "targets_per_history": 2, "next_likes": 1},
         {"history_ids": True, "history_pooling": "learned", "history_dropout": 0.2, "mask_likes": True},
-        {"history": "profile", "targets_per_history": 4, "mask_likes": True, "next_likes": 1},
+        {"history": "profile", "targets_per_history": 4, "mask_likes": True},
     ],
 )
 def test_alternative_objectives_train(synth_db: Database, tmp_path: Path, tower: dict[str, object]) -> None:

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import synth_database
 from twotower.db import Database
 from twotower.errors import InputError
+from twotower.model.config import TowerConfig
 from twotower.settings import Settings
 from twotower.synth import SynthConfig
 from twotower.train.config_file import read_config
@@ -91,6 +92,9 @@ def test_tune_resumes_and_train_reads_its_config(small_url: str, cli_env: dict[s
         ('{"tower": {"temperature": 7.0}}', "temperature must be in (0, 1]"),
         ('{"train": {"batch_size": true}}', "train.batch_size must be a int"),
         ('{"tower": {"hidden_dim": 0}}', "tower.hidden_dim = 0 is out of range"),
+        ('{"tower": {"next_likes": 0}}', "tower.next_likes = 0 is out of range"),
+        ('{"tower": {"next_likes": null}}', "tower.next_likes must be a int"),
+        ('{"tower": {"history": "profile", "next_likes": 3}}', "set next_likes=1"),
     ],
 )
 def test_bad_config_files_are_one_line_errors(tmp_path: Path, content: str, needle: str) -> None:
@@ -99,6 +103,18 @@ def test_bad_config_files_are_one_line_errors(tmp_path: Path, content: str, need
     with pytest.raises(InputError, match=None) as info:
         read_config(path)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_file_tuned_before_next_likes_keeps_training_on_the_next_like(tmp_path: Path) -> None:
+    """Its trials trained each user state on one like: it keeps doing so; a hand-written file gets the default."""
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"tuned": {"study": "s"}, "train": {"batch_size": 512}, "tower": {"temperature": 0.1}}))
+    assert read_config(old)["tower"] == {"temperature": 0.1, "next_likes": 1}
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"tower": {"temperature": 0.1}}))
+    assert read_config(mine)["tower"] == {"temperature": 0.1}
+    mine.write_text(json.dumps({"tower": {"history": "profile", "targets_per_history": 4}}))
+    assert TowerConfig(**read_config(mine)["tower"]).positives_per_state == 4
 
 
 def test_cli_refuses_bad_tune_and_config_input(cli_env: dict[str, str], tmp_path: Path) -> None:

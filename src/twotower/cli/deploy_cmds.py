@@ -33,7 +33,7 @@ def deploy(
     ),
     embedding_dim: int = typer.Option(64, "--embedding-dim", help="Embedding dimension (32-768)."),
     epochs: int = typer.Option(20, "--epochs", help="Maximum training epochs (early stopping)."),
-    batch_size: int = typer.Option(512, "--batch-size", help="Training examples per step."),
+    batch_size: int = typer.Option(512, "--batch-size", help="User states per training step."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     output_dir: Path = typer.Option(Path("models"), "--output-dir", help="Where the trained model is written."),

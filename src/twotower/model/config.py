@@ -60,10 +60,10 @@ class TowerConfig:
     history: str = "past"
     # "past": each user state is trained on the like that follows it and the ones after it, up to this many
     # (the dense all-action loss of PinnerFormer over a short window): every state is visited each epoch, and
-    # the user tower runs once for all of its positives
-    next_likes: int = 3
-    # sampled targets instead (with next_likes=1): "past": draw each target among the next N likes; "profile":
-    # hide this many likes of the profile. An epoch then visits 1/targets_per_history of the states
+    # the user tower runs once for all of its positives. None: 3, or 1 with sampled targets (below)
+    next_likes: int | None = None
+    # sampled targets instead: "past": draw each target among the next N likes; "profile": hide this many likes
+    # of the profile. An epoch then visits 1/targets_per_history of the states
     target_window: int = 1
     targets_per_history: int = 1
     temperature: float = 0.05
@@ -87,9 +87,11 @@ class TowerConfig:
             raise InputError(f"history_pooling must be 'mean' or 'learned', got {self.history_pooling!r}")
         if self.history not in ("past", "profile"):
             raise InputError(f"history must be 'past' or 'profile', got {self.history!r}")
+        if self.next_likes is None:
+            self.next_likes = 1 if self.sampled_targets else 3
         if not 1 <= self.next_likes <= 64:
             raise InputError(f"next_likes must be between 1 and 64, got {self.next_likes}")
-        if self.next_likes > 1 and (self.history == "profile" or self.target_window > 1):
+        if self.next_likes > 1 and self.sampled_targets:
             raise InputError(
                 "next_likes applies to history 'past' with target_window 1; set next_likes=1 to sample targets "
                 "(target_window, or history 'profile')"
@@ -105,7 +107,7 @@ class TowerConfig:
     @property
     def positives_per_state(self) -> int:
         """The positives each user state of a training step is scored on (the user tower runs once for them)."""
-        return self.targets_per_history if self.sampled_targets else self.next_likes
+        return self.targets_per_history if self.sampled_targets else self.next_likes or 1
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -36,7 +36,9 @@ def retrieval_loss(
     A row's negatives are the same for all of its positives: every candidate whose item is none of the row's
     positives (nor, with ``liked``, one its user liked). So a row's logits are computed once however many
     positives it has, and each positive's loss is ``logaddexp(logsumexp(negatives), own) - own``: the
-    cross-entropy over the positive and the negatives, without a logit matrix per positive."""
+    cross-entropy over the positive and the negatives, without a logit matrix per positive. (With one positive a
+    row this is the plain per-positive cross-entropy. With several, a row's other positives' items are not
+    negatives anywhere among its candidates; they are all likes of its user, which ``liked`` masks anyway.)"""
     b = positive_ids.shape[0]
     rows = torch.arange(b, device=users.device) if groups is None else groups
     candidates = positive_ids if uniform_ids is None else torch.cat([positive_ids, uniform_ids])

@@ -62,7 +62,8 @@ class DeviceHistories:
 
     def next_likes(self, users: Tensor, before: Tensor, k: int) -> Tensor:
         """``[len(users) * k]``: for a history of ``before`` likes, the like that follows it and the ones after
-        it, ``k`` per user (rows r*k .. r*k+k-1); where fewer than ``k`` follow, they repeat in turn."""
+        it, ``k`` per user (rows r*k .. r*k+k-1); where fewer than ``k`` follow, they repeat in turn (so a
+        user's last likes, the nearest to the test period, count a little more in an epoch)."""
         span = (self.like_count[users] - before).clamp(min=1)
         offset = torch.arange(k, device=self.device)[None, :] % span[:, None]
         return self.like_items[(self.like_start[users] + before)[:, None] + offset].reshape(-1)

@@ -28,8 +28,8 @@ _FROM_DATA = {
     "n_items", "n_tags", "n_performers", "n_categorical", "numeric_width", "stats_width", "max_tags",
     "max_performers", "embedding_dim",
 }  # fmt: skip
-_AT_LEAST_ONE = {"field_dim", "hidden_dim", "max_likes", "target_window", "targets_per_history", "batch_size", "epochs",
-                 "patience"}  # fmt: skip
+_AT_LEAST_ONE = {"field_dim", "hidden_dim", "max_likes", "target_window", "targets_per_history", "next_likes",
+                 "batch_size", "epochs", "patience"}  # fmt: skip
 TOWER_FIELDS = {f.name: f.type for f in dataclasses.fields(TowerConfig) if f.name not in _FROM_DATA}
 _MAX_BYTES = 1 << 20
 
@@ -48,6 +48,9 @@ def read_config(path: Path) -> dict[str, Any]:
         raise InputError(f'--config {path}: expected a JSON object with "train" and "tower"')
     train = _section(path, data, "train", TRAIN_FIELDS)
     tower = _section(path, data, "tower", {name: _kind(kind) for name, kind in TOWER_FIELDS.items()})
+    if "tuned" in data and "tower" in data and "next_likes" not in tower:
+        # tuned before next_likes was a setting: the trials trained each user state on its next like only
+        tower["next_likes"] = 1
     try:
         TowerConfig(**tower, embedding_dim=int(train.get("embedding_dim", 64)))  # values in range
     except (InputError, TypeError, ValueError) as exc:
@@ -64,7 +67,7 @@ def apply_config(options: Any, config: dict[str, Any], explicit: set[str]) -> No
 
 
 def _kind(annotation: object) -> type:
-    text = str(annotation)
+    text = str(annotation).removesuffix(" | None")  # an optional setting: given, it is a value of the type
     for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
         if text == name or annotation is kind:
             return kind

@@ -90,8 +90,9 @@ def _device(choice: str, world: World) -> torch.device:
         raise InputError(f"--device {choice!r} is not a torch device (try cpu, cuda, cuda:1)") from None
 
 
-# --batch-size auto: examples per step and process. A GPU is starved below a few thousand (bench/train.py); the
-# CPU keeps the default. Adam's learning rate grows with the square root of the batch (from 512).
+# --batch-size auto: user states per step and process (each with its next_likes positives). A GPU is starved
+# below a few thousand (bench/train.py); the CPU keeps the default. Adam's learning rate grows with the square
+# root of the batch (from 512).
 AUTO_BATCH = {"cuda": 8192, "cpu": 512}
 
 

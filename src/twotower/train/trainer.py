@@ -148,7 +148,11 @@ class Trainer:
         """What an epoch trains on, all ranks together: its user states times the positives of each."""
         k = self.targets_per_state
         states = -(-self.n_examples // k) if self.cfg.sampled_targets else self.n_examples
-        return -(-states // self.world_size) * self.world_size * k
+        per_rank = -(-states // self.world_size)
+        last = per_rank % self.config.batch_size
+        if last * k < 2:  # a last batch of one positive is skipped (in-batch negatives need two)
+            per_rank -= last
+        return per_rank * self.world_size * k
 
     # -- one epoch ------------------------------------------------------------------------------------------
     def _batch_loss(self, states: torch.Tensor, liked_total: int, gen: torch.Generator) -> torch.Tensor:
