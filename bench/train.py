@@ -28,6 +28,7 @@ from _common import embedded_database, machine, write
 from _control import control_examples_per_second
 
 from twotower.synth import SynthConfig, generate
+from twotower.train.allocator import reuse_freed_memory
 from twotower.train.run import TrainOptions, train
 
 TARGET = 20_000  # positives/s on CPU (issue 16)
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-steps", type=int, default=20)
     parser.add_argument("--small", action="store_true", help="10k/1k/100k instead of 100k/10k/1M (a smoke run)")
     args = parser.parse_args(argv)
+    reuse_freed_memory()  # as `twotower train` does
     size = (10_000, 1_000, 100_000) if args.small else (100_000, 10_000, 1_000_000)
     config = SynthConfig(videos=size[0], users=size[1], decisions=size[2], seed=0)
     results = {}

@@ -74,6 +74,9 @@ def deploy(
 ) -> None:
     """Train, export, validate, gate, upload, build the new embedding generation beside the serving one, and
     promote it atomically (servers are notified and hot-swap). A failure leaves the active version serving."""
+    from twotower.train import allocator
+
+    allocator.reuse_freed_memory()  # this process trains: a step's tensors reuse the last step's pages
     from twotower.cli.train_cmds import explicit_options
     from twotower.pipeline.deploy import STAGE_TEXT, DeployOptions
     from twotower.pipeline.deploy import deploy as run_deploy

@@ -67,6 +67,9 @@ def train(
     ),
 ) -> None:
     """Train the two-tower model on the swipes in the database (temporal split, early stopping)."""
+    from twotower.train import allocator
+
+    allocator.reuse_freed_memory()  # this process trains: a step's tensors reuse the last step's pages
     from twotower.registry.store import valid_version
     from twotower.train.config_file import apply_config, read_config
     from twotower.train.publish import publish_embeddings

@@ -36,6 +36,9 @@ def tune(
 
     The study is stored in the database, so a stopped search resumes. The best settings go to --output, for
     `twotower train --config FILE` and `twotower deploy --config FILE`."""
+    from twotower.train import allocator
+
+    allocator.reuse_freed_memory()  # this process trains: a step's tensors reuse the last step's pages
     from twotower.train.tune import TuneOptions
     from twotower.train.tune import tune as run_tune
 

@@ -2,10 +2,11 @@
 
 A training step allocates and frees tens of megabytes of tensors. glibc serves each block above its mmap
 threshold with fresh pages from the kernel and returns them when freed, so every step faults in and zero-fills
-the same memory again: ~2,100 page faults a step at the default CPU batch, 2-4 % of the step. Raising the
+the same memory again: ~2,100-3,000 page faults a step at the default CPU batch, 2-4 % of the step. Raising the
 threshold to glibc's ceiling and not trimming the heap lets the next step reuse those pages (what jemalloc and
-tcmalloc do; PyTorch's CPU performance guide suggests them). The process keeps its peak heap until it exits,
-which for ``twotower train`` is the right trade.
+tcmalloc do; PyTorch's CPU performance guide suggests them). The process keeps its peak heap until it exits:
+the right trade for the processes that train (``twotower train``, ``tune``, ``deploy``), which call this; a
+process that goes on serving after training (``twotower demo``) does not.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from twotower.model.config import TowerConfig
 from twotower.model.towers import TwoTowerModel
 from twotower.model.weights import save_model
 from twotower.paths import writable_directory
-from twotower.train.allocator import reuse_freed_memory
 from twotower.train.checkpoint import load_checkpoint, save_checkpoint
 from twotower.train.distributed import World
 from twotower.train.prepare import Prepared, prepare
@@ -141,7 +140,6 @@ def train(
 ) -> TrainResult:
     options.validate()
     out_dir = writable_directory(options.output_dir, InputError, "--output-dir")
-    reuse_freed_memory()  # a step's tensors reuse the last step's pages (glibc; elsewhere a no-op)
     world = World.from_env()
     device = _device(options.device, world)
     torch.manual_seed(options.seed)
