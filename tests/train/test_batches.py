@@ -86,7 +86,7 @@ def test_next_likes_are_the_like_after_a_history_and_the_ones_after_it() -> None
 def test_an_epoch_visits_every_user_state_with_its_next_likes(tower: dict[str, Any], sampled: bool) -> None:
     """Every user state once per epoch with its k positives; sampled targets visit 1/k of the states."""
     trainer = _trainer(TrainConfig(batch_size=64, seed=3), **tower)
-    k, n = trainer.targets_per_state, trainer.n_examples
+    k, n = trainer.cfg.positives_per_state, trainer.n_examples
     assert trainer.positives_per_epoch == (-(-n // k) if sampled else n) * k
     seen: list[int] = []
     batch_loss = trainer._batch_loss
@@ -200,7 +200,7 @@ def test_a_training_step_never_waits_for_the_device(tower: dict[str, object], mo
     ``torch.cuda.set_sync_debug_mode("error")``, which also sees syncs inside kernels.)"""
     trainer = _trainer(TrainConfig(batch_size=32), **tower)
     trainer.model.train()
-    k = trainer.targets_per_state
+    k = trainer.cfg.positives_per_state
     order = np.arange(trainer.n_examples)[: 32 // k]
     states = torch.from_numpy(order)
     liked = trainer.batches.liked_total(trainer.ex_users[order])

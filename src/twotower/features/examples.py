@@ -72,32 +72,6 @@ class Histories:
         before = np.searchsorted(nope_keys, like_keys, side="left") - self.nope_start[users]
         return users, self.like_items, pos, before.astype(np.int64)
 
-    def future_likes(
-        self, users: npt.NDArray[np.int64], before: npt.NDArray[np.int64], window: int, rng: np.random.Generator
-    ) -> npt.NDArray[np.int64]:
-        """For a history that ends before like number ``before``, a target among the next ``window`` likes.
-
-        Predicting any of the coming likes, not only the very next one, teaches the user tower a user's lasting
-        taste (what the next weeks of a feed are about) rather than their last click.
-        """
-        span = np.minimum(window, self.like_count[users] - before)
-        offset = np.floor(rng.random(users.size) * np.maximum(span, 1)).astype(np.int64)
-        targets: npt.NDArray[np.int64] = self.like_items[self.like_start[users] + before + offset]
-        return targets
-
-    def hide_likes(
-        self, users: npt.NDArray[np.int64], k: int, rng: np.random.Generator, batch: UserBatch
-    ) -> npt.NDArray[np.int64]:
-        """Draw ``k`` of each user's likes as targets and blank them out of ``batch`` (their full profile)."""
-        count = self.like_count[users]
-        pos = np.floor(rng.random((users.size, k)) * count[:, None]).astype(np.int64)  # like number
-        back = count[:, None] - 1 - pos  # slot in the most-recent-first window
-        rows = np.repeat(np.arange(users.size), k)
-        inside = back.ravel() < batch.like_mask.shape[1]
-        batch.like_mask[rows[inside], back.ravel()[inside]] = 0.0
-        targets: npt.NDArray[np.int64] = self.like_items[self.like_start[users][:, None] + pos].ravel()
-        return targets
-
     def item_counts(self, n_items: int) -> npt.NDArray[np.int64]:
         return np.bincount(self.like_items, minlength=n_items).astype(np.int64)
 

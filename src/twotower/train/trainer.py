@@ -136,7 +136,9 @@ class Trainer:
         counts = histories.item_counts(tables.n_items).astype(np.float64)
         # log of each item's expected count among a step's in-batch candidates (logQ correction)
         prob = counts / max(counts.sum(), 1.0)
-        log_q = np.log(np.maximum(prob * config.batch_size * self.targets_per_state, 1e-12)) * model.cfg.logq_weight
+        log_q = (
+            np.log(np.maximum(prob * config.batch_size * self.cfg.positives_per_state, 1e-12)) * model.cfg.logq_weight
+        )
         self.log_q = torch.from_numpy(log_q.astype(np.float32)).to(self.device)
 
     @property
@@ -144,22 +146,32 @@ class Trainer:
         return int(self.ex_users.size)
 
     @property
+    def states_per_epoch(self) -> int:
+        """The user states an epoch visits: all of them, each with its next k likes; with sampled targets as many
+        positives as there are training likes (1/k of the states, k targets each)."""
+        k = self.cfg.positives_per_state
+        return -(-self.n_examples // k) if self.cfg.sampled_targets else self.n_examples
+
+    def _batch_starts(self, n_states: int) -> list[int]:
+        """Where a rank's steps start among its ``n_states`` states; a last batch of one positive is skipped
+        (in-batch negatives need two)."""
+        bs, k = self.config.batch_size, self.cfg.positives_per_state
+        return [i for i in range(0, n_states, bs) if min(bs, n_states - i) * k >= 2]
+
+    @property
     def positives_per_epoch(self) -> int:
-        """What an epoch trains on, all ranks together: its user states times the positives of each."""
-        k = self.targets_per_state
-        states = -(-self.n_examples // k) if self.cfg.sampled_targets else self.n_examples
-        per_rank = -(-states // self.world_size)
-        last = per_rank % self.config.batch_size
-        if last * k < 2:  # a last batch of one positive is skipped (in-batch negatives need two)
-            per_rank -= last
-        return per_rank * self.world_size * k
+        """What an epoch trains on, all ranks together (every rank gets an equal shard: ``epoch_shard``)."""
+        per_rank = -(-self.states_per_epoch // self.world_size)
+        bs = self.config.batch_size
+        kept = sum(min(bs, per_rank - i) for i in self._batch_starts(per_rank))
+        return kept * self.world_size * self.cfg.positives_per_state
 
     # -- one epoch ------------------------------------------------------------------------------------------
     def _batch_loss(self, states: torch.Tensor, liked_total: int, gen: torch.Generator) -> torch.Tensor:
-        """Loss of a batch of user states (history prefixes), each with ``targets_per_state`` positives; built on
+        """Loss of a batch of user states (history prefixes), each with ``positives_per_state`` positives; built on
         the device from the device-resident index (``liked_total``: the batch's liked pairs, counted on the host)."""
         cfg, dev = self.cfg, self.batches
-        k = self.targets_per_state
+        k = self.cfg.positives_per_state
         users, p = dev.ex_users[states], dev.ex_p[states]
         if cfg.history == "profile":
             like_rows, like_mask, nope_rows, nope_mask, stats = dev.user_batch(users)
@@ -203,30 +215,22 @@ class Trainer:
         )
 
     @property
-    def targets_per_state(self) -> int:
-        return self.cfg.positives_per_state
-
-    @property
     def learning_rate(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def train_epoch(self, epoch: int, progress: Callable[[int, float], None] | None = None) -> EpochStats:
         self.model.train()
         rng = np.random.default_rng([self.config.seed, epoch])
-        k = self.targets_per_state
-        # an epoch visits every user state once with its next k likes; with sampled targets it is as many
-        # positives as there are training likes (1/k of the states, k targets each). Every rank draws the same
-        # permutation and takes an equal shard of it (the same steps on every rank)
-        order = rng.permutation(self.n_examples)
-        order = epoch_shard(order[: -(-self.n_examples // k)] if self.cfg.sampled_targets else order, self.rank,
-                            self.world_size)  # fmt: skip
+        k = self.cfg.positives_per_state
+        # every rank draws the same permutation and takes an equal shard of it (the same steps on every rank)
+        order = epoch_shard(rng.permutation(self.n_examples)[: self.states_per_epoch], self.rank, self.world_size)
         # ranks sample their negatives and dropout masks independently
         torch.manual_seed(self.config.seed * 100_003 + epoch + 7919 * self.rank)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(int(np.random.SeedSequence([self.config.seed, epoch, self.rank]).generate_state(1)[0]))
         states = torch.from_numpy(order).to(self.device)  # the epoch's only host-to-device copy
         bs = self.config.batch_size  # user states per step, k positives each
-        starts = [i for i in range(0, order.size, bs) if min(bs, order.size - i) * k >= 2]
+        starts = self._batch_starts(order.size)
         liked = [self.batches.liked_total(self.ex_users[order[i : i + bs]]) if self.cfg.mask_likes else 0
                  for i in starts]  # fmt: skip
         start, seen = time.perf_counter(), 0
