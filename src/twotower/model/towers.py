@@ -31,19 +31,33 @@ def _gathered_sum(table: nn.Embedding, codes: Tensor, weights: Tensor) -> Tensor
     return (gathered * weights.unsqueeze(-1)).sum(dim=1)
 
 
-def _fused_sums(table: nn.Embedding, bags: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+def _fused_sums(table: nn.Embedding, bags: list[tuple[Tensor, Tensor]], compact: bool = False) -> list[Tensor]:
     """The weighted sums of several ``[B_i, L_i]`` bag sets on one table in one ``embedding_bag`` call.
 
     The same sums as ``_gathered_sum`` without the ``[B, L, d]`` intermediate, and one backward for the whole
     step: the dense gradient of a table (12.8 MB for 100k IDs) is built and sorted once, not once per use.
+    ``compact`` leaves the zero-weight entries (padding, absent tags, hidden history slots: about half of a
+    training step's) out of the lookup: on a CPU the lookup and its backward cost by the entry. The same sums; a
+    table's gradient rows may add their terms in another order (rounding). Their count depends on the data, so
+    an accelerator, which would wait for it, keeps the fixed shapes.
     """
     codes = torch.cat([c.reshape(-1) for c, _ in bags])
     weights = torch.cat([w.reshape(-1) for _, w in bags])
-    starts, base = [], 0
-    for c, _ in bags:
-        starts.append(base + torch.arange(c.shape[0], device=c.device) * c.shape[1])
-        base += c.numel()
-    out = F.embedding_bag(codes, table.weight, torch.cat(starts), mode="sum", per_sample_weights=weights)
+    if compact:
+        keep = weights != 0
+        per_bag = [k.view(c.shape).sum(1) for k, (c, _) in zip(torch.split(keep, [c.numel() for c, _ in bags]), bags,
+                                                                strict=True)]  # fmt: skip
+        counts = torch.cat(per_bag)
+        offsets = torch.cumsum(counts, 0) - counts
+        at = keep.nonzero().squeeze(1)
+        codes, weights = codes.index_select(0, at), weights.index_select(0, at)
+    else:
+        starts, base = [], 0
+        for c, _ in bags:
+            starts.append(base + torch.arange(c.shape[0], device=c.device) * c.shape[1])
+            base += c.numel()
+        offsets = torch.cat(starts)
+    out = F.embedding_bag(codes, table.weight, offsets, mode="sum", per_sample_weights=weights)
     return list(torch.split(out, [c.shape[0] for c, _ in bags]))
 
 
@@ -63,6 +77,7 @@ class ItemEncoder(nn.Module):
         self.numeric = nn.Linear(cfg.numeric_width, d)
         self.out_dim = d * (4 + len(cfg.n_categorical))
         self.fused = True
+        self.compact = False  # fused bags leave out their zero-weight entries (``_fused_sums``); set by a CPU trainer
         tables = [self.ids, self.tags, self.performers, *self.categorical]
         if self.context_ids is not None:
             tables.append(self.context_ids)
@@ -117,7 +132,7 @@ class ItemEncoder(nn.Module):
                     tables.setdefault(id(fields[j][0]), []).append(i)
                 for members in tables.values():
                     table = bags[members[0]][j][0]
-                    sums = _fused_sums(table, [(bags[i][j][1], bags[i][j][2]) for i in members])
+                    sums = _fused_sums(table, [(bags[i][j][1], bags[i][j][2]) for i in members], self.compact)
                     for i, out in zip(members, sums, strict=True):
                         pooled[i].append(out)
         else:

@@ -127,6 +127,8 @@ class Trainer:
         self.world = world or World()
         self.rank, self.world_size = self.world.rank, self.world.size
         self.device = tables.device
+        # a CPU looks up only the bags' non-zero entries; an accelerator keeps fixed shapes (no wait for a count)
+        model.encoder.compact = self.device.type == "cpu"
         self.optimizer = _optimizer(model, config)
         self.state = TrainState()
         self.train_model: torch.nn.Module = model  # the DDP wrapper when distributed
