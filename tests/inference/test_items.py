@@ -60,9 +60,20 @@ def test_refresh_reads_only_changed_and_new_videos(deployed: Path, url: str) -> 
         new = conn.execute(
             "INSERT INTO videos (source, external_id, title, price) VALUES ('test', 'new-1', 'New', 10) RETURNING id"
         ).fetchone()[0]  # type: ignore[index]
+        # an id whose last bytes are zero (a refresh compares ids as 16-byte strings: none may be cut short)
+        zeros = uuid.UUID("7f000000-0000-4000-8000-000000000000")
+        conn.execute(
+            "INSERT INTO videos (id, source, external_id, title, price) VALUES (%s, 'test', 'new-0', 'Zero', 1)",
+            (zeros,),
+        )
         fresh = index.refreshed(conn, pipeline)
-        assert len(fresh) == len(index) + 1 and new in fresh.row
+        assert len(fresh) == len(index) + 2 and new in fresh.row and zeros in fresh.row
         _same(fresh, ItemIndex.load(conn, pipeline))  # the same as a table read whole now
+        assert fresh.refreshed(conn, pipeline).table is fresh.table  # the new ids are known to the next refresh
+        conn.execute("UPDATE videos SET price = 7 WHERE id = %s", (zeros,))
+        again = fresh.refreshed(conn, pipeline)
+        assert again.table is not fresh.table and len(again) == len(fresh)
+        _same(again, ItemIndex.load(conn, pipeline))
         old_row = index.table.numeric[index.row[changed]]
         assert not np.array_equal(fresh.table.numeric[fresh.row[changed]], old_row)
         assert len(fresh.table) == len(fresh) + 1  # the padding row stays last

@@ -151,6 +151,39 @@ def test_array_statements_grow_linearly_under_the_serving_settings(
     assert not slow, f"t({LARGE:,})/t({SMALL:,}) over {LINEAR_BOUND:g} (quadratic?): {slow}; all: {growth}"
 
 
+def _cpu(runs: int, work: Callable[[], object]) -> float:
+    """The least CPU time of this thread (what the server's process spends, not the database) over ``runs``."""
+    times = []
+    for _ in range(runs):
+        started = time.thread_time()
+        work()
+        times.append(time.thread_time() - started)
+    return min(times)
+
+
+def test_a_refresh_after_a_catalog_sync_costs_the_server_a_fraction_of_reading_it(
+    scale: tuple[str, Path], pg_server: str
+) -> None:
+    """For ten minutes after a sync that touched every video, every video is inside the lookback window that each
+    server process compares with its item table every 30 s. Read as rows (UUID and datetime objects), 100k of
+    them cost a worker ~250 ms of Python holding the GIL, and its requests stalled that long. The comparison takes
+    one bytea and arrays: its CPU time in this process must be a fraction of reading the same window as rows,
+    timed in the same test, on 25,000 videos."""
+    _, data = scale
+    pipeline = FeaturePipeline.load(data / "models" / "v" / "features.json")
+    with database_copy(pg_server, TEMPLATE) as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE videos SET updated_at = now()")  # the sync
+        index = ItemIndex.load(conn, pipeline)
+        assert index.refreshed(conn, pipeline).table is index.table  # nothing changed since: nothing is read again
+        window = (index.as_of - LOOKBACK,)
+        refresh = _cpu(3, lambda: index.refreshed(conn, pipeline))
+        rows = _cpu(
+            3, lambda: conn.execute("SELECT id, updated_at FROM videos WHERE updated_at >= %s", window).fetchall()
+        )
+    print(f"refresh of {VIDEOS:,} videos: {refresh * 1e3:.1f} ms of CPU here; read as rows: {rows * 1e3:.1f} ms")
+    assert refresh < rows / 3, (refresh, rows)
+
+
 def test_the_real_server_answers_with_the_model_at_scale(scale: tuple[str, Path], tmp_path: Path) -> None:
     url, data = scale
     with psycopg.connect(url) as conn:

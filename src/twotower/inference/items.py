@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,13 +64,61 @@ def _micros(when: datetime) -> int:
     return (when - _EPOCH) // timedelta(microseconds=1)
 
 
-def _stamped_ids(conn: psycopg.Connection[Any], since: datetime | None) -> tuple[list[uuid.UUID], list[int]]:
-    """Ids and ``updated_at`` (Unix microseconds) of every video, or of those updated since ``since``."""
-    if since is None:
-        rows = conn.execute("SELECT id, updated_at FROM videos ORDER BY source, external_id").fetchall()
-    else:
-        rows = conn.execute("SELECT id, updated_at FROM videos WHERE updated_at >= %s", (since,)).fetchall()
+def _stamped_ids(conn: psycopg.Connection[Any]) -> tuple[list[uuid.UUID], list[int]]:
+    """Ids and ``updated_at`` (Unix microseconds) of every video."""
+    rows = conn.execute("SELECT id, updated_at FROM videos ORDER BY source, external_id").fetchall()
     return [r[0] for r in rows], [_micros(r[1]) for r in rows]
+
+
+# one bytea of 24-byte records (the id's 16 bytes, updated_at in Unix microseconds big-endian): a refresh compares
+# a lookback window of up to every video (after a catalog sync) every poll; as rows, 100k of them cost the server
+# ~250 ms of Python holding the GIL (UUID and datetime objects), which stalled the requests of the worker
+_STAMPS_SINCE = """
+SELECT coalesce(string_agg(uuid_send(id) || int8send((extract(epoch FROM updated_at) * 1000000)::int8), ''::bytea),
+                ''::bytea)
+  FROM videos WHERE updated_at >= %s"""
+_STAMP = np.dtype([("id", "S16"), ("at", ">i8")])
+
+
+def _stamps_since(
+    conn: psycopg.Connection[Any], since: datetime
+) -> tuple[npt.NDArray[np.bytes_], npt.NDArray[np.int64]]:
+    """Ids (16 bytes each) and ``updated_at`` (Unix microseconds) of the videos updated since ``since``."""
+    row = conn.execute(_STAMPS_SINCE, (since,), binary=True).fetchone()  # the bytes as they are, not hex text
+    assert row is not None
+    records = np.frombuffer(row[0], dtype=_STAMP)
+    return records["id"], records["at"].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _SortedIds:
+    """The index's ids in byte order (``S16``), with their rows: a refresh finds its window's rows by binary search."""
+
+    ids: npt.NDArray[np.bytes_]
+    rows: npt.NDArray[np.int64]
+
+    @classmethod
+    def of(cls, row: dict[uuid.UUID, int]) -> _SortedIds:
+        ids = np.frombuffer(b"".join(v.bytes for v in row), dtype="S16")
+        return cls.sorted(ids, np.fromiter(row.values(), dtype=np.int64, count=len(row)))
+
+    @classmethod
+    def sorted(cls, ids: npt.NDArray[np.bytes_], rows: npt.NDArray[np.int64]) -> _SortedIds:
+        order = np.argsort(ids, kind="stable")
+        return cls(ids[order], rows[order])
+
+    def find(self, ids: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+        """The row of each id, -1 where the index has none."""
+        if not len(self.ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return np.where(self.ids[at] == ids, self.rows[at], -1)
+
+    def plus(self, ids: list[uuid.UUID], rows: list[int]) -> _SortedIds:
+        if not ids:
+            return self
+        new = np.frombuffer(b"".join(v.bytes for v in ids), dtype="S16")
+        return _SortedIds.sorted(np.concatenate([self.ids, new]), np.concatenate([self.rows, np.array(rows)]))
 
 
 def write_item_table(
@@ -90,12 +138,20 @@ class ItemIndex:
     row: dict[uuid.UUID, int]
     stamps: npt.NDArray[np.int64]  # per row: the video's ``updated_at`` (Unix microseconds) when it was read
     as_of: datetime  # database time of the last read: videos updated since then (less LOOKBACK) are checked again
+    # internal: ``row`` as sorted arrays, made on the first refresh and handed on by ``refreshed`` (never passed in)
+    sorted_ids: _SortedIds | None = field(default=None, compare=False, repr=False)
+
+    def _sorted_ids(self) -> _SortedIds:
+        if self.sorted_ids is None:
+            object.__setattr__(self, "sorted_ids", _SortedIds.of(self.row))  # a cache: the same index either way
+        assert self.sorted_ids is not None
+        return self.sorted_ids
 
     @classmethod
     def load(cls, conn: psycopg.Connection[Any], pipeline: FeaturePipeline, chunk: int = 20_000) -> ItemIndex:
         """Read and encode every video from the database."""
         as_of = _now(conn)  # first: a video updated during the read is read again by the next refresh
-        ids, stamps = _stamped_ids(conn, None)
+        ids, stamps = _stamped_ids(conn)
         found, table = _encode(conn, pipeline, ids, chunk)
         at = dict(zip(ids, stamps, strict=True))
         _release_memory()
@@ -137,21 +193,28 @@ class ItemIndex:
         """This table with the videos added or changed since it was read re-encoded (the same arrays when none
         were)."""
         as_of = _now(conn)
-        ids, stamps = _stamped_ids(conn, self.as_of - LOOKBACK)
-        stale = [(v, t) for v, t in zip(ids, stamps, strict=True)
-                 if (r := self.row.get(v)) is None or self.stamps[r] != t]  # fmt: skip
-        if not stale:
-            return ItemIndex(self.table, self.row, self.stamps, as_of)
-        found, fresh = _encode(conn, pipeline, [v for v, _ in stale], chunk)
-        read = dict(stale)
+        ids, stamps = _stamps_since(conn, self.as_of - LOOKBACK)
+        index_ids = self._sorted_ids()
+        found_at = index_ids.find(ids)
+        changed = found_at < 0  # new videos, and known ones whose ``updated_at`` moved
+        seen = ~changed
+        changed[seen] = self.stamps[found_at[seen]] != stamps[seen]
+        if not changed.any():
+            return ItemIndex(self.table, self.row, self.stamps, as_of, index_ids)
+        raw = ids[changed].tobytes()  # (an S16 item read alone would lose trailing zero bytes)
+        stale = [uuid.UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16)]
+        read = dict(zip(stale, stamps[changed].tolist(), strict=True))
+        found, fresh = _encode(conn, pipeline, stale, chunk)
         rows = dict(self.row)
         size = len(rows)
         at = np.empty(len(found), dtype=np.int64)
+        added: list[uuid.UUID] = []
         for i, vid in enumerate(found):
             j = rows.get(vid)
             if j is None:
                 j = rows[vid] = size
                 size += 1
+                added.append(vid)
             at[i] = j
         known = len(self.row)
 
@@ -163,7 +226,8 @@ class ItemIndex:
 
         table = ItemFeatures(*(merged(getattr(self.table, n), getattr(fresh, n)) for n in FIELDS))
         new_stamps = merged(self.stamps, np.array([read[v] for v in found], dtype=np.int64))
-        return ItemIndex(table.with_padding_row(), rows, new_stamps, as_of)
+        sorted_ids = index_ids.plus(added, [rows[v] for v in added])
+        return ItemIndex(table.with_padding_row(), rows, new_stamps, as_of, sorted_ids)
 
     def __len__(self) -> int:
         return len(self.row)
