@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 "share_of_control": round(stats.examples_per_second / control, 3),
             }
             print(f"batch {bs:>5} ({per_step} states x {k} positives): {stats.examples_per_second:>9,.0f} positives/s, "
-                  f"valid Recall@20 "
-                  f"{stats.valid_recall_at_20:.4f} after 1 epoch ({stats.examples:,} in {stats.seconds:.1f} s); "
+                  f"valid Recall@20 {stats.valid_recall_at_20:.4f} after 1 epoch "
+                  f"({stats.examples:,} in {stats.seconds:.1f} s); "
                   f"control {control:,.0f}/s -> {stats.examples_per_second / control:.2f}x")  # fmt: skip
     best = max(r["positives_per_second"] for r in results.values())
     write("train" if not args.small else "train_small", {

@@ -13,7 +13,7 @@ encoded on the spot.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,6 +90,12 @@ def _stamps_since(
     return records["id"], records["at"].astype(np.int64)
 
 
+def _id_strings(ids: Iterable[uuid.UUID]) -> npt.NDArray[np.bytes_]:
+    """Ids as 16-byte strings (``S16``): sortable and comparable as arrays (read one alone, an item loses its
+    trailing zero bytes: slice ``tobytes()`` instead)."""
+    return np.frombuffer(b"".join(v.bytes for v in ids), dtype="S16")
+
+
 @dataclass(frozen=True)
 class _SortedIds:
     """The index's ids in byte order (``S16``), with their rows: a refresh finds its window's rows by binary search."""
@@ -99,8 +105,7 @@ class _SortedIds:
 
     @classmethod
     def of(cls, row: dict[uuid.UUID, int]) -> _SortedIds:
-        ids = np.frombuffer(b"".join(v.bytes for v in row), dtype="S16")
-        return cls.sorted(ids, np.fromiter(row.values(), dtype=np.int64, count=len(row)))
+        return cls.sorted(_id_strings(row), np.fromiter(row.values(), dtype=np.int64, count=len(row)))
 
     @classmethod
     def sorted(cls, ids: npt.NDArray[np.bytes_], rows: npt.NDArray[np.int64]) -> _SortedIds:
@@ -117,8 +122,9 @@ class _SortedIds:
     def plus(self, ids: list[uuid.UUID], rows: list[int]) -> _SortedIds:
         if not ids:
             return self
-        new = np.frombuffer(b"".join(v.bytes for v in ids), dtype="S16")
-        return _SortedIds.sorted(np.concatenate([self.ids, new]), np.concatenate([self.rows, np.array(rows)]))
+        return _SortedIds.sorted(
+            np.concatenate([self.ids, _id_strings(ids)]), np.concatenate([self.rows, np.array(rows)])
+        )
 
 
 def write_item_table(
@@ -126,7 +132,7 @@ def write_item_table(
 ) -> None:
     """Save a table (no padding row) as plain arrays: ``ids`` as 16 bytes each, ``updated_at`` of each row and
     ``as_of`` in Unix microseconds."""
-    raw = np.frombuffer(b"".join(i.bytes for i in ids), dtype=np.uint8).reshape(len(ids), 16)
+    raw = _id_strings(ids).view(np.uint8).reshape(len(ids), 16)
     with path.open("wb") as handle:
         np.savez(handle, ids=raw, updated_at=stamps, as_of=np.array(_micros(as_of), dtype=np.int64),
                  **{n: getattr(features, n) for n in FIELDS})  # fmt: skip
