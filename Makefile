@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test edge-check lint format bench clean
 
 install: $(STAMP)
 
@@ -28,7 +28,14 @@ $(JS)/.installed: js/package.json js/package-lock.json | $(STAMP)
 		&& cd $(JS) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && touch .installed; \
 	else echo "npm not found: the JavaScript parity test will be skipped"; fi
 
-test: $(STAMP) $(JS)/.installed
+# the Supabase Edge Functions: format, lint, type check and their Deno tests (the npm packages pinned by deno.lock);
+# tests/edge/ then serves them beside the Python API
+DENO := $(CURDIR)/$(BIN)/deno
+edge-check: $(STAMP)
+	cd supabase/functions && $(DENO) fmt --check && $(DENO) lint && $(DENO) check --frozen . \
+		&& $(DENO) test --frozen --allow-env --allow-read --allow-net=127.0.0.1 tests/
+
+test: $(STAMP) $(JS)/.installed edge-check
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -39,6 +46,7 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
+	cd supabase/functions && $(DENO) fmt
 
 bench: $(STAMP)
 	@mkdir -p bench/results

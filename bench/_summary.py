@@ -106,6 +106,15 @@ def _console(d: dict[str, Any]) -> tuple[str, bool]:
             f"{d['control_healthz']['p50_ms']:.1f} ms", worst[1]["p95_ms"] <= 200)  # fmt: skip
 
 
+def _edge(d: dict[str, Any]) -> tuple[str, bool]:
+    api, edge = d["serve"]["api"], d["serve"]["edge"]
+    ratio = edge["p50_ms"] / api["p50_ms"]
+    ok = not d.get("missed") and edge["algorithms"].keys() == {"two_tower"}
+    bundle, cold = d["bundle"]["total_mb"], d["cold_start_seconds"]
+    return (f"p50 {edge['p50_ms']:.1f} ms = {ratio:.2f}× the Python API's {api['p50_ms']:.1f} ms; RSS "
+            f"{d['rss_mb']:.0f} MB; cold start {cold:.2f} s; bundle {bundle:.1f} MB", ok)  # fmt: skip
+
+
 TARGETS = [
     Target("`/v1/recommendations`, 100k videos, 10k users, 1M decisions, 32 clients", "p50 ≤ 10 ms, p99 ≤ 50 ms "
            "at 200 req/s, ≥ 300 req/s at saturation, 0 errors, 100% two_tower", "serve", _serve),
@@ -120,6 +129,8 @@ TARGETS = [
     Target("embedding quality checks, 100k × 64 (C10)", "< 10 s", "monitor", _monitor),
     Target("synthetic data, 100k / 10k / 1M (`twotower synth`)", "< 120 s", "synth", _synth),
     Target("operator console routes, 100k videos", "each ≤ 200 ms (p95)", "console", _console),
+    Target("edge function, 100k videos (C14)", "warm p50 ≤ 2× the API's; RSS ≤ 200 MB; cold start ≤ 1.5 s",
+           "edge", _edge),
 ]  # fmt: skip
 
 

@@ -106,7 +106,7 @@ def _tower_timings(model_dir: Path, db: Any) -> dict[str, float]:
 
 async def _drive(
     port: int, tokens: list[str], clients: int, seconds: float, rate: float | None = None,
-    starts: list[float] | None = None, algorithms: Counter[str] | None = None,
+    starts: list[float] | None = None, algorithms: Counter[str] | None = None, path: str = "/v1/recommendations",
 ) -> tuple[list[float], int, int]:  # fmt: skip
     """``clients`` keep-alive connections. Closed loop (``rate`` None): each sends its next request as soon as
     the previous answer is in, which measures the saturation throughput. Open loop: together they offer
@@ -115,7 +115,8 @@ async def _drive(
     A minimal HTTP/1.1 client on asyncio streams: on a 2-core machine the load generator shares the CPU with
     the server and Postgres, and a full-featured client (httpx) would cost more CPU per request than the server.
     ``starts``, if given, gets each request's start (``time.time()``), in the order of the latencies;
-    ``algorithms``, if given, counts the ``algorithm`` of every answer.
+    ``algorithms``, if given, counts the ``algorithm`` of every answer; ``path`` is the route driven (the edge
+    function's answer has the same fields).
     """
     import gc
     import json
@@ -140,7 +141,7 @@ async def _drive(
                     next_at += rng.expovariate(rate / clients)
                     await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
                 request = (
-                    f"POST /v1/recommendations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                     f"Authorization: Bearer {rng.choice(tokens)}\r\nContent-Type: application/json\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n"
                 ).encode() + body

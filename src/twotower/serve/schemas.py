@@ -69,11 +69,13 @@ class RecommendationsIn(Strict):
 
 
 class EdgeRecommendationsIn(BaseModel):
-    """The app's edge-function request: the same two fields (other fields are ignored, as the function did)."""
+    """The app's edge-function request: its two fields and the filters of /v1/recommendations (other fields are
+    ignored, as the app's function did)."""
 
     model_config = ConfigDict(extra="ignore")
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT), JsonInteger] = 20
     exclude_liked: Bool = True
+    filters: FiltersIn = Field(default_factory=FiltersIn)
 
 
 class EdgeVideoOut(BaseModel):
@@ -109,6 +111,7 @@ class EdgeRecommendationsOut(BaseModel):
     recommendations: list[EdgeVideoOut]
     total_count: int
     algorithm: str
+    model_version: str | None = None
 
 
 class DecisionIn(Strict):

@@ -12,7 +12,6 @@ from pydantic import BeforeValidator
 from twotower.serve import queries
 from twotower.serve import schemas as s
 from twotower.serve.deps import RESPONSES, Caller, ServiceDep, require_model
-from twotower.serve.recommend import Filters
 
 router = APIRouter(tags=["recommendations"], responses=RESPONSES)
 
@@ -27,11 +26,13 @@ def recommendations(body: s.RecommendationsIn, caller: Caller, service: ServiceD
 
 @router.post("/functions/v1/two_tower_recommendations", response_model=s.EdgeRecommendationsOut)
 def edge_function(body: s.EdgeRecommendationsIn, caller: Caller, service: ServiceDep) -> s.EdgeRecommendationsOut:
-    """Drop-in for the app's ``two_tower_recommendations`` edge function: same request and response."""
-    answer = queries.recommend(service, caller.require_user(), body.limit, body.exclude_liked, Filters())
+    """Drop-in for the app's ``two_tower_recommendations`` edge function (supabase/functions/ runs the same in
+    Supabase): same request and response, with the filters of /v1/recommendations."""
+    answer = queries.recommend(service, caller.require_user(), body.limit, body.exclude_liked,
+                               queries.filters(body.filters))  # fmt: skip
     return s.EdgeRecommendationsOut(
         recommendations=[s.EdgeVideoOut(**v.model_dump()) for v in answer.recommendations],
-        total_count=answer.total_count, algorithm=answer.algorithm,
+        total_count=answer.total_count, algorithm=answer.algorithm, model_version=answer.model_version,
     )  # fmt: skip
 
 

@@ -1,0 +1,169 @@
+// The model a function answers with: the active version's towers and features.json from the artifact store
+// (checksums verified), run by the worker's ONNX runtime (runtime.ts). Every request reads which version is
+// active (in the same round trip as the user's history); a promoted version or a rollback is loaded beside the one
+// answering and swapped in with one assignment, so no request fails and none waits, except the very first of a
+// worker. A version that cannot be loaded (a missing or corrupt file) is retried after a minute; meanwhile the
+// previous version or the fallbacks answer, and the answer says which.
+
+import { FeaturePipeline, type ItemFeatures } from "./features.ts";
+import { createSession, runtimeName, type Session, type TensorLike } from "./runtime.ts";
+import { type ArtifactStore, fetchVersion } from "./store.ts";
+
+const RETRY_FAILED_MS = 60_000;
+const ITEM_INPUTS = ["item_id", "tags", "performers", "categorical", "numeric"] as const;
+export type Tower = "user" | "item";
+const FILES: Record<Tower, string> = { user: "user_tower.onnx", item: "item_tower.onnx" };
+
+export class Model {
+  constructor(
+    readonly version: string,
+    readonly dim: number,
+    readonly maxLikes: number,
+    readonly maxNopes: number,
+    readonly pipeline: FeaturePipeline,
+    private readonly sessions: Partial<Record<Tower, Session>>,
+  ) {}
+
+  private session(tower: Tower): Session {
+    const session = this.sessions[tower];
+    if (!session) throw new Error(`the ${tower} tower is not loaded in this function`);
+    return session;
+  }
+
+  /** The user tower on a history: `likes` then `nopes` rows of `table` (most recent first), with the stats. */
+  async embedUser(table: ItemFeatures, nLikes: number, nNopes: number, stats: Float32Array): Promise<Float32Array> {
+    const feed: Record<string, TensorLike> = {};
+    const side = (prefix: string, start: number, n: number) => {
+      const slots = Math.max(n, 1); // no history: one masked padding slot (the towers take any length >= 1)
+      const rows = n === 0 ? [-1] : Array.from({ length: n }, (_, i) => start + i);
+      const width = {
+        item_id: 1,
+        tags: this.pipeline.maxTags,
+        performers: this.pipeline.maxPerformers,
+        categorical: 4,
+        numeric: this.pipeline.numericWidth,
+      } as const; // prettier-ignore
+      for (const field of ITEM_INPUTS) {
+        const w = width[field];
+        const source = fieldOf(table, field);
+        const out = field === "numeric" ? new Float32Array(slots * w) : new BigInt64Array(slots * w);
+        rows.forEach((row, i) => {
+          if (row >= 0) (out as Float32Array).set((source as Float32Array).subarray(row * w, (row + 1) * w), i * w);
+        });
+        const dims = field === "item_id" ? [1, slots] : [1, slots, w];
+        feed[`${prefix}_${field}`] = { type: field === "numeric" ? "float32" : "int64", data: out, dims };
+      }
+      feed[`${prefix}_mask`] = {
+        type: "float32",
+        data: new Float32Array(slots).fill(n === 0 ? 0 : 1),
+        dims: [1, slots],
+      };
+    };
+    side("like", 0, nLikes);
+    side("nope", nLikes, nNopes);
+    feed.stats = { type: "float32", data: stats, dims: [1, stats.length] };
+    const session = this.session("user");
+    const out = await session.run(feed);
+    return new Float32Array(out[session.outputNames[0]].data as Float32Array);
+  }
+
+  /** Item-tower embeddings of encoded videos, `[n][dim]`. */
+  async embedItems(features: ItemFeatures): Promise<Float32Array[]> {
+    const n = features.n;
+    const session = this.session("item");
+    const out = await session.run({
+      item_id: { type: "int64", data: features.itemId, dims: [n] },
+      tags: { type: "int64", data: features.tags, dims: [n, this.pipeline.maxTags] },
+      performers: { type: "int64", data: features.performers, dims: [n, this.pipeline.maxPerformers] },
+      categorical: { type: "int64", data: features.categorical, dims: [n, 4] },
+      numeric: { type: "float32", data: features.numeric, dims: [n, this.pipeline.numericWidth] },
+    });
+    const data = out[session.outputNames[0]].data as Float32Array;
+    return Array.from({ length: n }, (_, i) => data.slice(i * this.dim, (i + 1) * this.dim));
+  }
+}
+
+function fieldOf(table: ItemFeatures, field: (typeof ITEM_INPUTS)[number]): BigInt64Array | Float32Array {
+  return {
+    item_id: table.itemId,
+    tags: table.tags,
+    performers: table.performers,
+    categorical: table.categorical,
+    numeric: table.numeric,
+  }[field]; // prettier-ignore
+}
+
+export async function loadModel(store: ArtifactStore, version: string, towers: Tower[]): Promise<Model> {
+  const names = ["features.json", ...towers.map((t) => FILES[t])];
+  const { manifest, files } = await fetchVersion(store, version, names);
+  const config = (manifest.tower_config ?? {}) as Record<string, unknown>;
+  const dim = Number(manifest.embedding_dim);
+  const maxLikes = Number(config.max_likes);
+  const maxNopes = Number(config.max_nopes);
+  if (!(dim > 0 && maxLikes > 0 && maxNopes > 0)) {
+    throw new Error(`the manifest of ${version} lacks embedding_dim or tower_config`);
+  }
+  const pipeline = FeaturePipeline.fromJson(JSON.parse(new TextDecoder().decode(files.get("features.json"))));
+  const sessions: Partial<Record<Tower, Session>> = {};
+  for (const tower of towers) {
+    const bytes = files.get(FILES[tower])!;
+    files.delete(FILES[tower]);
+    sessions[tower] = await createSession(bytes);
+  }
+  return new Model(version, dim, maxLikes, maxNopes, pipeline, sessions);
+}
+
+/** Which model answers: `model` (null: the fallbacks) and, when it is not the active version, why. */
+export interface Choice {
+  model: Model | null;
+  reason: string | null;
+}
+
+export class ModelHolder {
+  current: Model | null = null;
+  private loading: { version: string; done: Promise<void> } | null = null;
+  private failed: { version: string; at: number; reason: string } | null = null;
+  loads = 0;
+
+  constructor(private readonly store: ArtifactStore, private readonly towers: Tower[] = ["user"]) {}
+
+  /** The model for the version the database says is active now (`null`: none is). */
+  async choose(active: string | null): Promise<Choice> {
+    if (active === null) {
+      this.current = null; // no version is active: unload, the fallbacks answer
+      return { model: null, reason: "no model version is active" };
+    }
+    if (this.current?.version === active) return { model: this.current, reason: null };
+    const failed = this.failed;
+    if (failed?.version === active && Date.now() - failed.at < RETRY_FAILED_MS) {
+      return { model: this.current, reason: `model ${active} failed to load: ${failed.reason}` };
+    }
+    if (this.loading?.version !== active) this.loading = { version: active, done: this.load(active) };
+    const loading = this.loading;
+    if (this.current !== null) return { model: this.current, reason: `loading model ${active}` };
+    await loading.done; // the first request of a worker waits for its model
+    const loaded = this.current as Model | null; // set by load() meanwhile
+    if (loaded?.version === active) return { model: loaded, reason: null };
+    return { model: loaded, reason: `model ${active} failed to load: ${this.failed?.reason ?? "unknown"}` };
+  }
+
+  private async load(version: string): Promise<void> {
+    const started = performance.now();
+    try {
+      const model = await loadModel(this.store, version, this.towers);
+      if (this.loading?.version === version) {
+        this.current = model;
+        this.failed = null;
+        this.loads += 1;
+        const ms = Math.round(performance.now() - started);
+        console.info(`model ${version} loaded in ${ms} ms (ONNX runtime: ${await runtimeName()})`);
+      }
+    } catch (error) {
+      const reason = String((error as Error)?.message ?? error).slice(0, 300);
+      this.failed = { version, at: Date.now(), reason };
+      console.error(`cannot load model ${version}: ${reason} (keeping ${this.current?.version ?? "the fallbacks"})`);
+    } finally {
+      if (this.loading?.version === version) this.loading = null;
+    }
+  }
+}
