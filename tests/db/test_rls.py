@@ -172,3 +172,40 @@ def test_supabase_default_grants_are_narrowed_to_what_the_policies_need(empty_db
                     conn.execute(statement)
                 conn.rollback()
         assert conn.execute("SELECT count(*) FROM videos").fetchone() == (1,)
+
+
+SUPABASE_GLOBAL_DEFAULTS = """
+ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO anon, authenticated;
+ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO anon, authenticated;
+ALTER DEFAULT PRIVILEGES GRANT USAGE ON SCHEMAS TO anon, authenticated;
+"""
+
+
+def test_optunas_tables_are_closed_to_anon_and_authenticated(empty_db_url: str, tmp_path: Any) -> None:
+    """`twotower tune` keeps its study in the schema ``optuna``: with a Supabase project's default privileges (USAGE
+    on every new schema, ALL on every new table), anon could read and truncate it."""
+    from twotower.db import Database
+    from twotower.settings import Settings
+    from twotower.train.tune import _storage
+
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute(SUPABASE_AUTH.encode())
+        conn.execute(SUPABASE_GLOBAL_DEFAULTS.encode())
+    with psycopg.connect(empty_db_url) as conn:
+        upgrade(conn)
+        conn.commit()
+    with Database(empty_db_url, Settings(data_dir=tmp_path)) as db, _storage(db):
+        pass  # the storage as tune opens it: Optuna creates its tables
+    with psycopg.connect(empty_db_url) as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'optuna'")]
+        assert len(tables) >= 10
+        for role in ("anon", "authenticated"):
+            assert conn.execute("SELECT has_schema_privilege(%s, 'optuna', 'USAGE')", (role,)).fetchone() == (False,)
+            for statement in ("SELECT count(*) FROM optuna.trial_params", "TRUNCATE optuna.trials CASCADE",
+                              "INSERT INTO optuna.studies (study_name) VALUES ('x')"):  # fmt: skip
+                _as(conn, role, A)
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+                conn.rollback()
+        conn.execute("RESET ROLE")
+        assert not upgrade(conn).changed  # db upgrade finds it closed

@@ -40,7 +40,8 @@ COMMANDS = {
     "db status": (["db", "status"], URLS),
     "db upgrade": (["db", "upgrade"], URLS[:5]),
     "train": (["train", "--db-url", "{url}", "--epochs", "1"], URLS[1:3]),
-    "serve": (["serve", "--port", "9"], [URLS[0], URLS[4]]),  # unparseable (a parseable URL serves: DB may be down)
+    # unparseable, or an unencoded @ that libpq would take for the host (a well-formed URL serves: the DB may be down)
+    "serve": (["serve", "--port", "9"], [URLS[0], URLS[1], URLS[4]]),
 }
 
 
@@ -57,3 +58,22 @@ def test_no_command_prints_the_password(command: str, tmp_path: os.PathLike[str]
         assert len([line for line in run.stderr.splitlines() if line.strip()]) == 1, (url, shown)
         leaked = [s for s in secrets if s in shown]
         assert not leaked, (url, shown)
+
+
+def test_psycopg_log_lines_never_carry_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    """What psycopg's pool logs about a failed connection (\"failed to resolve host 'Zq7xW9kPmV3t@127.0.0.1'\" for
+    a password with an unencoded @) goes through the same redaction as the CLI's messages."""
+    import logging
+
+    from twotower.db import Database
+    from twotower.settings import Settings
+
+    url = "postgresql://postgres:Ab%40Zq7xW9kPmV3t@127.0.0.1:9/postgres"
+    Database(url, Settings())
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("psycopg.pool").warning("error connecting in %r: %s", "twotower",
+                                                  "failed to resolve host 'Zq7xW9kPmV3t@127.0.0.1'")  # fmt: skip
+        logging.getLogger("psycopg").warning("connection failed: password Ab@Zq7xW9kPmV3t refused")
+    shown = "\n".join(r.getMessage() for r in caplog.records)
+    assert len(caplog.records) == 2 and "error connecting in 'twotower'" in shown
+    assert "Zq7xW9kPmV3t" not in shown, shown

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -261,3 +263,18 @@ def test_item_embeddings_match_python_and_need_the_service_role(edge: Edge) -> N
         for bad in ({"videos": []}, {"videos": [{"title": "x", "evil": 1}]}, {"videos": [{"price": -1}]}, []):
             expected_bad = httpx.post(f"{edge.api}/v1/embeddings/items", json=bad, headers=service_headers())
             assert _error(function.post(bad, headers=service_headers())) == _error(expected_bad), bad
+
+
+def test_a_rollback_while_the_promoted_version_loads_keeps_the_rolled_back_one(edge: Edge) -> None:
+    """The holder swaps in only the version the database says is active: a load that a rollback overtook is dropped
+    (it used to be installed when it finished, and answered as the retired version)."""
+    from tests.edge.conftest import CONFIG, FUNCTIONS, deno, deno_env
+
+    command = [str(deno()), "run", "--quiet", f"--config={CONFIG}", "--allow-read", "--allow-env",
+               str(FUNCTIONS / "tests" / "holder_cli.ts"), str(edge.data / "store")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=deno_env(), check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])  # after the load's log line
+    models = {s["step"]: s["model"] for s in result["seen"]}
+    assert models == {"a active": "a", "b promoted": "a", "rolled back to a": "a", "later": "a", "none active": None}
+    assert result["loads"] == 1  # a alone: b's finished load was not installed

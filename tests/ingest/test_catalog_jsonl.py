@@ -3,11 +3,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.ingest import assert_one_line_errors
+from twotower.catalog.dmm_items import parse_item
 from twotower.db import Database
 from twotower.errors import ImportRejected, InputError, NotFound
 from twotower.ingest.service import import_catalog
@@ -153,3 +156,64 @@ def test_values_postgres_cannot_store_are_reported_per_line(db: Database, tmp_pa
     assert all("NUL" in got[n] for n in (2, 3, 4)) and "review_count" in got[5]
     with db.connection() as conn:
         assert {r[0] for r in conn.execute("SELECT external_id FROM videos")} == {"ok-1", "ok-2"}
+
+
+def test_release_dates_follow_the_catalog_rule(db: Database, tmp_path: Path) -> None:
+    """Released at: from 1870 (the first films) to 10 years ahead (pre-orders); 2199 was accepted, 1939 refused."""
+    now = datetime.now(UTC)
+    lines = [
+        _item(1, product_released_at="1939-08-25"),  # 1: fine (was "out of range (1970-2200)")
+        _item(2, product_released_at=(now + timedelta(days=365)).isoformat()),  # 2: a pre-order, fine
+        _item(3, product_released_at="2199-01-01"),  # 3
+        _item(4, product_released_at=(now + timedelta(days=11 * 366)).date().isoformat()),  # 4
+        _item(5, product_released_at="1600-01-01"),  # 5
+        _item(6, product_released_at=7258118400),  # 6: Unix seconds, 2200
+        _item(7, product_released_at="1874-12-09"),  # 7: fine
+    ]
+    report = import_catalog(db, _write(tmp_path / "c.jsonl", lines))
+    got = {p.line: p.message for p in report.problems.sorted()}
+    assert set(got) == {3, 4, 5, 6}, got
+    assert all("product_released_at" in m and "release dates" in m for m in got.values()), got
+    with db.connection() as conn:
+        kept = {r[0] for r in conn.execute("SELECT external_id FROM videos")}
+    assert kept == {"v1", "v2", "v7"}
+    with pytest.raises(ImportRejected, match="line 3"):
+        import_catalog(db, _write(tmp_path / "c.jsonl", lines), strict=True)
+
+
+def test_dmm_items_follow_the_same_release_rule() -> None:
+    base = {"content_id": "abc1", "title": "T"}
+    assert parse_item({**base, "date": "2024-05-01 10:00:00"}).product_released_at is not None
+    # the API's item is kept (an upstream product cannot be fixed by the user), without the impossible date
+    assert parse_item({**base, "date": "2199-01-01 10:00:00"}).product_released_at is None
+    assert parse_item({**base, "date": "1600-01-01 10:00:00"}).product_released_at is None
+
+
+@pytest.mark.parametrize("external_id", ["a\nb", "a\tb", "a\x1b[31mb", "a\u2028b", "a\x85b"])
+def test_cli_external_ids_with_control_characters_are_refused(
+    db: Database, cli_env: dict[str, str], tmp_path: Path, external_id: str
+) -> None:
+    f = _write(tmp_path / "c.jsonl", [_item(1, external_id=external_id)])
+    cmd = [sys.executable, "-m", "twotower", "import", "catalog", str(f)]
+    strict = subprocess.run([*cmd, "--strict"], env=cli_env, capture_output=True, text=True, timeout=60)
+    assert strict.returncode == 65, strict.stderr
+    assert_one_line_errors(strict.stderr)
+    assert "line 1: external_id" in strict.stderr and "control character" in strict.stderr, strict.stderr
+    assert _count(db, "videos") == 0
+    lenient = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=60)
+    assert lenient.returncode == 0 and "line 1: external_id" in lenient.stderr, lenient.stderr
+    assert _count(db, "videos") == 0
+
+
+def test_cli_random_bytes_catalog_is_not_text(db: Database, cli_env: dict[str, str], tmp_path: Path) -> None:
+    import random
+
+    f = tmp_path / "c.jsonl"
+    f.write_bytes(random.Random(3).randbytes(8192))
+    cmd = [sys.executable, "-m", "twotower", "import", "catalog", str(f)]
+    for strict in (["--strict"], []):
+        result = subprocess.run([*cmd, *strict], env=cli_env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 65, result.stderr
+        assert_one_line_errors(result.stderr)
+        assert "UTF-8" in result.stderr and "text" in result.stderr, result.stderr
+    assert _count(db, "videos") == 0

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from tests.ingest import assert_one_line_errors
 from twotower.db import Database
 from twotower.errors import ImportRejected, InputError
 from twotower.ingest.loader import load_videos
@@ -124,12 +127,12 @@ def test_hostile_csv_lines_are_reported_with_their_line_numbers(
     )
     result = import_decisions(db, f, source="shop")
     lines = {p.line: p.message for p in result.problems.sorted()}
-    assert result.decisions is not None and result.decisions.inserted == 3, lines
-    assert set(lines) == {5, 6}, lines
-    assert "NUL" in lines[5] and "future" in lines[6]
+    assert result.decisions is not None and result.decisions.inserted == 2, lines
+    assert set(lines) == {2, 5, 6}, lines
+    assert "control character" in lines[2] and "NUL" in lines[5] and "future" in lines[6]
     with db.connection() as conn:
         users = {r[0] for r in conn.execute("SELECT DISTINCT user_id FROM user_video_decisions")}
-    assert users == {u, user_uuid("shop", "ru\n1")}  # the quoted newline is part of the id, not a new row
+    assert users == {u}  # the quoted newline made neither an id nor a new row
 
 
 def test_a_utf16_file_is_named_as_such(db: Database, catalog: dict[str, uuid.UUID], tmp_path: Path) -> None:
@@ -137,3 +140,93 @@ def test_a_utf16_file_is_named_as_such(db: Database, catalog: dict[str, uuid.UUI
     f.write_bytes("user_id,external_id,decision_type\nalice,v0,like\n".encode("utf-16"))
     with pytest.raises(InputError, match="UTF-16"):
         import_decisions(db, f, source="shop")
+
+
+def _run_cli(cli_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "twotower", "import", *args], env=cli_env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _decisions_count(db: Database) -> int:
+    with db.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM user_video_decisions").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_cli_binary_header_is_one_escaped_line(
+    db: Database, catalog: dict[str, uuid.UUID], cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    f = tmp_path / "d.csv"
+    header = '"user\nid",\x1b[2J\x1b[31mred,a\x0bb,c\u2028d,e\x85f,' + "x" * 5000
+    f.write_bytes((header + "\nu1,v0\n").encode())
+    for strict in (["--strict"], []):
+        result = _run_cli(cli_env, "decisions", str(f), *strict)
+        assert result.returncode == 65, result.stderr
+        assert_one_line_errors(result.stderr)
+        assert "the header must have" in result.stderr and "\\x1b" in result.stderr
+    assert _decisions_count(db) == 0
+
+
+def test_cli_random_bytes_are_not_an_empty_file(
+    db: Database, catalog: dict[str, uuid.UUID], cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    noise = random.Random(29).randbytes(8192)
+    latin1 = "user_id,external_id,decision_type\nzoë,v0,like\n".encode("latin-1")  # the header line itself is fine
+    for name, data in (("noise.csv", noise), ("bad-header.csv", b"us\xe9r_id,external_id\n" + latin1)):
+        f = tmp_path / name
+        f.write_bytes(data)
+        for strict in (["--strict"], []):
+            result = _run_cli(cli_env, "decisions", str(f), *strict)
+            assert result.returncode == 65, result.stderr
+            assert_one_line_errors(result.stderr)
+            assert "empty file" not in result.stderr and "UTF-8" in result.stderr, result.stderr
+    assert _decisions_count(db) == 0
+
+
+@pytest.mark.parametrize(
+    ("row", "where"),
+    [
+        ('"u\n1",v0,like', "user_id"),  # a quoted newline
+        ('"u\t1",v0,like', "user_id"),
+        ('"u\x1b[31m1",v0,like', "user_id"),
+        ("u\u20281,v0,like", "user_id"),  # a Unicode line separator
+        ('u1,"v\n0",like', "external_id"),
+        ("u1,v\x7f0,like", "external_id"),
+    ],
+)
+def test_cli_ids_with_control_characters_are_refused(
+    db: Database, catalog: dict[str, uuid.UUID], cli_env: dict[str, str], tmp_path: Path, row: str, where: str
+) -> None:
+    f = tmp_path / "d.csv"
+    f.write_bytes(("user_id,external_id,decision_type\n" + row + "\n").encode())
+    strict = _run_cli(cli_env, "decisions", str(f), "--source", "shop", "--strict")
+    assert strict.returncode == 65, strict.stderr
+    assert_one_line_errors(strict.stderr)
+    assert f"line 2: {where} " in strict.stderr and "control character" in strict.stderr, strict.stderr
+    assert _decisions_count(db) == 0
+    lenient = _run_cli(cli_env, "decisions", str(f), "--source", "shop")
+    assert lenient.returncode == 0, lenient.stderr
+    assert f"line 2: {where} " in lenient.stderr and "control character" in lenient.stderr
+    assert _decisions_count(db) == 0
+
+
+def test_a_source_column_with_control_characters_is_refused(
+    db: Database, catalog: dict[str, uuid.UUID], tmp_path: Path
+) -> None:
+    f = tmp_path / "d.csv"
+    f.write_text('user_id,source,external_id,decision_type\nu1,"sh\nop",v0,like\nu1,shop,v1,like\n')
+    report = import_decisions(db, f)
+    assert [(p.line, "source" in p.message) for p in report.problems.sorted()] == [(2, True)]
+    assert report.decisions is not None and report.decisions.inserted == 1
+
+
+def test_the_future_is_five_minutes_away(db: Database, catalog: dict[str, uuid.UUID], tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    soon, late = (now + timedelta(minutes=2)).isoformat(), (now + timedelta(hours=1)).isoformat()
+    f = _csv(tmp_path / "d.csv", f"u1,v0,like,{soon}", f"u1,v1,like,{late}", "u1,v2,like,7258118400")
+    report = import_decisions(db, f, source="shop")
+    got = {p.line: p.message for p in report.problems.sorted()}
+    assert set(got) == {3, 4}, got
+    assert all("in the future" in m and "5 minutes" in m for m in got.values()), got
+    assert report.decisions is not None and report.decisions.inserted == 1

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MOVIELENS
+from tests.ingest import assert_one_line_errors
 from twotower.db import Database
 from twotower.errors import ImportRejected, NotFound
 from twotower.ingest.movielens import split_title
@@ -126,3 +128,90 @@ def test_cli_prints_counts(cli_env: dict[str, str]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "9,742" in result.stdout and "likes" in result.stdout and "no bad rows" in result.stdout
+
+
+def _count(db: Database, table: str) -> int:
+    with db.connection() as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_cli_a_rating_dated_2200_is_refused(db: Database, cli_env: dict[str, str], tmp_path: Path) -> None:
+    """Issue 29's reproduction: ``1,9000003,5.0,7258118400`` with --strict was imported as a like of 2200-01-01."""
+    ml = _small_copy(tmp_path)
+    with (ml / "movies.csv").open("a") as f:
+        f.write("9000003,Future Film (2019),Drama\n")
+    with (ml / "ratings.csv").open("a") as f:
+        f.write("1,9000003,5.0,7258118400\n")  # line 401
+    cmd = [sys.executable, "-m", "twotower", "import", "movielens", str(ml)]
+    strict = subprocess.run([*cmd, "--strict"], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 65, strict.stdout + strict.stderr
+    assert_one_line_errors(strict.stderr)
+    assert "line 401: timestamp '7258118400' is in the future" in strict.stderr, strict.stderr
+    assert _count(db, "videos") == 0 and _count(db, "user_video_decisions") == 0
+    lenient = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=120)
+    assert lenient.returncode == 0, lenient.stderr
+    with db.connection() as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM user_video_decisions WHERE created_at > now() + interval '5 minutes'"
+        ).fetchone() == (0,)
+
+
+def test_future_decision_times_get_the_same_report_from_both_importers(db: Database, tmp_path: Path) -> None:
+    from twotower.ingest.loader import load_videos
+    from twotower.ingest.records import VideoRecord
+    from twotower.ingest.service import import_decisions
+
+    ml = _small_copy(tmp_path)
+    with (ml / "ratings.csv").open("a") as f:
+        f.write("1,1,5.0,7258118400\n")  # line 401
+    from_movielens = import_movielens(db, ml).problems.sorted()
+    with db.connection() as conn:
+        load_videos(conn, [VideoRecord(source="shop", external_id="v0", title="V0")])
+    csv = tmp_path / "d.csv"
+    csv.write_text("user_id,external_id,decision_type,created_at\nu1,v0,like,7258118400\n")
+    from_csv = import_decisions(db, csv, source="shop").problems.sorted()
+    assert [p.line for p in from_movielens] == [401] and [p.line for p in from_csv] == [2]
+    # one rule, one wording: only the column's name differs
+    assert from_movielens[0].message.replace("timestamp", "created_at", 1) == from_csv[0].message
+    assert "5 minutes" in from_csv[0].message
+
+
+def test_release_years_outside_the_catalog_rule_are_reported(db: Database, tmp_path: Path) -> None:
+    ml = _small_copy(tmp_path)
+    (ml / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
+    with (ml / "movies.csv").open("a") as f:
+        f.write("9000001,Far Future (2199),Drama\n")  # line 52
+        f.write("9000002,Year Zero (0000),Drama\n")  # line 53: was a ValueError from datetime
+        f.write("9000003,Too Old (1700),Drama\n")  # line 54
+        f.write("9000004,Passage de Venus (1874),Documentary\n")  # line 55: fine, one of the first films
+    report = import_movielens(db, ml)
+    got = {p.line: p.message for p in report.problems.sorted()}
+    assert set(got) == {52, 53, 54}, got
+    assert all("release" in m for m in got.values()), got
+    with db.connection() as conn:
+        row = conn.execute(
+            "SELECT extract(year FROM product_released_at)::int FROM videos WHERE external_id = '9000004'"
+        ).fetchone()
+        assert row == (1874,)
+        assert conn.execute("SELECT count(*) FROM videos WHERE external_id IN ('9000001', '9000002', '9000003')"
+                            ).fetchone() == (0,)  # fmt: skip
+    with pytest.raises(ImportRejected, match="line 52"):
+        import_movielens(db, ml, strict=True)
+
+
+def test_cli_random_bytes_ratings_are_not_an_empty_file(db: Database, cli_env: dict[str, str], tmp_path: Path) -> None:
+    ml = _small_copy(tmp_path)
+    (ml / "ratings.csv").write_bytes(random.Random(7).randbytes(4096))
+    for strict in (["--strict"], []):
+        result = subprocess.run(
+            [sys.executable, "-m", "twotower", "import", "movielens", str(ml), *strict],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 65, result.stdout + result.stderr
+        assert_one_line_errors(result.stderr)
+        assert "empty file" not in result.stderr and "ratings.csv" in result.stderr and "UTF-8" in result.stderr
+    assert _count(db, "videos") == 0 and _count(db, "user_video_decisions") == 0

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from twotower.catalog.dmm import SOURCE, parse_api_time
+from twotower.ingest.parsing import release_date_problem
 from twotower.ingest.records import VideoRecord
 
 __all__ = ["parse_item"]
@@ -127,6 +128,8 @@ def parse_item(item: Mapping[str, Any]) -> VideoRecord:
             released = parse_api_time(item["date"])
         except ValueError:
             released = None
+        if released is not None and release_date_problem(released):  # the catalog importers' rule
+            released = None  # the product is real, its date is not: kept as unknown, like an unreadable one
     info = item.get("iteminfo") if isinstance(item.get("iteminfo"), dict) else {}
     assert isinstance(info, dict)
     images = item.get("imageURL") if isinstance(item.get("imageURL"), dict) else {}

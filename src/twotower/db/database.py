@@ -73,6 +73,29 @@ def scrub(message: str, conninfo: str) -> str:
     return message
 
 
+class _ScrubSecrets(logging.Filter):
+    """Hides the password's pieces in what psycopg and its pool log (a connection error can quote a host that libpq
+    parsed out of a malformed password), before any handler formats the record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conninfos: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = message
+        for conninfo in list(self.conninfos):
+            clean = scrub(clean, conninfo)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_SCRUB = _ScrubSecrets()
+for _name in ("psycopg", "psycopg.pool"):
+    logging.getLogger(_name).addFilter(_SCRUB)
+
+
 def _configure(conn: psycopg.Connection[Any]) -> None:
     """Per-connection set-up: pgvector adapters (numpy arrays <-> vector) once the extension exists."""
     from pgvector.psycopg import register_vector
@@ -88,6 +111,7 @@ class Database:
 
     def __init__(self, conninfo: str, settings: Settings, embedded: EmbeddedServer | None = None) -> None:
         self.conninfo = conninfo
+        _SCRUB.conninfos.add(conninfo)  # its password is hidden from psycopg's log lines from now on
         self.settings = settings
         self.embedded = embedded
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -131,11 +155,16 @@ class Database:
 
     @staticmethod
     def parse_url(conninfo: str) -> str:
-        """The URL itself when libpq can parse it; else a ``ConfigError`` that shows no piece of the password."""
+        """The URL itself when libpq can parse it into something that can be a server; else a ``ConfigError`` that
+        shows no piece of the password. A host with an ``@`` is a password's unencoded ``@`` that libpq took for the
+        start of the host: connecting would only quote that piece of the password in every error."""
         try:
-            conninfo_to_dict(conninfo)
+            parts = conninfo_to_dict(conninfo)
         except psycopg.ProgrammingError as exc:
             raise _invalid_url(conninfo, exc) from None
+        if any("@" in host for host in str(parts.get("host") or "").split(",")):
+            raise ConfigError("invalid database URL: its host has an '@' (characters such as @ / : % in the password "
+                              f"must be percent-encoded, @ as %40): {redact(conninfo)}")  # fmt: skip
         return conninfo
 
     def lower_priority(self, priority: Priority) -> None:

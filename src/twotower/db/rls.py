@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-__all__ = ["ensure_rls", "has_auth_uid"]
+__all__ = ["close_schema", "ensure_rls", "has_auth_uid"]
 
 _CATALOG = ("videos", "tags", "video_tags", "performers", "video_performers", "video_embeddings")
 _ENGINE = (
@@ -107,6 +107,8 @@ def ensure_rls(conn: psycopg.Connection[Any]) -> list[str]:
         changes.append(f"created policy {pol.name} on {pol.table}")
 
     changes += _revoke_extra(conn, roles)
+    for schema in _CLOSED_SCHEMAS:
+        changes += close_schema(conn, schema)
     for table, privilege, grantees in _GRANTS:
         for role in grantees:
             if role not in roles:
@@ -119,6 +121,37 @@ def ensure_rls(conn: psycopg.Connection[Any]) -> list[str]:
             )
             changes.append(f"granted {privilege} on {table} to {role}")
     return changes
+
+
+_CLOSED_SCHEMAS = ("optuna",)  # the engine's own schemas besides ``public``: `twotower tune`'s study storage
+
+
+def close_schema(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """Close a schema of the engine's own (Optuna's study tables) to ``anon`` and ``authenticated``: no USAGE of the
+    schema, no privilege on its tables, sequences and functions, and none by default on what is created in it
+    later (a Supabase project may grant USAGE on every new schema and ALL on every new table to both roles)."""
+    roles = sorted(_roles(conn))
+    exists = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,)).fetchone()
+    if not roles or not exists or not exists[0]:
+        return []
+    held = conn.execute(
+        "SELECT r FROM unnest(%s::text[]) AS r WHERE has_schema_privilege(r, %s, 'USAGE') OR EXISTS ("
+        "SELECT 1 FROM pg_class c WHERE c.relnamespace = to_regnamespace(%s) AND c.relkind IN ('r', 'p', 'S', 'v') "
+        "AND (has_table_privilege(r, c.oid, 'SELECT,INSERT,UPDATE,DELETE,TRUNCATE,REFERENCES,TRIGGER')))",
+        (roles, schema, schema),
+    ).fetchall()
+    names = sql.SQL(", ").join(sql.Identifier(r) for r in roles)
+    target = sql.Identifier(schema)
+    for statement in (
+        "REVOKE ALL ON SCHEMA {schema} FROM {roles}",
+        "REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {roles}",
+        "REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM {roles}",
+        "REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {schema} FROM {roles}",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE ALL ON TABLES FROM {roles}",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE ALL ON SEQUENCES FROM {roles}",
+    ):
+        conn.execute(sql.SQL(statement).format(schema=target, roles=names))
+    return [f"closed schema {schema} to {r[0]}" for r in held]
 
 
 def _revoke_extra(conn: psycopg.Connection[Any], roles: set[str]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from twotower.ingest.parsing import has_nul, open_text_lines, parse_timestamp
+from twotower.ingest.parsing import has_nul, id_problem, open_text_lines, parse_timestamp, release_date_problem
 from twotower.ingest.records import Problems, VideoRecord
 
 __all__ = ["CatalogItem", "read_catalog_jsonl"]
@@ -54,6 +54,13 @@ class CatalogItem(BaseModel):
     def _id_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
+    @field_validator("external_id")
+    @classmethod
+    def _printable_id(cls, value: str) -> str:
+        if problem := id_problem(value, "external_id"):
+            raise ValueError(problem)
+        return value
+
     @field_validator("price", "review_average", mode="before")
     @classmethod
     def _finite(cls, value: Any) -> Any:
@@ -66,6 +73,13 @@ class CatalogItem(BaseModel):
     def _timestamp(cls, value: Any) -> Any:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return parse_timestamp(str(value))
+        return value
+
+    @field_validator("product_released_at")
+    @classmethod
+    def _release_rule(cls, value: datetime | None) -> datetime | None:
+        if value is not None and (problem := release_date_problem(value)):
+            raise ValueError(f"release date {problem}")
         return value
 
 

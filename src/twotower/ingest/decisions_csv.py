@@ -9,38 +9,31 @@ UUID is mapped to a stable one (the same id always gives the same UUID).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from twotower.ingest.parsing import parse_timestamp, parse_uuid, read_csv_rows
+from twotower.ingest.parsing import id_problem, parse_decision_time, parse_uuid, read_csv_rows, shown
 from twotower.ingest.records import DECISION_TYPES, DecisionRecord, Problems, user_uuid
 
 __all__ = ["read_decisions_csv"]
-
-_MAX_ID = 200
-FUTURE_SKEW = timedelta(days=1)  # clocks disagree; more than a day ahead is a wrong date
 
 
 def read_decisions_csv(path: Path, source: str, problems: Problems) -> Iterator[DecisionRecord]:
     """Stream valid swipes; bad lines go to ``problems`` with their line numbers."""
     for number, row in read_csv_rows(path, problems, ("user_id", "decision_type"), ("video_id", "external_id")):
         user = row.get("user_id", "")
-        if not user or len(user) > _MAX_ID:
-            problems.add(number, f"user_id must be 1-{_MAX_ID} characters")
+        if problem := id_problem(user, "user_id"):
+            problems.add(number, problem)
             continue
         decision = row.get("decision_type", "").lower()
         if decision not in DECISION_TYPES:
-            problems.add(number, f"invalid decision_type {row.get('decision_type', '')[:40]!r} (expected like or nope)")
+            problems.add(number, f"invalid decision_type {shown(row.get('decision_type', ''))} (expected like or nope)")
             continue
         created = None
         if row.get("created_at"):
             try:
-                created = parse_timestamp(row["created_at"])
+                created = parse_decision_time(row["created_at"], "created_at")
             except ValueError as exc:
                 problems.add(number, str(exc))
-                continue
-            if created > datetime.now(UTC) + FUTURE_SKEW:  # it would win over every real later swipe of the pair
-                problems.add(number, f"created_at {row['created_at'][:40]!r} is in the future")
                 continue
         rec = DecisionRecord(
             user_id=parse_uuid(user) or user_uuid(source, user),
@@ -51,10 +44,14 @@ def read_decisions_csv(path: Path, source: str, problems: Problems) -> Iterator[
         if row.get("video_id"):
             rec.video_id = parse_uuid(row["video_id"])
             if rec.video_id is None:
-                problems.add(number, f"video_id {row['video_id'][:40]!r} is not a UUID (use external_id)")
+                problems.add(number, f"video_id {shown(row['video_id'])} is not a UUID (use external_id)")
                 continue
-        elif row.get("external_id") and len(row["external_id"]) <= _MAX_ID:
+        elif row.get("external_id"):
             rec.source = row.get("source") or source
+            problem = id_problem(rec.source, "source") or id_problem(row["external_id"], "external_id")
+            if problem:
+                problems.add(number, problem)
+                continue
             rec.external_id = row["external_id"]
         else:
             problems.add(number, "missing video: give video_id or external_id")

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from twotower.errors import NotFound
-from twotower.ingest.parsing import parse_timestamp, read_csv_rows
+from twotower.ingest.parsing import parse_decision_time, read_csv_rows, release_date_problem, shown
 from twotower.ingest.records import DecisionRecord, Problems, VideoRecord, user_uuid
 
 __all__ = ["BUNDLED_MOVIELENS", "SOURCE", "MovieLensFiles", "RatingCounts", "read_movies", "read_ratings"]
@@ -63,7 +63,8 @@ def split_title(title: str) -> tuple[str, datetime | None]:
     match = _YEAR.match(title)
     if not match:
         return title.strip(), None
-    return match["title"].strip() or title.strip(), datetime(int(match["year"]), 1, 1, tzinfo=UTC)
+    # year 0000 (not a year) reads as 0001, which the release-date rule refuses
+    return match["title"].strip() or title.strip(), datetime(max(int(match["year"]), 1), 1, 1, tzinfo=UTC)
 
 
 def _free_text_tags(files: MovieLensFiles, problems: Problems) -> dict[str, list[str]]:
@@ -96,13 +97,16 @@ def read_movies(files: MovieLensFiles, problems: Problems) -> list[VideoRecord]:
     records = []
     for number, row in read_csv_rows(files.movies, problems, ("movieid", "title", "genres")):
         movie_id = row["movieid"]
-        if not movie_id.isdigit():
-            problems.add(number, f"movieId {movie_id[:40]!r} is not a number")
+        if not (movie_id.isascii() and movie_id.isdigit()):
+            problems.add(number, f"movieId {shown(movie_id)} is not a number")
             continue
         if not row["title"]:
             problems.add(number, "empty title")
             continue
         title, released = split_title(row["title"])
+        if released is not None and (problem := release_date_problem(released)):
+            problems.add(number, f"the year in the title: release date {problem}")
+            continue
         genres = [g for g in row["genres"].split("|") if g and g != _NO_GENRES]
         # genres keep their spelling; a free-text tag equal to a genre (any case) is that genre
         by_key = {g.lower(): g for g in genres}
@@ -130,13 +134,16 @@ def read_ratings(files: MovieLensFiles, problems: Problems, counts: RatingCounts
             if not 0 <= rating <= 5:
                 raise ValueError
         except ValueError:
-            problems.add(number, f"invalid rating {row['rating'][:20]!r} (expected a number from 0 to 5)")
+            problems.add(number, f"invalid rating {shown(row['rating'], 20)} (expected a number from 0 to 5)")
             continue
-        if not row["userid"].isdigit():
-            problems.add(number, f"userId {row['userid'][:40]!r} is not a number")
+        if not (row["userid"].isascii() and row["userid"].isdigit()):
+            problems.add(number, f"userId {shown(row['userid'])} is not a number")
+            continue
+        if not (row["movieid"].isascii() and row["movieid"].isdigit()):
+            problems.add(number, f"movieId {shown(row['movieid'])} is not a number")
             continue
         try:
-            created = parse_timestamp(row["timestamp"])
+            created = parse_decision_time(row["timestamp"], "timestamp")
         except ValueError as exc:
             problems.add(number, str(exc))
             continue

@@ -2,33 +2,85 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import unicodedata
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from twotower.errors import InputError, NotFound
-from twotower.ingest.records import Problems
+from twotower.ingest.records import Problems, printable
 
-__all__ = ["MAX_LINE_BYTES", "has_nul", "open_text_lines", "parse_timestamp", "parse_uuid", "read_csv_rows"]
+__all__ = [
+    "DECISION_CLOCK_SKEW",
+    "MAX_ID",
+    "MAX_LINE_BYTES",
+    "RELEASE_AHEAD",
+    "RELEASE_FROM",
+    "has_nul",
+    "id_problem",
+    "open_text_lines",
+    "parse_decision_time",
+    "parse_timestamp",
+    "parse_uuid",
+    "read_csv_rows",
+    "release_date_problem",
+    "shown",
+]
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: no catalog item or swipe is that large; bigger is hostile or broken
+MAX_ID = 200  # user ids, external ids, sources: longer is not an id
+# A swipe's time may be at most this far ahead of this machine's clock (clocks disagree a little). Further ahead is
+# a wrong date, and a harmful one: an older swipe never overwrites a newer one, so it would win over every real
+# later swipe of the pair, for ever.
+DECISION_CLOCK_SKEW = timedelta(minutes=5)
+DECISION_FROM = datetime(1970, 1, 1, tzinfo=UTC)
+# A release date is from the first films (Passage de Venus, 1874) to 10 years ahead (pre-orders are announced
+# months, rarely years, before release); outside that it is a wrong date.
+RELEASE_FROM = datetime(1870, 1, 1, tzinfo=UTC)
+RELEASE_AHEAD = timedelta(days=3653)
+_HEAD = 4096
+_CONTROL_BYTES = frozenset(range(0x20)) - frozenset(b"\t\n\r\x0c") | {0x7F}
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})  # C0/C1 controls, lone surrogates, line/paragraph separators
+
+
+def shown(value: str, limit: int = 40) -> str:
+    """``value`` quoted for a message: control characters escaped, at most ``limit`` characters of it."""
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
+
+
+def _where(path: Path) -> str:
+    return printable(str(path), 300)
+
+
+def _is_binary(head: bytes) -> bool:
+    """Not UTF-8 and carrying control bytes that no text file has: random bytes, an image, an archive."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at the end is fine
+    except UnicodeDecodeError:
+        return any(b in _CONTROL_BYTES for b in head)  # a Latin-1 CSV has none: its lines are reported one by one
+    return False
 
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise NotFound(f"{path}: no such file")
+        raise NotFound(f"{_where(path)}: no such file")
     if path.is_dir():
-        raise InputError(f"{path}: expected a file, got a directory")
+        raise InputError(f"{_where(path)}: expected a file, got a directory")
     try:
         with path.open("rb") as handle:
-            head = handle.read(4096)
+            head = handle.read(_HEAD)
     except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+        raise InputError(f"{_where(path)}: cannot read: {exc.strerror}") from None
     utf16 = head[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) >= 4 and head.count(b"\x00") * 3 > len(head))
     if utf16:  # every other byte NUL: UTF-16 (or UTF-32) text, which would read as garbage
-        raise InputError(f"{path}: this file is UTF-16 (or another wide encoding); save it as UTF-8 and import again")
+        raise InputError(
+            f"{_where(path)}: this file is UTF-16 (or another wide encoding); save it as UTF-8 and import again"
+        )
+    if _is_binary(head):
+        raise InputError(f"{_where(path)}: not UTF-8 text (binary data in its first {len(head):,} bytes)")
 
 
 def has_nul(value: object) -> bool:
@@ -73,14 +125,20 @@ def read_csv_rows(
     """(line number, row) for each CSV data row, a quoted field may span lines (the row's number is its first line);
     a header that lacks a column rejects the whole file."""
     at = [0]  # the physical line the reader last consumed
+    header: list[str] | None = None
 
     def lines() -> Iterator[str]:
+        seen = len(problems)
         for number, text in open_text_lines(path, problems, blank=True):
             at[0] = number
+            if header is None and len(problems) > seen:  # an unreadable line where the header should be
+                raise InputError(
+                    f"{_where(path)}: line {number}: {problems.items[-1].message}; "
+                    "expected a CSV header (save the file as UTF-8 text)"
+                )
             yield text
 
     reader = csv.reader(lines())
-    header: list[str] | None = None
     while True:
         first = at[0] + 1
         try:
@@ -90,7 +148,7 @@ def read_csv_rows(
         except csv.Error as exc:
             problems.add(first, f"malformed CSV: {exc}")
             if header is None:
-                raise InputError(f"{path}: line {first}: unreadable CSV header") from None
+                raise InputError(f"{_where(path)}: line {first}: unreadable CSV header") from None
             continue
         if not any(c.strip() for c in cells):
             continue
@@ -100,9 +158,10 @@ def read_csv_rows(
             if one_of and not any(c in header for c in one_of):
                 missing.append(" or ".join(one_of))
             if missing:
+                found = ", ".join(shown(c) for c in header[:10]) + (", ..." if len(header) > 10 else "")
                 raise InputError(
-                    f"{path}: the header must have the column(s) {', '.join(missing)}; "
-                    f"found {', '.join(header) or 'nothing'}"
+                    f"{_where(path)}: the header must have the column(s) {', '.join(missing)}; "
+                    f"found {found or 'nothing'}"
                 )
             continue
         if len(cells) != len(header):
@@ -113,11 +172,12 @@ def read_csv_rows(
             continue
         yield first, dict(zip(header, (c.strip() for c in cells), strict=True))
     if header is None:
-        raise InputError(f"{path}: empty file (expected a CSV header)")
+        raise InputError(f"{_where(path)}: empty file (expected a CSV header)")
 
 
 def parse_timestamp(value: str) -> datetime:
-    """ISO 8601 (``2024-05-01T12:00:00Z``, a date alone) or Unix seconds; naive times are UTC."""
+    """ISO 8601 (``2024-05-01T12:00:00Z``, a date alone) or Unix seconds; naive times are UTC. Whether the time
+    makes sense is the caller's rule: :func:`parse_decision_time`, :func:`release_date_problem`."""
     value = value.strip()
     if not value:
         raise ValueError("empty timestamp")
@@ -126,13 +186,54 @@ def parse_timestamp(value: str) -> datetime:
             ts = datetime.fromtimestamp(float(value), tz=UTC)
         else:
             ts = datetime.fromisoformat(value)
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+        ts.astimezone(UTC)  # 0001-01-01T00:00+01:00 has no UTC time
     except (ValueError, OverflowError, OSError):
-        raise ValueError(f"invalid timestamp {value[:40]!r} (expected ISO 8601 or Unix seconds)") from None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    if not 1970 <= ts.year <= 2200:
-        raise ValueError(f"timestamp {value[:40]!r} is out of range (1970-2200)")
+        raise ValueError(f"invalid timestamp {shown(value)} (expected ISO 8601 or Unix seconds)") from None
     return ts
+
+
+def parse_decision_time(value: str, column: str) -> datetime:
+    """The time of a swipe, by the one rule of every importer of decisions: from 1970 to now (plus
+    :data:`DECISION_CLOCK_SKEW`); ValueError with the reason otherwise."""
+    ts = parse_timestamp(value)
+    if ts < DECISION_FROM:
+        raise ValueError(f"{column} {shown(value.strip())} is before 1970")
+    if ts > datetime.now(UTC) + DECISION_CLOCK_SKEW:
+        minutes = int(DECISION_CLOCK_SKEW.total_seconds() // 60)
+        raise ValueError(
+            f"{column} {shown(value.strip())} is in the future ({ts.astimezone(UTC):%Y-%m-%d %H:%M} UTC; at most "
+            f"{minutes} minutes ahead of this machine's clock are allowed): it would win over every later swipe"
+        )
+    return ts
+
+
+def release_date_problem(released: datetime) -> str | None:
+    """Why a release date is refused, or None: the one rule of every catalog importer, from
+    :data:`RELEASE_FROM` to :data:`RELEASE_AHEAD` from now."""
+    if released.tzinfo is None:
+        released = released.replace(tzinfo=UTC)
+    latest = datetime.now(UTC) + RELEASE_AHEAD
+    if RELEASE_FROM <= released <= latest:
+        return None
+    return (
+        f"{released.date().isoformat()} is outside the accepted release dates "
+        f"({RELEASE_FROM:%Y-%m-%d} to {latest:%Y-%m-%d}, 10 years ahead at most, for pre-orders)"
+    )
+
+
+def id_problem(value: str, column: str, limit: int = MAX_ID) -> str | None:
+    """Why ``value`` cannot be an id (a user's, a video's external id, a source), or None."""
+    if not value or len(value) > limit:
+        return f"{column} must be 1-{limit} characters"
+    bad = next((c for c in value if unicodedata.category(c) in _CONTROL_CATEGORIES), None)
+    if bad is not None:
+        return (
+            f"{column} {shown(value)} contains a control character (U+{ord(bad):04X}); "
+            "ids are printable text on one line"
+        )
+    return None
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:

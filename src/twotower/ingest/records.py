@@ -16,12 +16,21 @@ __all__ = [
     "Problems",
     "RowProblem",
     "VideoRecord",
+    "printable",
     "user_uuid",
 ]
 
 DECISION_TYPES = ("like", "nope")
 # Fixed namespace: the same external user id always maps to the same UUID, in every database.
 NAMESPACE = uuid.UUID("6f1c2a7e-3b9d-5e4f-8a21-7c0d9e2b4f13")
+
+
+def printable(text: str, limit: int = 500) -> str:
+    """``text`` for one line of a terminal or a log: control characters (newlines, escapes, NUL, U+2028...)
+    written as Python escapes, at most ``limit`` characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def user_uuid(namespace: str, external_user_id: str) -> uuid.UUID:
@@ -85,7 +94,8 @@ class Problems:
     items: list[RowProblem] = field(default_factory=list)
 
     def add(self, line: int, message: str) -> None:
-        self.items.append(RowProblem(line, message))
+        """Record a problem; whatever the message quotes from the file, it stays one printable line."""
+        self.items.append(RowProblem(line, printable(message)))
 
     def __len__(self) -> int:
         return len(self.items)

@@ -115,6 +115,10 @@ def _storage(db: Database) -> Iterator[optuna.storages.RDBStorage]:
             grace_period=2 * _HEARTBEAT_SECONDS,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
+    from twotower.db.rls import close_schema
+
+    with db.direct(autocommit=True) as conn:  # its tables exist now: closed to a Supabase project's anon/authenticated
+        close_schema(conn, SCHEMA)
     try:
         yield storage
     finally:

@@ -8,6 +8,8 @@ import { forbidden, HttpError, unauthorized, unavailable } from "./http.ts";
 
 export const SERVICE_ROLE = "service_role";
 const ASYMMETRIC = ["RS256", "ES256"];
+// what jose says of a JWKS endpoint that answers with something other than keys (an error page, a 5xx)
+const JWKS_DOWN = ["Expected 200 OK", "Failed to parse the JSON Web Key Set"];
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export interface AuthConfig {
@@ -114,7 +116,13 @@ export class Authenticator {
     if (error instanceof errors.JWKSNoMatchingKey || error instanceof errors.JWKSMultipleMatchingKeys) {
       return unauthorized(`no signing key for this token (${(error as Error).message})`);
     }
-    if (error instanceof errors.JOSEError) return unauthorized(`invalid token (${(error as Error).message})`);
+    const message = String((error as Error)?.message ?? "");
+    if (error instanceof errors.JOSEError && !JWKS_DOWN.some((m) => message.startsWith(m))) {
+      return unauthorized(`invalid token (${message})`);
+    }
+    if (error instanceof errors.JOSEError) { // the JWKS endpoint answered, but not with keys: an outage, not the token
+      return unavailable("auth_unavailable", "the token keys (JWKS) are unusable right now; retry shortly");
+    }
     if (error instanceof TypeError || (error as Error)?.name === "TypeError") {
       // fetch of the JWKS failed (connection refused, DNS): the keys cannot be had right now
       return unavailable("auth_unavailable", "the token keys (JWKS) cannot be fetched right now; retry shortly");

@@ -116,36 +116,48 @@ export function handle(route: Handler): Handler {
       }
       return await route(request);
     } catch (error) {
-      if (error instanceof HttpError) return errorResponse(error);
-      const code = (error as { code?: string })?.code;
-      if (code === "57014") return errorResponse(unavailable("timeout", "the query took too long; retry shortly"));
-      if (code === "22003" || code === "22008" || code === "22P02") {
-        return errorResponse(invalid("a value in the request is out of range for the database"));
-      }
-      if (isConnectionError(error)) {
-        console.warn(`database unavailable: ${String((error as Error)?.message ?? error).slice(0, 200)}`);
-        return errorResponse(unavailable("database_unavailable", "the database is unavailable; retry shortly"));
-      }
-      console.error("unexpected error:", error);
-      return errorResponse(new HttpError(500, "internal_error", "the function failed; see its logs"));
+      return failure(error);
     }
   };
 }
 
-function isConnectionError(error: unknown): boolean {
-  const e = error as { code?: string; name?: string };
-  return (typeof e?.code === "string" &&
-    (e.code.startsWith("08") || e.code.startsWith("57P") || e.code.startsWith("CONNECT") ||
-      [
-        "ECONNREFUSED",
-        "ECONNRESET",
-        "ENOENT",
-        "ETIMEDOUT",
-        "CONNECTION_CLOSED",
-        "CONNECTION_ENDED",
-        "CONNECTION_DESTROYED",
-        "CONNECT_TIMEOUT",
-      ].includes(e.code))) || e?.name === "ConnectionRefused";
+// SQLSTATE classes as psycopg sorts them: what the Python API answers for each (its handlers in serve/http.py)
+const UNAVAILABLE_CLASSES = ["08", "53", "54", "55", "57", "58", "40"]; // OperationalError: retry shortly
+const SOCKET_ERRORS = [
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ENOENT",
+  "ETIMEDOUT",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EPIPE",
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "CONNECT_TIMEOUT",
+]; // prettier-ignore
+
+/** The JSON answer to a failure: ours as they are; the database's by SQLSTATE class; anything else a 500 whose
+ * details go to the log only. */
+function failure(error: unknown): Response {
+  if (error instanceof HttpError) return errorResponse(error);
+  const e = error as { code?: unknown; name?: unknown; message?: unknown };
+  const code = typeof e?.code === "string" ? e.code : "";
+  if (code === "57014") return errorResponse(unavailable("timeout", "the query took too long; retry shortly"));
+  if (/^22[0-9A-Z]{3}$/.test(code)) {
+    return errorResponse(invalid("a value in the request is out of range for the database"));
+  }
+  if (
+    UNAVAILABLE_CLASSES.some((c) => code.startsWith(c)) || SOCKET_ERRORS.includes(code) ||
+    e?.name === "ConnectionRefused"
+  ) {
+    console.warn(`database unavailable: ${code} ${String(e?.message ?? "").slice(0, 200)}`);
+    return errorResponse(unavailable("database_unavailable", "the database is unavailable; retry shortly"));
+  }
+  console.error("unexpected error:", error);
+  return errorResponse(new HttpError(500, "internal_error", "the function failed; see its logs"));
 }
 
 /** Serve a function as Supabase does (`Deno.serve`); locally, PORT picks the port on 127.0.0.1. */

@@ -10,6 +10,7 @@ import { createSession, runtimeName, type Session, type TensorLike } from "./run
 import { type ArtifactStore, fetchVersion } from "./store.ts";
 
 const RETRY_FAILED_MS = 60_000;
+const RELEASE_AFTER_MS = 30_000; // a replaced model's sessions outlive the requests that were using them (5 s max)
 const ITEM_INPUTS = ["item_id", "tags", "performers", "categorical", "numeric"] as const;
 export type Tower = "user" | "item";
 const FILES: Record<Tower, string> = { user: "user_tower.onnx", item: "item_tower.onnx" };
@@ -23,6 +24,13 @@ export class Model {
     readonly pipeline: FeaturePipeline,
     private readonly sessions: Partial<Record<Tower, Session>>,
   ) {}
+
+  /** Free the runtime's memory of the towers (ONNX Runtime Web's WebAssembly heap is not garbage collected). */
+  release(): void {
+    for (const session of Object.values(this.sessions)) {
+      session?.release().catch((error) => console.warn(`releasing a session: ${error}`));
+    }
+  }
 
   private session(tower: Tower): Session {
     const session = this.sessions[tower];
@@ -121,16 +129,23 @@ export interface Choice {
 
 export class ModelHolder {
   current: Model | null = null;
-  private loading: { version: string; done: Promise<void> } | null = null;
+  private wanted: string | null = null; // the version the database said is active, at the last request
+  private readonly loading = new Map<string, Promise<void>>(); // at most one load of a version at a time
   private failed: { version: string; at: number; reason: string } | null = null;
   loads = 0;
 
-  constructor(private readonly store: ArtifactStore, private readonly towers: Tower[] = ["user"]) {}
+  constructor(
+    private readonly store: ArtifactStore,
+    private readonly towers: Tower[] = ["user"],
+    private readonly firstWaitMs = Number(Deno.env.get("TWOTOWER_EDGE_MODEL_WAIT_MS") ?? 10_000),
+  ) {}
 
-  /** The model for the version the database says is active now (`null`: none is). */
+  /** The model for the version the database says is active now (`null`: none is). A worker's first requests wait
+   * for their model at most `firstWaitMs` (then the fallbacks answer while it loads); later ones never wait. */
   async choose(active: string | null): Promise<Choice> {
+    this.wanted = active;
     if (active === null) {
-      this.current = null; // no version is active: unload, the fallbacks answer
+      this.swap(null); // no version is active: unload, the fallbacks answer
       return { model: null, reason: "no model version is active" };
     }
     if (this.current?.version === active) return { model: this.current, reason: null };
@@ -138,32 +153,47 @@ export class ModelHolder {
     if (failed?.version === active && Date.now() - failed.at < RETRY_FAILED_MS) {
       return { model: this.current, reason: `model ${active} failed to load: ${failed.reason}` };
     }
-    if (this.loading?.version !== active) this.loading = { version: active, done: this.load(active) };
-    const loading = this.loading;
+    let done = this.loading.get(active);
+    if (done === undefined) {
+      done = this.load(active);
+      this.loading.set(active, done);
+    }
     if (this.current !== null) return { model: this.current, reason: `loading model ${active}` };
-    await loading.done; // the first request of a worker waits for its model
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([done, new Promise((resolve) => timer = setTimeout(resolve, this.firstWaitMs))]);
+    clearTimeout(timer);
     const loaded = this.current as Model | null; // set by load() meanwhile
     if (loaded?.version === active) return { model: loaded, reason: null };
-    return { model: loaded, reason: `model ${active} failed to load: ${this.failed?.reason ?? "unknown"}` };
+    const why = this.failed?.version === active ? `failed to load: ${this.failed.reason}` : "is still loading";
+    return { model: loaded, reason: `model ${active} ${why}` };
+  }
+
+  /** Answer with `model` from now on; the one it replaces is released once its requests are surely done. */
+  private swap(model: Model | null): void {
+    const old = this.current;
+    this.current = model;
+    if (old !== null && old !== model) setTimeout(() => old.release(), RELEASE_AFTER_MS);
   }
 
   private async load(version: string): Promise<void> {
     const started = performance.now();
     try {
       const model = await loadModel(this.store, version, this.towers);
-      if (this.loading?.version === version) {
-        this.current = model;
-        this.failed = null;
-        this.loads += 1;
-        const ms = Math.round(performance.now() - started);
-        console.info(`model ${version} loaded in ${ms} ms (ONNX runtime: ${await runtimeName()})`);
+      if (this.wanted !== version) { // rolled back (or unloaded) while it loaded: not this one after all
+        model.release();
+        return;
       }
+      this.swap(model);
+      this.failed = null;
+      this.loads += 1;
+      const ms = Math.round(performance.now() - started);
+      console.info(`model ${version} loaded in ${ms} ms (ONNX runtime: ${await runtimeName()})`);
     } catch (error) {
       const reason = String((error as Error)?.message ?? error).slice(0, 300);
       this.failed = { version, at: Date.now(), reason };
       console.error(`cannot load model ${version}: ${reason} (keeping ${this.current?.version ?? "the fallbacks"})`);
     } finally {
-      if (this.loading?.version === version) this.loading = null;
+      this.loading.delete(version);
     }
   }
 }

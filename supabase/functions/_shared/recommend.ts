@@ -16,7 +16,7 @@ export interface Filters {
   include_tags: string[];
   makers: string[];
   max_price: number | null;
-  released_after: string | null;
+  released_after: string | null; // microseconds since 1970 (a naive date-time is UTC), as a decimal string
 }
 
 export const NO_FILTERS: Filters = {
@@ -145,7 +145,11 @@ function conditions(f: Filters, user: string | null, excludeLiked: boolean, p: P
   if (f.include_tags.length) parts.push(tagged(p.add(f.include_tags, "text[]")));
   if (f.makers.length) parts.push(`v.maker = ANY(${p.add(f.makers, "text[]")})`);
   if (f.max_price !== null) parts.push(`v.price <= ${p.add(f.max_price, "float8")}`);
-  if (f.released_after !== null) parts.push(`v.product_released_at >= ${p.add(f.released_after, "timestamptz")}`);
+  if (f.released_after !== null) { // microseconds since 1970, exactly
+    parts.push(
+      `v.product_released_at >= 'epoch'::timestamptz + ${p.add(f.released_after, "int8")} * interval '1 microsecond'`,
+    );
+  }
   if (user !== null) {
     const kinds = excludeLiked ? "" : " AND d.decision_type = 'nope'";
     parts.push(
@@ -266,23 +270,37 @@ export class Popularity {
 
   constructor(private readonly ttlMs = 300_000, private readonly top = 2000, private readonly size = 5000) {}
 
-  private async refresh(sql: Sql): Promise<void> {
-    const [popular, sample] = await Promise.all([
-      sql.unsafe(
+  private refreshing: Promise<void> | null = null;
+
+  /** Read the counts again: one refresh at a time (concurrent requests share it), with a serial plan in a transaction
+   * of its own and up to 30 s (the aggregate reads every like); a failure keeps the old counts and is retried in a
+   * minute. Only the first one, with no counts yet, is waited for. */
+  private refresh(sql: Sql): Promise<void> {
+    this.refreshing ??= sql.begin(async (tx) => {
+      await tx.unsafe("SET LOCAL max_parallel_workers_per_gather = 0");
+      await tx.unsafe("SET LOCAL statement_timeout = 30000");
+      const popular = await tx.unsafe(
         "SELECT d.video_id::text AS id, count(*)::float8 AS n FROM user_video_decisions d JOIN videos v ON v.id = d.video_id " +
           "WHERE d.decision_type = 'like' AND v.is_active GROUP BY d.video_id ORDER BY 2 DESC, 1 LIMIT $1::int",
         [this.top],
         PREPARED,
-      ),
-      sql.unsafe(
+      );
+      const sample = await tx.unsafe(
         "SELECT id::text AS id FROM videos WHERE is_active ORDER BY random() LIMIT $1::int",
         [this.size],
         PREPARED,
-      ),
-    ]);
-    this.popular = popular.map((r) => [r.id, Number(r.n)]);
-    this.sample = sample.map((r) => r.id);
-    this.due = Date.now() + this.ttlMs * (0.9 + 0.2 * Math.random());
+      );
+      this.popular = popular.map((r) => [r.id, Number(r.n)]);
+      this.sample = sample.map((r) => r.id);
+      this.due = Date.now() + this.ttlMs * (0.9 + 0.2 * Math.random());
+    }).catch((error) => {
+      this.due = Date.now() + 60_000;
+      if (!this.popular.length && !this.sample.length) throw error; // nothing to answer with: the request fails
+      console.warn(`popularity refresh failed (keeping the last counts): ${error?.message ?? error}`);
+    }).finally(() => {
+      this.refreshing = null;
+    });
+    return this.refreshing;
   }
 
   /** About `k` candidates: popular videos sampled by sqrt-popularity (Gumbel top-k), a share `explore` of random
@@ -324,7 +342,11 @@ export class Popularity {
     excludeLiked: boolean,
     f: Filters,
   ): Promise<Record<string, unknown>[]> { // prettier-ignore
-    if (Date.now() > this.due) await this.refresh(sql);
+    if (Date.now() > this.due) {
+      const refreshed = this.refresh(sql);
+      if (!this.popular.length && !this.sample.length) await refreshed;
+      else refreshed.catch(() => {}); // in the background: the last counts answer meanwhile
+    }
     return await listed(sql, this.candidates(3 * limit), user, limit, excludeLiked, f);
   }
 }

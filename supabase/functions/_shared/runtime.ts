@@ -22,6 +22,7 @@ export interface Session {
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
   run(feeds: Record<string, TensorLike>): Promise<Record<string, TensorLike>>;
+  release(): Promise<void>;
 }
 
 type OrtModule = typeof Ort;
@@ -46,6 +47,7 @@ function ortRuntime(name: string, ort: OrtModule, options: Ort.InferenceSession.
       return {
         inputNames: session.inputNames,
         outputNames: session.outputNames,
+        release: () => session.release(),
         async run(feeds: Record<string, TensorLike>): Promise<Record<string, TensorLike>> {
           const tensors: Record<string, Ort.Tensor> = {};
           for (const [key, t] of Object.entries(feeds)) tensors[key] = new ort.Tensor(t.type, t.data, t.dims);
@@ -71,6 +73,7 @@ async function choose(): Promise<Runtime> {
           inputNames: session.inputNames,
           outputNames: session.outputNames,
           run: (feeds) => Promise.resolve(session.run(feeds as never) as Record<string, TensorLike>),
+          release: () => Promise.resolve(), // plain typed arrays: the garbage collector frees them
         })),
     };
   }

@@ -4,6 +4,7 @@
 import { authConfig, Authenticator, type Principal } from "./auth.ts";
 import { connect, type Sql } from "./db.ts";
 import { parseItemsRequest, ValidationError, type VideoRow } from "./features.ts";
+import { names, parseDateTime } from "./validate.ts";
 import { HttpError, invalid, unavailable } from "./http.ts";
 import { type Model, ModelHolder, type Tower } from "./model.ts";
 import {
@@ -43,9 +44,25 @@ export function getContext(towers: Tower[]): Context {
       popularity: new Popularity(),
     };
   } catch (error) {
-    throw new HttpError(500, "config_error", (error as Error).message);
+    // the details (a malformed SUPABASE_DB_URL's message quotes the URL, password and all) go to the log only,
+    // with every piece of the URL's user-info hidden
+    console.error(`configuration error: ${hideUserInfo(String((error as Error)?.message ?? error), url ?? "")}`);
+    throw new HttpError(500, "config_error", "the function is not configured; see its logs");
   }
   return context;
+}
+
+/** `text` with the URL's user-info (user and password, as written and percent-decoded) replaced by `***`. */
+function hideUserInfo(text: string, url: string): string {
+  const info = /^[a-z][a-z0-9+.-]*:\/\/([^/?#]*)@/i.exec(url)?.[1] ?? "";
+  let out = text.replaceAll(url, "***");
+  for (const piece of [info, ...info.split(/[:@]/)].filter((p) => p.length >= 3)) {
+    out = out.replaceAll(piece, "***");
+    try {
+      out = out.replaceAll(decodeURIComponent(piece), "***");
+    } catch { /* not percent-encoded text */ }
+  }
+  return out;
 }
 
 export async function authenticate(ctx: Context, request: Request): Promise<Principal> {
@@ -158,23 +175,6 @@ export async function embedItems(ctx: Context, body: unknown): Promise<Record<st
   return { model_version: model.version, dimension: model.dim, embeddings: vectors.map((v) => Array.from(v)) };
 }
 
-// deno-lint-ignore no-control-regex
-const NAME = /^[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$/;
-
-function names(value: unknown, where: string): string[] {
-  if (value === undefined) return [];
-  if (!Array.isArray(value)) throw invalid(`${where}: Input should be a valid list`);
-  if (value.length > 100) throw invalid(`${where}: List should have at most 100 items after validation`);
-  return value.map((v, i) => {
-    if (typeof v !== "string") throw invalid(`${where}.${i}: Input should be a valid string`);
-    const s = v.trim();
-    if (!s.length || s.length > 200 || !NAME.test(s)) throw invalid(`${where}.${i}: not a valid name`);
-    return s;
-  });
-}
-
-const ISO = /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$/;
-
 function filters(value: unknown): Filters {
   if (value === undefined) {
     return { exclude_tags: [], include_tags: [], makers: [], max_price: null, released_after: null };
@@ -191,16 +191,22 @@ function filters(value: unknown): Filters {
     throw invalid("filters.max_price: Input should be a number between 0 and 1e9");
   }
   const after = f.released_after ?? null;
-  if (after !== null && (typeof after !== "string" || !ISO.test(after) || Number.isNaN(Date.parse(after)))) {
+  const parsed = typeof after === "string" ? parseDateTime(after, true) : null;
+  if (after !== null && parsed === null) {
     throw invalid("filters.released_after: expected an ISO 8601 date-time string");
   }
-  return {
-    exclude_tags: names(f.exclude_tags, "filters.exclude_tags"),
-    include_tags: names(f.include_tags, "filters.include_tags"),
-    makers: names(f.makers, "filters.makers"),
-    max_price: price as number | null,
-    released_after: after as string | null,
-  };
+  try {
+    return {
+      exclude_tags: names(f.exclude_tags, "filters.exclude_tags", 100),
+      include_tags: names(f.include_tags, "filters.include_tags", 100),
+      makers: names(f.makers, "filters.makers", 100),
+      max_price: price as number | null,
+      released_after: parsed === null ? null : String(parsed.micros), // microseconds since 1970 (UTC if naive)
+    };
+  } catch (error) {
+    if (error instanceof ValidationError) throw invalid(error.message);
+    throw error;
+  }
 }
 
 /** The app's request: `limit` (1-100, default 20), `exclude_liked` (default true), the optional `filters` of

@@ -166,7 +166,7 @@ function name(v: unknown, field: string): string {
   return s;
 }
 
-function names(v: unknown, field: string, max: number): string[] {
+export function names(v: unknown, field: string, max: number): string[] {
   if (v === undefined) return [];
   if (!Array.isArray(v)) throw new ValidationError(field, "expected a list of names");
   if (v.length > max) throw new ValidationError(field, `at most ${max} names`);

@@ -4,13 +4,19 @@
 // Python API.
 
 import { deepStrictEqual as assertEquals, match as assertMatch } from "node:assert/strict";
-import { SignJWT } from "jose";
+import { generateKeyPair, SignJWT } from "jose";
 
 const SECRET = "deno-tests-secret-0123456789abcdef0123456";
 Deno.env.set("TWOTOWER_JWT_SECRET", SECRET);
 Deno.env.set("SUPABASE_DB_URL", "postgresql://postgres@127.0.0.1:9/nowhere"); // nothing listens on port 9
 Deno.env.set("TWOTOWER_ARTIFACT_STORE", "/nonexistent/store");
 Deno.env.set("TWOTOWER_DB_CONNECT_TIMEOUT", "2");
+// the project's JWKS endpoint in an outage: an error page instead of keys
+const jwks = Deno.serve(
+  { port: 0, hostname: "127.0.0.1", onListen: () => {} },
+  () => new Response("<html>502 Bad Gateway</html>", { status: 502, headers: { "Content-Type": "text/html" } }),
+);
+Deno.env.set("TWOTOWER_JWT_JWKS_URL", `http://127.0.0.1:${jwks.addr.port}/auth/v1/.well-known/jwks.json`);
 
 const { handler: recommendations } = await import("../two_tower_recommendations/handler.ts");
 const { handler: userEmbedding } = await import("../user_embedding/handler.ts");
@@ -134,4 +140,14 @@ Deno.test("a database that cannot be reached is a 503 with Retry-After, never a 
   assertError(got, 503, "database_unavailable");
   assertEquals(got[2].get("retry-after"), "1");
   assertError(await call(userEmbedding, { token: await user() }), 503, "database_unavailable");
+});
+
+Deno.test("a JWKS endpoint in an outage is a 503 (retry), not a 401 that signs the user out", async () => {
+  const { privateKey } = await generateKeyPair("RS256");
+  const token = await new SignJWT({ sub: USER, aud: "authenticated", role: "authenticated" })
+    .setProtectedHeader({ alg: "RS256", kid: "rsa-1" }).setExpirationTime("1h").sign(privateKey);
+  const got = await call(recommendations, { token, body: '{"limit": 5}' });
+  assertError(got, 503, "auth_unavailable");
+  assertEquals(got[2].get("retry-after"), "1");
+  await jwks.shutdown();
 });
