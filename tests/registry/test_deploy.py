@@ -447,5 +447,78 @@ def test_a_killed_deploy_can_be_run_again_under_its_name(
     assert result.version == "b" and result.previous == "a" and result.cleaned == ["b"]
     state = _state(url)
     assert state["version"] == "b" and state["videos"] == 800 and state["index_used"]
-    with pytest.raises(VersionConflict, match=r"already registered \(active\)"):  # taken for good; no stage named
-        _deploy(db, store, b, tmp_path, gate=False)
+    again = _deploy(db, store, b, tmp_path, gate=False)  # once more after it finished: nothing to redo
+    assert again.already_active and again.version == "b" and again.previous is None
+    other = _copy(models, "a", tmp_path / "other")  # other files under the name "b": taken for good
+    _rename(other, "b")
+    with pytest.raises(VersionConflict, match=r"already registered \(active\)"):  # no stage named
+        _deploy(db, store, other, tmp_path, gate=False)
+
+
+def _rename(model_dir: Path, version: str) -> None:
+    """The model in ``model_dir``, exported under another version name (its files stay those of its model)."""
+    training = json.loads((model_dir / "training.json").read_text())
+    (model_dir / "training.json").write_text(json.dumps({**training, "version": version}))
+    export_model(model_dir)
+
+
+_KILLED_IN_PRUNE = """
+import os, signal, sys
+import twotower.registry.versions as versions
+from twotower.cli import main
+
+def drop(conn, version):  # the version is archived, its generation not yet dropped: a real crash
+    os.kill(os.getpid(), signal.SIGKILL)
+
+versions.drop_generation = drop
+sys.argv = ["twotower", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_deploy_killed_while_pruning_is_finished_by_the_same_command(
+    url: str, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """`deploy --version m3 ...` killed during its prune: the same command says m3 is active and finishes the
+    prune (exit 0), without training again; another model under the name m3 is still refused."""
+    env = {"DATABASE_URL": url, "TWOTOWER_DATA_DIR": str(tmp_path / "data"), "PATH": os.environ["PATH"],
+           "TWOTOWER_ARTIFACT_STORE": str(tmp_path / "store"), "PYTHONPATH": str(Path.cwd())}  # fmt: skip
+
+    def cli(*args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
+        head = ["-c", script] if script else ["-m", "twotower"]
+        return subprocess.run([sys.executable, *head, *args], env=env, capture_output=True, text=True, timeout=300)
+
+    for name in ("a", "b"):
+        run = cli("deploy", "--model-dir", str(_copy(models, name, tmp_path)), "--no-gate", "--keep", "1")
+        assert run.returncode == 0, run.stderr
+    m3 = ("deploy", "--version", "m3", "--epochs", "2", "--batch-size", "256", "--device", "cpu", "--no-gate",
+          "--keep", "1", "--output-dir", str(tmp_path / "models"))  # fmt: skip
+    killed = cli(*m3, script=_KILLED_IN_PRUNE)
+    assert killed.returncode == -9, killed.stderr
+    assert "prune" in killed.stdout and "active:" not in killed.stdout
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version, status FROM model_versions ORDER BY version").fetchall() == [
+            ("a", "archived"), ("b", "retired"), ("m3", "active"),
+        ]  # fmt: skip
+        left = conn.execute("SELECT count(*) FROM video_embeddings WHERE model_version = 'a'").fetchone()
+        assert left == (800,)  # archived, its generation still there: the prune was cut short
+    trained = (tmp_path / "models" / "m3" / "model.safetensors").stat().st_mtime_ns
+
+    again = cli(*m3)
+    assert again.returncode == 0, again.stderr
+    assert "m3 is already active" in again.stdout and "training" not in again.stdout, again.stdout
+    assert "pruned generations: a" in again.stdout
+    assert (tmp_path / "models" / "m3" / "model.safetensors").stat().st_mtime_ns == trained  # not retrained
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM video_embeddings WHERE model_version = 'a'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM user_embeddings WHERE model_version = 'a'").fetchone() == (0,)
+    state = _state(url)
+    assert state["version"] == "m3" and state["videos"] == 800 and state["index_used"]
+
+    other = _copy(models, "b", tmp_path / "other")  # a different model under the taken name
+    _rename(other, "m3")
+    for args in (("deploy", "--model-dir", str(other), "--no-gate"), (*m3[:3], "--seed", "7", *m3[3:])):
+        refused = cli(*args)
+        assert refused.returncode == 65 and "Traceback" not in refused.stderr, refused.stderr
+        assert "version m3 is already registered (active)" in refused.stderr and "immutable" in refused.stderr
+    assert _state(url)["version"] == "m3"

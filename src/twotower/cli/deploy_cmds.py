@@ -77,11 +77,11 @@ def deploy(
     from twotower.train import allocator
 
     allocator.reuse_freed_memory()  # this process trains: a step's tensors reuse the last step's pages
-    from twotower.cli.train_cmds import explicit_options
+    from twotower.cli.train_cmds import explicit_options, load_config
     from twotower.pipeline.deploy import STAGE_TEXT, DeployOptions
     from twotower.pipeline.deploy import deploy as run_deploy
     from twotower.registry.store import open_store
-    from twotower.train.config_file import apply_config, read_config
+    from twotower.train.config_file import apply_config
     from twotower.train.run import TrainOptions
 
     if tolerance is not None and not 0 <= tolerance <= 1:
@@ -101,7 +101,7 @@ def deploy(
     if config is not None:
         if model_dir is not None or from_store is not None:
             raise InputError("--config sets how a model is trained: it cannot go with --model-dir or --from-store")
-        apply_config(train_options, read_config(config), explicit_options(ctx))
+        apply_config(train_options, load_config(config), explicit_options(ctx))
     if model_dir is None and from_store is None:
         train_options.validate()
     options = DeployOptions.from_settings(
@@ -118,6 +118,11 @@ def deploy(
         result = run_deploy(db, store, options, on_stage=on_stage, on_progress=lambda m: status.update(m + " ..."))
     for version_name in result.cleaned:
         err.print(f"note: {version_name} was left half-built by an interrupted deploy; marked failed and removed")
+    if result.already_active:  # this deploy ran before and was stopped after its promote
+        out.print(f"{result.version} is already active, with the same files as registered: nothing to redo "
+                  "but the prune")  # fmt: skip
+        out.print(f"pruned generations: {', '.join(result.pruned)}" if result.pruned else "nothing left to prune")
+        return
     if result.restored:
         out.print(f"{result.version}: rebuilt from {result.restored}")
     if result.gate is not None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -35,6 +37,47 @@ def explicit_options(ctx: typer.Context) -> set[str]:
     # by name: typer may bundle its own click, whose enum is not click's
     sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
     return {name for name, source in sources.items() if source is not None and source.name in given}
+
+
+CONFIG_MAX_BYTES = 1 << 20
+CONFIG_MAX_DEPTH = 32  # a settings file is 3 deep ({"tower": {"n_categorical": [...]}}); json recurses per level
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """``read_config`` of a ``--config`` file, once it is known to be safe to read: a regular file (a FIFO would
+    wait for a writer for ever, a device never end), at most 1 MiB, its JSON nested at most 32 deep (deeper
+    would overflow the parser's recursion). Anything else is one line, exit 65, before anything is written."""
+    from twotower.train.config_file import read_config
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
+    except OSError as exc:
+        raise InputError(f"--config {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        mode, size = info.st_mode, info.st_size
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise InputError(f"--config {path}: {kind}, not a settings file (the JSON file `twotower tune` writes)")
+        if size > CONFIG_MAX_BYTES:
+            raise InputError(f"--config {path}: {size:,} bytes, larger than 1 MiB: not a settings file")
+        with os.fdopen(os.dup(fd), "rb") as file:
+            text = file.read(CONFIG_MAX_BYTES + 1).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
+    depth = deepest = 0
+    for bracket in re.findall(r"[\[\]{}]", _STRING.sub("", text)):
+        depth = depth + 1 if bracket in "[{" else depth - 1
+        deepest = max(deepest, depth)
+        if deepest > CONFIG_MAX_DEPTH:
+            raise InputError(f"--config {path}: JSON nested deeper than {CONFIG_MAX_DEPTH} levels: not a settings file")
+    try:
+        return read_config(path)
+    except RecursionError:  # the check above should make this unreachable
+        raise InputError(f"--config {path}: JSON nested too deeply: not a settings file") from None
 
 
 def train(
@@ -71,7 +114,7 @@ def train(
 
     allocator.reuse_freed_memory()  # this process trains: a step's tensors reuse the last step's pages
     from twotower.registry.store import valid_version
-    from twotower.train.config_file import apply_config, read_config
+    from twotower.train.config_file import apply_config
     from twotower.train.publish import publish_embeddings
     from twotower.train.run import TrainOptions
     from twotower.train.run import train as run_train
@@ -92,7 +135,7 @@ def train(
         update_db=update_db, refit=refit,
     )  # fmt: skip
     if config is not None:
-        apply_config(options, read_config(config), explicit_options(ctx))
+        apply_config(options, load_config(config), explicit_options(ctx))
     options.validate()
     # under torchrun only rank 0 reports and publishes; the other ranks train silently
     main_rank = os.environ.get("RANK", "0") == "0"

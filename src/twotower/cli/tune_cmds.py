@@ -35,7 +35,9 @@ def tune(
     """Search the model and optimiser settings with Optuna on the validation split (never the test split).
 
     The study is stored in the database, so a stopped search resumes. The best settings go to --output, for
-    `twotower train --config FILE` and `twotower deploy --config FILE`."""
+    `twotower train --config FILE` and `twotower deploy --config FILE`. tune takes no --config: every trial starts
+    from the defaults and searches the learning rate, batch size, schedule, field and hidden dims, dropouts,
+    pooling, negatives, next likes and the logQ weight; to train from other settings, edit the --output file."""
     from twotower.train import allocator
 
     allocator.reuse_freed_memory()  # this process trains: a step's tensors reuse the last step's pages

@@ -9,10 +9,21 @@ from typing import Any
 
 from twotower.errors import InputError
 
-__all__ = ["MAX_DIM", "MIN_DIM", "TowerConfig"]
+__all__ = ["BOUNDS", "MAX_DIM", "MAX_TRAINING_BYTES", "MIN_DIM", "TowerConfig"]
 
 MIN_DIM = 32
 MAX_DIM = 768
+# sizes a model can actually have (a config file may set them): `tune` searches field_dim 16-64, hidden_dim
+# 128-512 and 512-4096 uniform negatives; far beyond these a model only allocates gigabytes before it fails
+BOUNDS = {
+    "field_dim": (1, 1024), "hidden_dim": (1, 4096), "uniform_negatives": (0, 65536), "max_likes": (1, 1000),
+    "max_nopes": (0, 1000), "recent_likes": (0, 1000), "history_tags": (0, 64), "history_performers": (0, 64),
+    "target_window": (1, 1000), "targets_per_history": (1, 256),
+}  # fmt: skip
+# what training may hold for the parameters: fp32 weights, their gradients and Adam's two moments (16 bytes
+# a parameter); checked from the config and the catalog size before anything is allocated
+MAX_TRAINING_BYTES = 8 << 30
+_BYTES_PER_PARAMETER = 16
 # what a saved config written before these fields existed meant (it still loads as the model it was)
 _LEGACY = {
     "history_ids": False,
@@ -77,6 +88,10 @@ class TowerConfig:
     def __post_init__(self) -> None:
         if not MIN_DIM <= self.embedding_dim <= MAX_DIM:
             raise InputError(f"--embedding-dim must be between {MIN_DIM} and {MAX_DIM}, got {self.embedding_dim}")
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise InputError(f"{name} must be between {low} and {high}, got {value}")
         if not 0.0 < self.temperature <= 1.0:
             raise InputError(f"temperature must be in (0, 1], got {self.temperature}")
         if not 0.0 <= self.id_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
@@ -97,6 +112,29 @@ class TowerConfig:
                 "(target_window, or history 'profile')"
             )
         self.n_categorical = tuple(self.n_categorical)  # type: ignore[assignment]
+        needed = self.training_bytes()
+        if needed > MAX_TRAINING_BYTES:
+            raise InputError(
+                f"this model would need about {needed / (1 << 30):.1f} GiB to train ({self.parameter_count():,} "
+                f"parameters x {_BYTES_PER_PARAMETER} bytes: weights, gradients, Adam's moments) for "
+                f"{self.n_items:,} items, over the limit of {MAX_TRAINING_BYTES >> 30} GiB: lower field_dim "
+                f"({self.field_dim}) or hidden_dim ({self.hidden_dim}), or set history_ids false"
+            )
+
+    def parameter_count(self) -> int:
+        """The parameters of ``TwoTowerModel(self)``, computed without allocating them."""
+        d, h, e = self.field_dim, self.hidden_dim, self.embedding_dim
+        rows = self.n_items * (2 if self.history_ids else 1) + self.n_tags + self.n_performers + sum(self.n_categorical)
+        encoder = d * rows + (self.numeric_width + 1) * d
+        width = d * (4 + len(self.n_categorical))  # the concatenated fields
+        item_head = width * h + h + h * e + e
+        user_head = (3 * width + self.stats_width) * h + h + h * e + e
+        pooling = self.n_items + 1 if self.history_pooling == "learned" else 0
+        return encoder + item_head + user_head + pooling
+
+    def training_bytes(self) -> int:
+        """What training holds for the parameters (fp32 weights, gradients, Adam's two moments)."""
+        return self.parameter_count() * _BYTES_PER_PARAMETER
 
     @property
     def sampled_targets(self) -> bool:

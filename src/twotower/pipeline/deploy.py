@@ -7,7 +7,6 @@ Deploys are serialised with a Postgres advisory lock held for the whole run. Imp
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -31,10 +30,10 @@ from twotower.errors import (
     VersionConflict,
 )
 from twotower.export import export_model, validate_model
-from twotower.inference.items import ITEMS_FILE
 from twotower.inference.towers import OnnxTowers
 from twotower.monitor import Thresholds, monitor_version
 from twotower.pipeline.gate import GateResult, quality_gate
+from twotower.pipeline.rerun import already_active, exported, model_files, prune, version_of
 from twotower.pipeline.snapshot import with_item_table
 from twotower.registry.store import ArtifactStore, fetch
 from twotower.registry.versions import (
@@ -43,7 +42,6 @@ from twotower.registry.versions import (
     fail_stale_builds,
     get_version,
     promote,
-    prune_generations,
 )
 from twotower.settings import Settings
 from twotower.train.run import TrainOptions, train
@@ -117,6 +115,7 @@ class DeployResult:
     cleaned: list[str]
     seconds: dict[str, float]
     restored: str | None = None  # the artifact URI an archived version was rebuilt from
+    already_active: bool = False  # a re-run of a deploy that had promoted its version: only the prune was left
 
 
 @contextmanager
@@ -164,6 +163,14 @@ def deploy(
         cleaned = fail_stale_builds(lock, "interrupted: the deploy building it stopped before it finished")
         if options.from_store is not None:
             return _restore(db, store, options, lock, cleaned, on_stage, say, on_chunk)
+        done = already_active(db, options.model_dir, options.train)
+        if done is not None:  # the same deploy, killed after its promote: what was left is the prune
+            started = time.perf_counter()
+            if on_stage:
+                on_stage("prune")
+            pruned = prune(lock, options.keep_generations, say)
+            seconds["prune"] = time.perf_counter() - started
+            return DeployResult(done[0], None, None, done[1], pruned, cleaned, seconds, already_active=True)
         stage = "train"
         version: str | None = None
         registered = False
@@ -177,7 +184,7 @@ def deploy(
                 model_dir = options.model_dir
                 if not (model_dir / "tower_config.json").is_file():
                     raise InputError(f"{model_dir}: not a model directory (no tower_config.json)")
-            version = _version_of(model_dir)
+            version = version_of(model_dir)
             _check_new(db, store, version)
             seconds[stage] = time.perf_counter() - started
 
@@ -189,7 +196,7 @@ def deploy(
                     on_stage(name)
 
             step("export")
-            manifest = _exported(model_dir) or export_model(model_dir)
+            manifest = exported(model_dir) or export_model(model_dir)
             step("validate")
             report = validate_model(db, model_dir)
             if not report.ok:
@@ -250,13 +257,9 @@ def deploy(
             raise DeployFailed(f"deploy failed at {stage}: {cause} ({still})", stage, exc) from exc
         # promoted: from here on a failure is only a warning (the new version is serving)
         started = time.perf_counter()
-        try:
-            if on_stage:
-                on_stage("prune")
-            pruned = prune_generations(lock, options.keep_generations)
-        except (psycopg.Error, TwoTowerError) as exc:
-            say(f"warning: pruning old generations failed ({exc}); they stay until the next deploy")
-            pruned = []
+        if on_stage:
+            on_stage("prune")
+        pruned = prune(lock, options.keep_generations, say)
         seconds["prune"] = time.perf_counter() - started
     return DeployResult(version, previous, gate, generation, pruned, cleaned, seconds)
 
@@ -300,30 +303,8 @@ def _restore(
         if isinstance(exc, TwoTowerError):
             raise DeployFailed(f"rebuilding {version} failed at {stage}: {exc.message}", stage, exc) from exc
         raise
-    pruned = prune_generations(lock, options.keep_generations)
+    pruned = prune(lock, options.keep_generations, say)
     return DeployResult(version, previous, None, generation, pruned, cleaned, seconds, restored=store.uri(version))
-
-
-def _exported(model_dir: Path) -> dict[str, Any] | None:
-    """The manifest of an earlier export of exactly these weights (the export is deterministic), else None.
-    ``verify_directory`` checks every listed file, the weights included, against the manifest's checksums."""
-    from twotower.registry.store import ArtifactError, verify_directory
-
-    try:
-        manifest = verify_directory(model_dir)
-    except ArtifactError:
-        return None
-    names = set(manifest.get("checksums", {}))
-    if not {"model.safetensors", "item_tower.onnx", "user_tower.onnx", "features.json"} <= names:
-        return None
-    return manifest if manifest.get("version") == _version_of(model_dir) else None
-
-
-def _version_of(model_dir: Path) -> str:
-    try:
-        return str(json.loads((model_dir / "training.json").read_text())["version"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{model_dir}: no readable training.json ({exc})") from None
 
 
 def _check_new(db: Database, store: ArtifactStore, version: str) -> None:
@@ -341,9 +322,7 @@ def _upload(store: ArtifactStore, version: str, staging: Path, manifest: dict[st
     """Put the version in the store, or keep the copy an earlier, failed deploy of the same files put there."""
     if not store.exists(version):
         return store.put(version, staging)
-    stored = store.manifest(version).get("checksums", {})
-    mine = manifest["checksums"]
-    if {k: v for k, v in stored.items() if k != ITEMS_FILE} != {k: v for k, v in mine.items() if k != ITEMS_FILE}:
+    if model_files(store.manifest(version).get("checksums", {})) != model_files(manifest["checksums"]):
         raise VersionConflict(f"version {version} is in the artifact store with other files; versions are immutable "
                               "(deploy these under a new version name)")  # fmt: skip
     return store.uri(version)
