@@ -32,26 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write
 
 from serve import SECRET, _drive, _environment, _quiet, _server, _summary, _wait_ready
+from twotower.db.database import as_url
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTIONS = ROOT / "supabase" / "functions"
 TARGETS = {"p50_ratio": 2.0, "rss_mb": 200.0, "cold_start_seconds": 1.5, "bundle_mb": 20.0, "cpu_ms_per_request": 50.0,
            "api_p50_ms": 10.0}  # fmt: skip
 DENO = Path(sys.executable).parent / "deno"
-
-
-def _database_url(conninfo: str) -> str:
-    from urllib.parse import quote
-
-    from psycopg.conninfo import conninfo_to_dict
-
-    info = conninfo_to_dict(conninfo)
-    host = str(info.get("host", "127.0.0.1"))
-    port = info.get("port")
-    user, name = quote(str(info.get("user", "postgres"))), quote(str(info["dbname"]))
-    if host.startswith("/"):
-        return f"postgresql://{user}@/{name}?host={quote(host)}" + (f"&port={port}" if port else "")
-    return f"postgresql://{user}@{host}:{port or 5432}/{name}"
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -169,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("TWOTOWER_", "SUPABASE_"))}
         api_env = {**base, "DATABASE_URL": db.conninfo, "TWOTOWER_DATA_DIR": str(data),
                    "TWOTOWER_ARTIFACT_STORE": str(data / "store"), "TWOTOWER_JWT_SECRET": SECRET}  # fmt: skip
-        edge_env = {**base, "SUPABASE_DB_URL": _database_url(db.conninfo), "TWOTOWER_JWT_SECRET": SECRET,
+        edge_env = {**base, "SUPABASE_DB_URL": as_url(db.conninfo), "TWOTOWER_JWT_SECRET": SECRET,
                     "TWOTOWER_ARTIFACT_STORE": str(data / "store"), "NO_COLOR": "1"}  # fmt: skip
         report["bundle"] = _bundle_bytes(edge_env)
         runs: dict[str, Any] = {}

@@ -14,15 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from tests.conftest import database_copy, free_port
 from tests.serve.conftest import SECRET, ServerThread, jwks_url, keys, serve_settings  # noqa: F401 (fixtures)
 from twotower.db import Database
+from twotower.db.database import as_url
 from twotower.export import export_model
 from twotower.pipeline.deploy import DeployOptions, deploy
 from twotower.registry import LocalStore
@@ -50,16 +49,6 @@ def deno_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWOTOWER_", "SUPABASE_", "AWS_"))}
     env.update(NO_COLOR="1", DENO_NO_UPDATE_CHECK="1", **extra)
     return env
-
-
-def database_url(conninfo: str) -> str:
-    """A libpq conninfo as the URL that SUPABASE_DB_URL is (``?host=`` names the embedded server's socket)."""
-    info = conninfo_to_dict(conninfo)
-    user, name = quote(str(info.get("user", "postgres"))), quote(str(info["dbname"]))
-    host, port = str(info.get("host", "127.0.0.1")), info.get("port")
-    if host.startswith("/"):
-        return f"postgresql://{user}@/{name}?host={quote(host)}" + (f"&port={port}" if port else "")
-    return f"postgresql://{user}@{host}:{port or 5432}/{name}"
 
 
 @dataclass
@@ -126,7 +115,7 @@ class Edge:
     settings: Settings
 
     def env(self, store: Path | str | None = None, **extra: str) -> dict[str, str]:
-        return {"SUPABASE_DB_URL": database_url(self.db_url), "TWOTOWER_JWT_SECRET": SECRET,
+        return {"SUPABASE_DB_URL": as_url(self.db_url), "TWOTOWER_JWT_SECRET": SECRET,
                 "TWOTOWER_ARTIFACT_STORE": str(store or self.data / "store"), **extra}  # fmt: skip
 
     def users(self, n: int) -> list[uuid.UUID]:

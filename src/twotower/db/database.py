@@ -19,7 +19,7 @@ from twotower.db.priority import BACKGROUND, Priority, SessionLowering
 from twotower.errors import ConfigError, DatabaseUnavailable
 from twotower.settings import Settings
 
-__all__ = ["Database", "redact", "scrub"]
+__all__ = ["Database", "as_url", "redact", "scrub"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,21 @@ class _ScrubSecrets(logging.Filter):
 _SCRUB = _ScrubSecrets()
 for _name in ("psycopg", "psycopg.pool"):
     logging.getLogger(_name).addFilter(_SCRUB)
+
+
+def as_url(conninfo: str) -> str:
+    """A connection string as the ``postgresql://`` URL that other clients take (SUPABASE_DB_URL for the edge
+    functions): user, password, host or Unix-socket directory (``?host=``), port and database."""
+    from urllib.parse import quote
+
+    info = conninfo_to_dict(conninfo)
+    user = quote(str(info.get("user", "postgres")), safe="")
+    if info.get("password"):
+        user += ":" + quote(str(info["password"]), safe="")
+    name, host, port = quote(str(info["dbname"]), safe=""), str(info.get("host", "127.0.0.1")), info.get("port")
+    if host.startswith("/"):
+        return f"postgresql://{user}@/{name}?host={quote(host)}" + (f"&port={port}" if port else "")
+    return f"postgresql://{user}@{host}:{port or 5432}/{name}"
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
