@@ -20,7 +20,8 @@ The edges translate it: the CLI prints ``error: <message>`` on one line and exit
     ├── ArtifactError            65  an artifact is missing, incomplete or fails its checksum
     ├── QualityGateFailed        65  the new model does not beat the linear model / regresses
     ├── EmbeddingAlerts          65  the new embeddings failed their quality checks
-    ├── RollbackRefused          65  no version to switch to, or one that cannot serve
+    ├── RollbackRefused          65  no version to switch to, or one that cannot serve (or an experiment runs)
+    ├── ExperimentRunning        65  an experiment runs: another cannot start (HTTP 409)
     ├── DeployFailed             --  a deploy stage failed: the exit code is its cause's
     ├── SyncInProgress           75  another catalog sync runs
     ├── DeployInProgress         75  another deploy runs
@@ -40,6 +41,7 @@ __all__ = [
     "DeployInProgress",
     "EmbeddedServerError",
     "EmbeddingAlerts",
+    "ExperimentRunning",
     "Forbidden",
     "ImportRejected",
     "InputError",
@@ -165,6 +167,14 @@ class QualityGateFailed(TwoTowerError):
 
 class RollbackRefused(TwoTowerError):
     code = "rollback_refused"
+    exit_code = 65
+    http_status = 409
+
+
+class ExperimentRunning(TwoTowerError):
+    """An experiment is running: another cannot start until it stops."""
+
+    code = "experiment_running"
     exit_code = 65
     http_status = 409
 

@@ -111,6 +111,24 @@ class Settings(BaseSettings):
         default=0.1, ge=0, le=1, description="Share of users whose served recommendations are logged (by user id)."
     )
 
+    # --- online experiments (`twotower experiment`) ------------------------------------------------------
+    experiment_min_users: int = Field(default=100, ge=2, description="Users per arm before a verdict.")
+    experiment_min_decisions: int = Field(default=1000, ge=1, description="Swipes per arm before a verdict.")
+    experiment_mixture_sd: float = Field(
+        default=0.05, gt=0, le=1, description="mSPRT mixture SD: the like-rate difference the test is tuned for."
+    )
+    experiment_alpha: float = Field(default=0.05, gt=0, lt=0.5, description="False-positive rate of the verdict.")
+    experiment_outcome_hours: float = Field(
+        default=24.0, gt=0, le=24 * 30, description="A swipe counts for an exposure this long after it."
+    )
+    experiment_check_seconds: float = Field(
+        default=60.0, ge=1, le=86_400, description="How often one server process checks the running experiment."
+    )
+    experiment_guardrail: bool = Field(default=True, description="Stop a candidate that is significantly worse.")
+    experiment_served_sample: float = Field(
+        default=1.0, gt=0, le=1, description="Share of an experiment's users whose answers are logged (by user id)."
+    )
+
     # --- scheduling (cron: five fields, or six with seconds last; empty disables) ------------------------
     schedule_batch_update: str = Field(default="0 3 * * *", description="When `batch-update` runs (UTC).")
     schedule_retrain: str = Field(default="0 4 * * 0", description="When `deploy` (retrain) runs (UTC).")
@@ -132,6 +150,10 @@ class Settings(BaseSettings):
     serve_max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     serve_ef_search: int = Field(default=40, ge=10, le=1000, description="hnsw.ef_search for recommendations.")
     serve_onnx_threads: int = Field(default=1, ge=0, le=64, description="ONNX Runtime threads per worker.")
+    serve_algorithm: Literal["auto", "popularity", "linear"] = Field(
+        default="auto", description="auto: the two-tower model with its fallbacks; popularity or linear: answer every "
+        "request with that fallback (a kill switch, and the baselines of `twotower simulate`).",
+    )  # fmt: skip
     serve_try_page: bool = Field(
         default=False,
         description="Serve the /try swipe page, which signs short-lived tokens for demo users (needs the JWT secret).",

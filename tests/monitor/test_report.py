@@ -10,11 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 
+from twotower.db import Database
 from twotower.monitor.checks import Alert, Thresholds, check_vectors
-from twotower.monitor.report import render_report
+from twotower.monitor.experiment import CheckResult
+from twotower.monitor.report import render_report, write_report
+from twotower.monitor.report_experiment import latest_experiment
 from twotower.monitor.run import LiveStats, QualityReport
+from twotower.monitor.stats import arm_stats, compare
+from twotower.registry import experiments
+from twotower.registry.experiments import Experiment
+from twotower.settings import Settings
 
 HOSTILE = "<script>alert(1)</script>"
 
@@ -87,6 +95,48 @@ def test_without_previous_generation_or_history() -> None:
     assert "no previous generation to compare with" in text
     assert "the trend needs at least two" in text
     assert len(re.findall(r"<img\b", text)) == 2  # norms and projection
+    assert "Online experiment" not in text
+
+
+def test_experiment_section_escaped() -> None:
+    start = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    exp = Experiment(7, "v1", HOSTILE, 0.25, "key", "guardrail", start, start + timedelta(hours=2),
+                     f"guardrail: worse {HOSTILE}", "ops", HOSTILE)  # fmt: skip
+    rng = np.random.default_rng(1)
+    decisions = rng.integers(5, 15, 400)
+    control = arm_stats(decisions * 3, decisions, rng.binomial(decisions, 0.5))
+    candidate = arm_stats(decisions[:100] * 3, decisions[:100], rng.binomial(decisions[:100], 0.3))
+    comparison = compare(control, candidate, min_users=50, min_decisions=100)
+    assert comparison.verdict == "candidate_worse" and comparison.ci95 and comparison.always_valid
+    result = CheckResult(exp, {"control": control, "candidate": candidate}, comparison, start + timedelta(hours=1))
+    text = render_report(_report("v1", previous=False), [], result)
+    assert HOSTILE not in text and text.count("<script>") == 1
+    section = text[text.index('<h2 id="experiment">') :]
+    assert "Online experiment #7" in section and "guardrail" in section and "25.0% of the users" in section
+    assert f"guardrail: worse {html_escaped(HOSTILE)}" in section and "2025-01-02T05:04:05+00:00" in section
+    assert f'<td>control</td><td><code>v1</code></td><td class="num">{control.users:,}</td>' in section
+    assert f"{control.like_rate:.4f} ± {1.959963984540054 * (control.like_rate_se or 0):.4f}" in section
+    low, high = comparison.always_valid
+    assert f"{comparison.difference:+.4f}" in section and f"[{low:+.4f}, {high:+.4f}]" in section
+    assert '<span class="status alert">candidate_worse</span>' in section
+    assert len(re.findall(r"<img\b", text)) == 2  # no plot added
+
+
+def test_written_report_shows_the_experiment(url: str, deployed: Path, tmp_path: Path) -> None:
+    path = tmp_path / "r.html"
+    with Database.open(Settings(database_url=url, data_dir=deployed), migrate=False) as db:
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert latest_experiment(conn, db.settings) is None  # none has been run: no section
+            conn.execute("UPDATE model_versions SET status = 'candidate' WHERE version = 'v2'")
+            started = experiments.start(conn, "v2", 0.5, actor="tester")
+        write_report(db, _report("v", previous=False), path)
+        with psycopg.connect(url) as conn:
+            looks = conn.execute("SELECT count(*) FROM experiment_checks").fetchone()
+    text = path.read_text(encoding="utf-8")
+    assert f"Online experiment #{started.id}: <code>v2</code> vs <code>v</code>" in text
+    assert "<strong>running</strong>" in text and "by tester" in text
+    assert "<td>candidate</td><td><code>v2</code></td>" in text and "Verdict:" in text and "collecting" in text
+    assert looks == (0,)  # the report reads: it records no look
 
 
 def test_renders_in_chromium(report_file: Path, tmp_path: Path) -> None:

@@ -142,7 +142,8 @@ def serve_settings(db_url: str, data_dir: Path, jwks_url: str | None = None, **e
     return Settings(
         database_url=db_url, data_dir=data_dir, jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_jwks_url=jwks_url,
         # the safety-net poll far beyond any test: a hot swap seen by a test came through LISTEN/NOTIFY
-        artifact_store=str(data_dir / "store"), serve_model_poll_seconds=600.0, monitor_served_sample=1.0, **extra,
+        artifact_store=str(data_dir / "store"), **{"serve_model_poll_seconds": 600.0, "monitor_served_sample": 1.0,
+                                                   **extra},
     )  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """The operator console and the swipe page, driven in headless Chromium (the system's, through Playwright) against
-a real server: sign in, see the active version, roll back and back again, look up a user and a video, swipe five
-times and watch the feed change; a user's token is refused. Every console API route needs the service role.
-Screenshots go to $TWOTOWER_TEST_ARTIFACTS (default .twotower/test-artifacts) /screenshots."""
+a real server: sign in, see the active version, roll back and back again, look up a user and a video, start and
+stop an online experiment, swipe five times and watch the feed change; a user's token is refused. Every console
+API route needs the service role. Screenshots go to $TWOTOWER_TEST_ARTIFACTS (default .twotower/test-artifacts)
+/screenshots."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 
+from tests.conftest import database_copy
 from tests.serve.conftest import Served, ServerThread, bearer, serve_settings, service_headers, token
 from twotower.serve.routes.pages import DEMO_NAMESPACE
 
@@ -35,6 +39,44 @@ def with_try(deployed: tuple[str, Path], jwks_url: str) -> Iterator[Served]:
     settings = serve_settings(url, data, jwks_url, serve_try_page=True)
     with ServerThread(settings) as base:
         yield Served(base, url, settings, data / "store")
+
+
+def _clone(source: str, target: str) -> None:
+    """Every row of ``source`` into ``target`` (both migrated alike). CREATE DATABASE ... TEMPLATE needs a template
+    nobody is connected to, and the package's servers stay connected to the deployed database."""
+    with psycopg.connect(source) as src, psycopg.connect(target) as dst:
+        tables = src.execute(
+            "SELECT n.nspname, c.relname, array_agg(a.attname::text ORDER BY a.attnum) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid "
+            "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' GROUP BY 1, 2"
+        ).fetchall()
+        names = [sql.Identifier(schema, name) for schema, name, _ in tables]
+        dst.execute("SET session_replication_role = replica")  # no foreign-key checks or triggers while loading
+        dst.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(names)))
+        for name, (_, _, columns) in zip(names, tables, strict=True):
+            cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+            with (
+                src.cursor().copy(sql.SQL("COPY {} ({}) TO STDOUT").format(name, cols)) as out,
+                dst.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(name, cols)) as into,
+            ):
+                for block in out:
+                    into.write(block)
+        for (sequence,) in src.execute("SELECT oid::regclass::text FROM pg_class WHERE relkind = 'S'").fetchall():
+            value, called = src.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone() or (1, False)
+            dst.execute("SELECT setval(%s::regclass, %s, %s)", (sequence, value, called))
+
+
+@pytest.fixture(scope="module")
+def own(pg_server: str, template_db: str, deployed: tuple[str, Path], jwks_url: str) -> Iterator[Served]:
+    """A server over a copy of the deployed database of its own ("b" active, "a" retired): the experiments started
+    here are seen by no other test."""
+    url, data = deployed
+    with database_copy(pg_server, template_db) as copy:
+        _clone(url, copy)
+        settings = serve_settings(copy, data, jwks_url)
+        with ServerThread(settings) as base:
+            yield Served(base, copy, settings, data / "store")
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +214,95 @@ def test_console_rolls_back_and_back_and_looks_up(with_try: Served, page: Any) -
     page.wait_for_selector("#video-neighbours tbody tr")
     assert page.locator("#video-neighbours tbody tr").count() == 10
     page.screenshot(path=str(ARTIFACTS / "console-lookups.png"), full_page=True)
+
+
+def test_experiment_routes_need_the_service_role_and_check_their_input(own: Served) -> None:
+    routes = [("GET", "/v1/admin/experiment", None), ("POST", "/v1/admin/experiment", {"candidate": "a", "share": 0.5}),
+              ("POST", "/v1/admin/experiment/stop", {"promote": True})]  # fmt: skip
+    service = service_headers()
+    with httpx.Client(base_url=own.url, timeout=30) as client:
+        for method, path, body in routes:
+            anonymous = client.request(method, path, json=body)
+            refused = client.request(method, path, json=body, headers=bearer(uuid.uuid4()))
+            assert anonymous.status_code == 401 and refused.status_code == 403, (path, anonymous.text, refused.text)
+            assert set(anonymous.json()) == set(refused.json()) == {"error", "message"}
+        for body, status in (({"candidate": "a", "share": 0}, 422), ({"candidate": "a", "share": 1.5}, 422),
+                             ({"candidate": "a", "share": "half"}, 422), ({"candidate": "../a", "share": 0.1}, 422),
+                             ({"candidate": "a b", "share": 0.1}, 422), ({"candidate": "nope", "share": 0.1}, 404),
+                             ({"share": 0.1}, 422), ({"candidate": "a", "share": 0.1, "more": 1}, 422)):  # fmt: skip
+            answer = client.post("/v1/admin/experiment", json=body, headers=service)
+            assert answer.status_code == status and set(answer.json()) == {"error", "message"}, (body, answer.text)
+        nothing = client.post("/v1/admin/experiment/stop", json={"promote": False}, headers=service)
+        assert nothing.status_code == 404 and nothing.json()["error"] == "not_found"  # none of that started one
+        assert client.post("/v1/admin/experiment/stop", json={"promote": "x"}, headers=service).status_code == 422
+        view = client.get("/v1/admin/experiment", headers=service)
+        assert view.status_code == 200 and set(view.json()) == {"experiment", "result", "points", "serving"}
+
+
+def _traffic(served: Served, users: int) -> None:
+    """Known users get a feed and swipe on it: 0 to 3 likes of 3 swipes each (the like-rate varies by user)."""
+    with psycopg.connect(served.db_url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT DISTINCT user_id FROM user_video_decisions ORDER BY 1 LIMIT %s",
+                                          (users,)).fetchall()]  # fmt: skip
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        for i, user in enumerate(ids):
+            headers = bearer(user)
+            feed = client.post("/v1/recommendations", json={"limit": 3}, headers=headers).json()["recommendations"]
+            for j, video in enumerate(feed):
+                swipe = {"video_id": video["id"], "decision_type": "like" if j < i % 4 else "nope"}
+                assert client.post("/v1/decisions", json=swipe, headers=headers).status_code == 201
+
+
+@browser_only
+def test_console_starts_and_stops_an_experiment(own: Served, page: Any) -> None:
+    page.goto(f"{own.url}/console")
+    page.fill("#token", _raw_token(service_headers()))
+    page.click("#signin-form button")
+    page.wait_for_selector("body[data-state='signed-in'][data-experiment]")
+    assert page.get_attribute("body", "data-experiment") != "running"
+    assert page.eval_on_selector_all("#experiment-candidate option", "o => o.map((e) => e.value)") == ["a"]
+    assert page.is_disabled("#experiment-stop") and page.is_disabled("#experiment-promote")
+    page.select_option("#experiment-candidate", "a")
+    page.fill("#experiment-share", "0.5")
+    page.click("#experiment-start")
+    assert "a answers 50.0 % of the users, b the rest" in page.inner_text("#experiment-confirm-text")
+    page.click("#experiment-yes")
+    page.wait_for_selector("body[data-experiment='running']")
+    assert "started: a answers 50.0 %" in page.inner_text("#experiment-message")
+    assert page.is_disabled("#experiment-start") and page.is_enabled("#experiment-stop")
+    assert "a (candidate, 50.0 % of the users) vs b (control) — running" in page.inner_text("#experiment-state")
+
+    _traffic(own, 24)
+    deadline = time.monotonic() + 20
+    while True:  # what was served reaches the log within a second; each look is a point of the plots
+        page.click("#experiment-refresh")
+        page.wait_for_timeout(500)
+        users = page.eval_on_selector_all("#experiment-arms-list tbody tr", "r => r.map((e) => e.cells[2].innerText)")
+        looks = int(page.get_attribute("#experiment-plots svg", "data-points"))
+        if all(u not in ("0", "—") for u in users) and looks >= 2:
+            break
+        assert time.monotonic() < deadline, page.inner_text("#experiment")
+    rows = page.locator("#experiment-arms-list tbody tr").all_inner_texts()
+    assert [r.split("\t")[:2] for r in rows] == [["control", "b"], ["candidate", "a"]]
+    assert "±" in rows[0] and "±" in rows[1]  # a like-rate and its interval in each arm
+    assert "Verdict: collecting" in page.inner_text("#experiment-verdict")  # far below the minimum sample
+    assert page.locator("#experiment-plots figure").count() == 2
+    page.screenshot(path=str(ARTIFACTS / "console-experiment.png"), full_page=True)
+
+    page.click("#experiment-stop")
+    assert "Stop experiment #" in page.inner_text("#experiment-confirm-text")
+    page.click("#experiment-yes")
+    page.wait_for_selector("body[data-experiment='stopped']")
+    assert "stopped from the console" in page.inner_text("#experiment-stopped")
+    assert " stopped; this process serves b" in page.inner_text("#experiment-message")
+    page.fill("#experiment-share", "0")  # refused by the API: its message is shown
+    page.click("#experiment-start")
+    page.click("#experiment-yes")
+    page.wait_for_selector("#experiment-message .error")
+    assert "share" in page.inner_text("#experiment-message") and page.get_attribute("body", "data-active") == "b"
+    page.screenshot(path=str(ARTIFACTS / "console-experiment-stopped.png"), full_page=True)
+    with psycopg.connect(own.db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM experiments WHERE status = 'running'").fetchone() == (0,)
 
 
 @browser_only

@@ -1,6 +1,6 @@
 """The catalog sync's embedding of what it stored: the ids of new or changed videos, queued and embedded in
-batches with the active version's item tower (the shared ``embeddings.embedder.Embedder``), and the catch-up of
-every active video without a current embedding."""
+batches with the active version's item tower (the shared ``embeddings.embedder.Embedder``; a running experiment's
+candidate's too, so its arm sees new videos), and the catch-up of every active video without a current embedding."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import psycopg
 
 from twotower.db import Database
 from twotower.embeddings.embedder import Embedder
+from twotower.registry.experiments import current
 from twotower.registry.store import ArtifactStore
 from twotower.registry.versions import active_version
 
@@ -29,13 +30,17 @@ class EmbedQueue:
         self.db, self.batch = db, batch
         self.embedder: Embedder | None = None
         self.version: str | None = None
+        self.candidate: Embedder | None = None  # a running experiment's candidate: its arm sees new videos too
         self.pending: list[uuid.UUID] = []
         self.done = 0
         if store is not None:
             with db.direct() as conn:
                 self.version = active_version(conn)
+                running = current(conn)
             if self.version is not None:
                 self.embedder = Embedder(db, store, self.version, cache_dir)
+                if running is not None and running.candidate_version != self.version:
+                    self.candidate = Embedder(db, store, running.candidate_version, cache_dir)
 
     def add(self, ids: list[uuid.UUID]) -> None:
         if self.version is None:
@@ -54,6 +59,8 @@ class EmbedQueue:
             return
         with self.db.direct() as conn, conn.transaction():
             self.done += self.embedder.embed_videos(conn, ids)[0]
+            if self.candidate is not None:
+                self.candidate.embed_videos(conn, ids)
 
     def catch_up(self) -> None:
         """Embed every active video that has no embedding for the version, or one older than the video."""
@@ -61,6 +68,8 @@ class EmbedQueue:
             return
         with self.db.direct() as conn:
             ids = embed_missing_ids(conn, self.version)
+            if self.candidate is not None:
+                ids = sorted(set(ids) | set(embed_missing_ids(conn, self.candidate.version)))
         if ids:
             log.info("embedding %d videos without a current embedding for %s", len(ids), self.version)
         self.pending.extend(ids)

@@ -16,11 +16,13 @@ from twotower.cli import (
     db_cmds,
     demo_cmds,
     deploy_cmds,
+    experiment_cmds,
     export_cmds,
     ingest_cmds,
     jobs_cmds,
     monitor_cmds,
     serve_cmds,
+    simulate_cmds,
     sync_cmds,
     synth_cmds,
     train_cmds,
@@ -53,7 +55,9 @@ app.command("validate")(export_cmds.validate)
 app.command("deploy")(deploy_cmds.deploy)
 app.command("rollback")(deploy_cmds.rollback)
 app.add_typer(deploy_cmds.models_app, name="models")
+app.add_typer(experiment_cmds.app, name="experiment")
 app.command("serve")(serve_cmds.serve)
+app.command("simulate")(simulate_cmds.simulate)
 app.command("batch-update")(jobs_cmds.batch_update)
 app.command("schedule")(jobs_cmds.schedule)
 app.command("monitor")(monitor_cmds.monitor)

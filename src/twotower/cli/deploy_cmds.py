@@ -65,6 +65,11 @@ def deploy(
     lock_timeout: float = typer.Option(
         0.0, "--lock-timeout", min=0, help="With --wait: give up after this many seconds (0: no limit)."
     ),
+    candidate: bool = typer.Option(
+        False,
+        "--candidate",
+        help="Build and check the version but do not promote it: a candidate for `twotower experiment start`.",
+    ),
     config: Path | None = typer.Option(
         None,
         "--config",
@@ -106,7 +111,7 @@ def deploy(
         train_options.validate()
     options = DeployOptions.from_settings(
         settings, train=train_options, model_dir=model_dir, from_store=from_store, gate=gate, tolerance=tolerance,
-        keep_generations=keep, wait=wait, lock_timeout=lock_timeout, monitor=monitor,
+        keep_generations=keep, wait=wait, lock_timeout=lock_timeout, monitor=monitor, candidate=candidate or None,
     )  # fmt: skip
     store = open_store(settings)
     with open_db() as db, out.status("deploying ...") as status:
@@ -133,6 +138,10 @@ def deploy(
     out.print(f"generation: {result.generation.videos:,} videos, {result.generation.users:,} users ({timings})")
     if result.pruned:
         out.print(f"pruned generations: {', '.join(result.pruned)}")
+    if candidate:
+        out.print(f"[bold green]candidate:[/] {result.version} (not serving); compare it with the active version on "
+                  f"real users: `twotower experiment start {result.version} --share 0.1`")  # fmt: skip
+        return
     was = f" (was {result.previous})" if result.previous else ""
     out.print(f"[bold green]active:[/] {result.version}{was}; undo with `twotower rollback`")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -23,9 +24,9 @@ def monitor(
     record: bool = typer.Option(True, "--record/--no-record", help="Keep the result in the quality_reports table."),
 ) -> None:
     """Check the embeddings of a model version: NaN/Inf, dimension, norms, collapse, duplicates, coverage,
-    staleness, drift vs the previous generation, and the live like-rate of served recommendations. Alerts go to
-    the log and TWOTOWER_MONITOR_WEBHOOK_URL; the exit code is 1 when any alert fires (thresholds:
-    TWOTOWER_MONITOR_*)."""
+    staleness, drift vs the previous generation, and the live like-rate of served recommendations; and the running
+    experiment, if any (its guardrail applies). Alerts go to the log and TWOTOWER_MONITOR_WEBHOOK_URL; the exit code
+    is 1 when any alert fires (thresholds: TWOTOWER_MONITOR_*)."""
     from twotower.errors import InputError
     from twotower.monitor import Thresholds, monitor_version
 
@@ -39,18 +40,35 @@ def monitor(
                 like_window_hours=settings.monitor_like_window_hours, record=record,
                 webhook_url=settings.monitor_webhook_url,
             )  # fmt: skip
+        experiment = _look_at_experiment(db, settings) if model_version is None else None
         if report is not None:
             from twotower.monitor.report import write_report
 
             write_report(db, result, report)
     if as_json:
-        print(json.dumps(result.as_json(), default=str))
+        print(json.dumps({**result.as_json(), "experiment": experiment}, default=str))
     else:
         _print(result)
+        if experiment is not None:
+            comp = experiment["comparison"]
+            out.print(f"experiment {experiment['experiment']['id']} ({experiment['experiment']['status']}): "
+                      f"{experiment['verdict']} — {comp['reason']}")  # fmt: skip
         if report is not None:
             out.print(f"report: {report}")
     if result.alerts:
         raise typer.Exit(1)
+
+
+def _look_at_experiment(db: Any, settings: Any) -> dict[str, Any] | None:
+    """The running experiment's figures (a look: recorded, and the guardrail applies), when one runs."""
+    from twotower.monitor.experiment import check_experiment
+    from twotower.registry.experiments import current
+
+    with db.direct() as conn:
+        running = current(conn)
+        if running is None:
+            return None
+        return check_experiment(conn, settings, experiment=running, actor="guardrail (monitor)").as_json()
 
 
 def _fmt(value: object) -> str:

@@ -28,6 +28,8 @@ _ENGINE = (
     "job_chunks",
     "quality_reports",
     "served_recommendations",
+    "experiments",
+    "experiment_checks",
     "sync_state",
     "twotower_migrations",
 )

@@ -104,7 +104,7 @@ def _version(conn: psycopg.Connection[Any], version: str | None) -> str:
         if version is None:
             raise NotFound("no active model version: deploy one first, or give --model-version")
     status = get_version(conn, version).status
-    if status not in ("active", "ready", "retired"):
+    if status not in ("active", "ready", "candidate", "retired"):
         raise InputError(f"version {version} is {status}: only a version with a generation can be updated")
     return version
 

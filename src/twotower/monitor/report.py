@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from twotower.monitor.report_experiment import experiment_section, latest_experiment
 from twotower.monitor.run import QualityReport
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+    from twotower.monitor.experiment import CheckResult
 
 __all__ = ["render_report"]
 
@@ -47,6 +50,7 @@ h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #d0d7de; padd
           vertical-align: middle; }
 .status.passed { background: #1a7f37; }
 .status.alert { background: #cf222e; }
+.status.neutral { background: #59636e; }
 .meta { color: #59636e; margin-top: 0; }
 .alerts { border: 2px solid #cf222e; background: #ffebe9; border-radius: .4rem; padding: .5rem 1rem; }
 .alerts.none { border-color: #1a7f37; background: #dafbe1; }
@@ -257,9 +261,10 @@ def _neighbours(metrics: Mapping[str, Any]) -> int | None:
     return None
 
 
-def render_report(report: QualityReport, past: list[dict[str, Any]]) -> str:
+def render_report(report: QualityReport, past: list[dict[str, Any]], experiment: CheckResult | None = None) -> str:
     """One self-contained HTML document: status, alerts, metrics, and plots of the norms, the neighbour overlap
-    with the previous generation, a 2-D projection, and the metrics over time (``past``: :func:`history`)."""
+    with the previous generation, a 2-D projection, and the metrics over time (``past``: :func:`history`); and the
+    running or last online experiment when there is one (``experiment``: :func:`latest_experiment`)."""
     check = report.check
     metrics = check.metrics
     status = "passed" if report.passed else "ALERT"
@@ -321,6 +326,8 @@ def render_report(report: QualityReport, past: list[dict[str, Any]]) -> str:
     else:
         parts.append(f'<p class="note">Only {len(points)} report so far: the trend needs at least two.</p>')
 
+    if experiment is not None:
+        parts.append(experiment_section(experiment))
     parts.append(f"<script>{_SCRIPT}</script>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
@@ -333,7 +340,8 @@ def write_report(db: Any, report: QualityReport, path: Path) -> None:
 
     with db.direct() as conn:
         past = history(conn, report.version)
+        experiment = latest_experiment(conn, db.settings)
     try:
-        path.write_text(render_report(report, past), encoding="utf-8")
+        path.write_text(render_report(report, past, experiment), encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write the report to {path}: {exc.strerror}") from None

@@ -22,7 +22,7 @@ from twotower.errors import NotFound
 from twotower.monitor.checks import Alert, GenerationCheck, Thresholds, check_vectors, inhibit
 from twotower.registry.versions import active_version, get_version
 
-__all__ = ["LiveStats", "QualityReport", "history", "like_rate", "monitor_version", "post_webhook"]
+__all__ = ["LiveStats", "QualityReport", "history", "like_rate", "monitor_version", "post_json", "post_webhook"]
 
 log = logging.getLogger("twotower.monitor")
 
@@ -237,7 +237,11 @@ def _live(check: GenerationCheck, live: LiveStats, t: Thresholds) -> None:
 
 def post_webhook(url: str, report: QualityReport, timeout: float = 5.0, context: str = "monitor") -> bool:
     """POST the alerts as JSON; a failure is logged, never raised (monitoring must not fail on its pager)."""
-    body = {"event": "twotower.quality_alert", "context": context, **report.as_json()}
+    return post_json(url, {"event": "twotower.quality_alert", "context": context, **report.as_json()}, timeout)
+
+
+def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> bool:
+    """POST ``body`` to the alert webhook; a failure is logged, never raised."""
     try:
         response = httpx.post(url, json=body, timeout=timeout)
         response.raise_for_status()

@@ -35,12 +35,14 @@ from twotower.monitor import Thresholds, monitor_version
 from twotower.pipeline.gate import GateResult, quality_gate
 from twotower.pipeline.rerun import already_active, exported, model_files, prune, version_of
 from twotower.pipeline.snapshot import with_item_table
+from twotower.registry.experiments import refuse_during_experiment
 from twotower.registry.store import ArtifactStore, fetch
 from twotower.registry.versions import (
     active_version,
     drop_generation,
     fail_stale_builds,
     get_version,
+    hold_candidate,
     promote,
 )
 from twotower.settings import Settings
@@ -77,6 +79,7 @@ class DeployOptions:
     monitor: bool = True  # check the new generation's embeddings (twotower monitor) before promoting it
     thresholds: Thresholds = field(default_factory=Thresholds)
     webhook_url: str | None = None  # where the check's alerts are POSTed
+    candidate: bool = False  # keep the checked version as a candidate for an experiment instead of promoting it
 
     @classmethod
     def from_settings(cls, settings: Settings, **given: Any) -> DeployOptions:
@@ -99,6 +102,7 @@ STAGE_TEXT = {
     "gate": "quality gate (vs the linear model and the active version)", "upload": "uploading to the artifact store",
     "monitor": "checking the new embeddings",
     "build": "building the embedding generation (the active version keeps serving)", "promote": "promoting",
+    "candidate": "keeping it as a candidate (not promoted: `twotower experiment start`)",
     "prune": "pruning old generations",
 }  # fmt: skip
 
@@ -171,6 +175,8 @@ def deploy(
             pruned = prune(lock, options.keep_generations, say)
             seconds["prune"] = time.perf_counter() - started
             return DeployResult(done[0], None, None, done[1], pruned, cleaned, seconds, already_active=True)
+        if not options.candidate:
+            refuse_during_experiment(db)
         stage = "train"
         version: str | None = None
         registered = False
@@ -241,9 +247,13 @@ def deploy(
                     raise EmbeddingAlerts(
                         "the new embeddings raised alerts: " + "; ".join(f"{a.name}: {a.message}" for a in blocking)
                     )
-            step("promote")
+            step("candidate" if options.candidate else "promote")
             with db.direct() as conn:
-                previous = promote(conn, version)
+                if options.candidate:
+                    hold_candidate(conn, version)
+                    previous = None
+                else:
+                    previous = promote(conn, version)
             seconds[stage] = time.perf_counter() - started
         except BaseException as exc:
             if registered and version is not None:
@@ -255,6 +265,8 @@ def deploy(
             still = f"the active version {serving} is still serving" if serving else "no version is active"
             cause = exc.message if isinstance(exc, TwoTowerError) else f"{type(exc).__name__}: {exc}"
             raise DeployFailed(f"deploy failed at {stage}: {cause} ({still})", stage, exc) from exc
+        if options.candidate:  # nothing was retired: nothing to prune
+            return DeployResult(version, previous, gate, generation, [], cleaned, seconds)
         # promoted: from here on a failure is only a warning (the new version is serving)
         started = time.perf_counter()
         if on_stage:

@@ -32,14 +32,16 @@ __all__ = [
     "fail_stale_builds",
     "get_version",
     "hnsw_index_name",
+    "hold_candidate",
     "list_versions",
     "promote",
     "prune_generations",
     "rollback",
+    "switch",
 ]
 
 NOTIFY_CHANNEL = "twotower_model"
-_SWITCH_LOCK = "switch"  # serialises promote/rollback (the deploy lock is held for a whole deploy)
+SWITCH_LOCK = "switch"  # serialises promote/rollback (the deploy lock is held for a whole deploy)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class ModelVersion:
 
     @property
     def has_generation(self) -> bool:
-        return self.status in ("ready", "active", "retired")
+        return self.status in ("ready", "candidate", "active", "retired")
 
 
 _COLUMNS = sql.SQL(
@@ -102,9 +104,21 @@ def process_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _switch(conn: psycopg.Connection[Any], version: str, action: str, actor: str | None) -> str | None:
-    """Make ``version`` active in one transaction (caller's), retire the old one, record it, notify."""
-    locks.xact_lock(conn, _SWITCH_LOCK)
+def _lock_switch(conn: psycopg.Connection[Any]) -> None:
+    """Take the switch lock (the caller's transaction); refuse while an experiment runs."""
+    locks.xact_lock(conn, SWITCH_LOCK)
+    running = conn.execute("SELECT id, candidate_version FROM experiments WHERE status = 'running'").fetchone()
+    if running is not None:
+        raise RollbackRefused(
+            f"experiment {running[0]} is running (candidate {running[1]}): stop it first with `twotower experiment "
+            "stop` (or `experiment stop --promote` to make its candidate active)"
+        )
+
+
+def switch(conn: psycopg.Connection[Any], version: str, action: str, actor: str | None) -> str | None:
+    """Make ``version`` active in one transaction (caller's), retire the old one, record it, notify. Refused while
+    an experiment runs (its control would change under it): ``experiment stop [--promote]`` first."""
+    _lock_switch(conn)
     row = conn.execute("SELECT status FROM model_versions WHERE version = %s FOR UPDATE", (version,)).fetchone()
     if row is None:
         raise NotFound(f"model version {version!r} is not registered (see `twotower models list`)")
@@ -113,7 +127,7 @@ def _switch(conn: psycopg.Connection[Any], version: str, action: str, actor: str
         return previous
     # a deploy promotes the 'ready' version it built and checked; a rollback returns to a version that served
     # before ('ready' ones a dead deploy left behind never passed their checks)
-    if row[0] not in (("ready", "retired") if action == "promote" else ("retired",)):
+    if row[0] not in (("ready", "candidate", "retired") if action == "promote" else ("retired",)):
         raise RollbackRefused(_not_switchable(version, str(row[0])))
     conn.execute("UPDATE model_versions SET status = 'retired', retired_at = now() WHERE status = 'active'")
     conn.execute(
@@ -144,7 +158,19 @@ def promote(conn: psycopg.Connection[Any], version: str, actor: str | None = Non
     """Activate a freshly built version; returns the version it replaced. ``actor``: who (default: this
     process's ``user@host``)."""
     with conn.transaction():
-        return _switch(conn, version, "promote", actor)
+        return switch(conn, version, "promote", actor)
+
+
+def hold_candidate(conn: psycopg.Connection[Any], version: str) -> None:
+    """Keep a freshly built and checked version as a candidate (for ``twotower experiment start``), not active.
+    Returns None: no version was replaced."""
+    with conn.transaction():
+        row = conn.execute(
+            "UPDATE model_versions SET status = 'candidate' WHERE version = %s AND status = 'ready' RETURNING version",
+            (version,),
+        ).fetchone()
+    if row is None:
+        raise NotFound(f"model version {version!r} is not a freshly built version")
 
 
 def rollback(
@@ -155,8 +181,8 @@ def rollback(
     Returns ``(now_active, previously_active)``. No embedding is recomputed.
     """
     with conn.transaction():
+        _lock_switch(conn)
         if version is None:
-            locks.xact_lock(conn, _SWITCH_LOCK)
             row = conn.execute(
                 "SELECT version FROM model_versions WHERE status = 'retired' "
                 "ORDER BY retired_at DESC NULLS LAST, activated_at DESC NULLS LAST LIMIT 1"
@@ -172,7 +198,7 @@ def rollback(
             version = str(row[0])
         elif active_version(conn) == version:
             raise InputError(f"version {version} is already active")
-        previous = _switch(conn, version, "rollback", actor)
+        previous = switch(conn, version, "rollback", actor)
     return version, previous
 
 

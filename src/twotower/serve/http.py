@@ -84,6 +84,7 @@ class Metrics:
     latency: Histogram
     answers: Counter
     model: Gauge
+    arms: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -100,6 +101,7 @@ class Metrics:
             ),
             Counter("twotower_recommendations", "Recommendation answers", ["algorithm"], registry=registry),
             Gauge("twotower_model_loaded", "1 for the model version being served", ["version"], registry=registry),
+            Counter("twotower_experiment_answers", "Answers inside an experiment", ["arm"], registry=registry),
         )
 
 

@@ -38,12 +38,14 @@ def answer(rows: list[dict[str, Any]], algorithm: Algorithm, version: str | None
 def recommend(service: Service, user: uuid.UUID, limit: int, exclude_liked: bool, f: Filters,
               record: bool = True) -> s.RecommendationsOut:  # fmt: skip
     """The user's recommendations: two-tower from their history, the linear fallback without a model, popularity
-    for a user without history. ``record``: count the answer and log it for the live like-rate."""
-    model = service.model
+    for a user without history; during an experiment, from the model of the user's arm. ``record``: count the
+    answer and log it (with its experiment and arm) for the live like-rate and the experiment's measurement."""
+    model, experiment, arm = service.holder.answering(user) if service.holder else (None, None, None)
 
     def work(conn: psycopg.Connection[Any]) -> s.RecommendationsOut:
         rec = service.recommender
-        if model is not None:
+        forced = service.settings.serve_algorithm
+        if model is not None and forced == "auto":
             cfg = model.towers.history
             history = load_history(conn, user, cfg.max_likes, cfg.max_nopes)
             if not history.empty:
@@ -51,6 +53,8 @@ def recommend(service: Service, user: uuid.UUID, limit: int, exclude_liked: bool
                                      exclude_liked, f)  # fmt: skip
                 return answer(rows, "two_tower", model.version)
             return answer(rec.popular(conn, user, limit, exclude_liked, f), "popularity", model.version)
+        if forced == "popularity":
+            return answer(rec.popular(conn, user, limit, exclude_liked, f), "popularity", None)
         has_likes = conn.execute(
             "SELECT EXISTS (SELECT 1 FROM user_video_decisions WHERE user_id = %s AND decision_type = 'like')",
             (user,),
@@ -60,10 +64,14 @@ def recommend(service: Service, user: uuid.UUID, limit: int, exclude_liked: bool
         return answer(rec.popular(conn, user, limit, exclude_liked, f), "popularity", None)
 
     out = service.run(work)
+    out.experiment_arm = arm
     if record:
         service.metrics.answers.labels(out.algorithm).inc()
         if service.served is not None:
-            service.served.record(user, [v.id for v in out.recommendations], out.model_version, out.algorithm)
+            service.served.record(user, [v.id for v in out.recommendations], out.model_version, out.algorithm,
+                                  experiment, arm)  # fmt: skip
+        if arm is not None:
+            service.metrics.arms.labels(arm).inc()
     return out
 
 

@@ -9,6 +9,9 @@ Loading runs on a connection of its own, outside the request pool and its sessio
 short statement timeout): a start under full request traffic is not starved of connections, and the reads of a
 large catalog are planned for their real size. The server starts answering at once (with the fallbacks) while
 the first load runs; ``/readyz`` says 503 until it is done.
+
+During an online experiment (``twotower experiment``) the candidate version is loaded the same way beside the
+active one, and :meth:`ModelHolder.answering` picks each user's model by their arm.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import gc
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -29,10 +33,12 @@ from psycopg import sql
 from twotower.db import Database
 from twotower.inference.items import ItemIndex
 from twotower.inference.towers import OnnxTowers
+from twotower.registry import experiments
+from twotower.registry.experiments import Arm, Experiment
 from twotower.registry.store import ArtifactError, ArtifactStore, fetch
 from twotower.registry.versions import NOTIFY_CHANNEL, active_version
 
-__all__ = ["LOADER_SESSION", "LoadedModel", "ModelHolder", "Readiness"]
+__all__ = ["LOADER_SESSION", "ExperimentArms", "LoadedModel", "ModelHolder", "Readiness"]
 
 log = logging.getLogger("twotower.serve")
 
@@ -46,6 +52,13 @@ class LoadedModel:
     towers: OnnxTowers
     items: ItemIndex
     loaded_at: float
+
+
+@dataclass(frozen=True)
+class ExperimentArms:
+    definition: Experiment
+    candidate: LoadedModel | None  # None: not loadable (failed), the control answers both arms
+    failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ class ModelHolder:
         self._thread: threading.Thread | None = None
         self.reloads = 0
         self.on_poll = on_poll  # other periodic work of the server (the popularity cache), off the request path
+        self.experiment: ExperimentArms | None = None  # the running experiment, as this process serves it
 
     # -- state -----------------------------------------------------------------------------------------------
     def readiness(self) -> Readiness:
@@ -120,12 +134,25 @@ class ModelHolder:
                 raise
 
     def _refresh(self, conn: psycopg.Connection[Any], force: bool) -> bool:
+        changed = self._refresh_active(conn, force)
+        self._refresh_experiment(conn)
+        return changed
+
+    def _load(self, conn: psycopg.Connection[Any], version: str) -> LoadedModel:
+        directory = fetch(self.store, version, self.cache_dir)
+        towers = OnnxTowers(directory, threads=self.threads)
+        return LoadedModel(version, towers, ItemIndex.open(directory, conn, towers.pipeline), time.time())
+
+    @staticmethod
+    def _updated(conn: psycopg.Connection[Any], model: LoadedModel) -> LoadedModel:
+        return replace(model, items=model.items.refreshed(conn, model.towers.pipeline))  # videos added or changed
+
+    def _refresh_active(self, conn: psycopg.Connection[Any], force: bool) -> bool:
         version = active_version(conn)
         self.active, self.checked = version, True
         current = self.current.version if self.current else None
         if version is not None and version == current and self.current is not None:
-            items = self.current.items.refreshed(conn, self.current.towers.pipeline)  # videos added or changed
-            self.current = replace(self.current, items=items)
+            self.current = self._updated(conn, self.current)
             self.last_error = None
             return False
         if version is None:
@@ -138,9 +165,7 @@ class ModelHolder:
         self.loading = version
         started = time.perf_counter()
         try:
-            directory = fetch(self.store, version, self.cache_dir)
-            towers = OnnxTowers(directory, threads=self.threads)
-            items = ItemIndex.open(directory, conn, towers.pipeline)
+            loaded = self._load(conn, version)
         except ArtifactError as exc:  # a broken version stays broken: don't fetch it on every check
             self.failed_version, self.last_error = version, exc.message
             log.error("cannot load model %s: %s (keeping %s)", version, exc.message, current or "the fallbacks")
@@ -151,13 +176,58 @@ class ModelHolder:
             return False
         finally:
             self.loading = None
-        self.current = LoadedModel(version, towers, items, time.time())
+        self.current = loaded
         self.failed_version, self.last_error = None, None
         self.reloads += 1
         _freeze()
-        log.info("model %s loaded in %.1fs, %d videos (was %s)", version, time.perf_counter() - started, len(items),
-                 current)  # fmt: skip
+        log.info("model %s loaded in %.1fs, %d videos (was %s)", version, time.perf_counter() - started,
+                 len(loaded.items), current)  # fmt: skip
         return True
+
+    def _refresh_experiment(self, conn: psycopg.Connection[Any]) -> None:
+        """Follow the running experiment: load its candidate beside the active version, drop it when it stops.
+        Until the candidate is loaded (or when it cannot be), everyone is answered by the active version."""
+        running = experiments.current(conn)
+        control = self.current
+        if running is None or control is None or running.control_version != control.version:
+            if self.experiment is not None:
+                log.info("experiment %d ended here: every user is answered by %s", self.experiment.definition.id,
+                         control.version if control else "the fallbacks")  # fmt: skip
+            self.experiment = None
+            return
+        before = self.experiment if self.experiment and self.experiment.definition.id == running.id else None
+        if running.candidate_version == control.version:  # an A/A test
+            candidate: LoadedModel | None = control
+        elif before is not None and before.candidate is not None:
+            candidate = self._updated(conn, before.candidate)
+        elif before is not None and before.failed:
+            candidate = None
+        else:
+            try:
+                candidate = self._load(conn, running.candidate_version)
+                _freeze()
+                log.info("experiment %d: candidate %s loaded for %.0f%% of the users", running.id,
+                         running.candidate_version, 100 * running.share)  # fmt: skip
+            except Exception as exc:  # a broken candidate stays broken; an outage is retried at the next check
+                broken = isinstance(exc, ArtifactError)
+                log.error("experiment %d: cannot load candidate %s (%s); its arm is answered by %s%s", running.id,
+                          running.candidate_version, exc, control.version,
+                          "" if broken else " until it loads")  # fmt: skip
+                self.experiment = ExperimentArms(running, None, failed=broken)
+                return
+        self.experiment = ExperimentArms(running, candidate, failed=before.failed if before else False)
+
+    def answering(self, user: uuid.UUID) -> tuple[LoadedModel | None, int | None, Arm | None]:
+        """The model that answers ``user``, and the experiment and arm to record with the answer (None, None
+        outside an experiment, and for a candidate-arm user while the candidate cannot answer)."""
+        current, experiment = self.current, self.experiment
+        if experiment is None or current is None:
+            return current, None, None
+        if experiment.definition.arm(user) == "control":
+            return current, experiment.definition.id, "control"
+        if experiment.candidate is None:
+            return current, None, None
+        return experiment.candidate, experiment.definition.id, "candidate"
 
     # -- watching --------------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -48,6 +48,9 @@ Bool = Annotated[bool, PydanticStrict()]
 DateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # a model version name (at most 128 characters)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -105,6 +108,9 @@ class RecommendationsOut(BaseModel):
     total_count: int
     algorithm: Literal["two_tower", "linear", "popularity"]
     model_version: str | None
+    experiment_arm: Literal["control", "candidate"] | None = Field(
+        default=None, description="The arm of the running experiment that answered (null outside one)."
+    )
 
 
 class EdgeRecommendationsOut(BaseModel):
@@ -112,6 +118,7 @@ class EdgeRecommendationsOut(BaseModel):
     total_count: int
     algorithm: str
     model_version: str | None = None
+    experiment_arm: Literal["control", "candidate"] | None = None
 
 
 class DecisionIn(Strict):

@@ -22,16 +22,17 @@ from twotower.db import Database, locks
 __all__ = ["ServedLog"]
 
 log = logging.getLogger("twotower.serve")
-Row = tuple[datetime, uuid.UUID, list[uuid.UUID], str | None, str]
+Row = tuple[datetime, uuid.UUID, list[uuid.UUID], str | None, str, int | None, str | None]
 
 
 class ServedLog:
     def __init__(
         self, db: Database, *, sample: float = 1.0, retention_days: int = 14, interval: float = 1.0,
-        max_rows: int = 20_000,
+        max_rows: int = 20_000, experiment_sample: float = 1.0,
     ) -> None:  # fmt: skip
         self.db = db
         self.sample = sample
+        self.experiment_sample = experiment_sample  # an experiment's measurement needs more than the monitor's
         self.retention_days = retention_days
         self.interval = interval
         self._rows: deque[Row] = deque(maxlen=max_rows)
@@ -42,16 +43,20 @@ class ServedLog:
         self.written = 0
         self.dropped = 0
 
-    def sampled(self, user: uuid.UUID) -> bool:
-        return user.int % 10_000 < self.sample * 10_000
+    def sampled(self, user: uuid.UUID, experiment: int | None = None) -> bool:
+        share = self.sample if experiment is None else max(self.sample, self.experiment_sample)
+        return user.int % 10_000 < share * 10_000
 
-    def record(self, user: uuid.UUID, videos: Sequence[uuid.UUID], version: str | None, algorithm: str) -> None:
-        if not videos or not self.sampled(user):
+    def record(
+        self, user: uuid.UUID, videos: Sequence[uuid.UUID], version: str | None, algorithm: str,
+        experiment: int | None = None, arm: str | None = None,
+    ) -> None:  # fmt: skip
+        if not videos or not self.sampled(user, experiment):
             return
         with self._lock:
             if len(self._rows) == self._rows.maxlen:
                 self.dropped += 1
-            self._rows.append((datetime.now(UTC), user, list(videos), version, algorithm))
+            self._rows.append((datetime.now(UTC), user, list(videos), version, algorithm, experiment, arm))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
@@ -76,7 +81,8 @@ class ServedLog:
             return 0
         try:
             with self.db.connection() as conn, conn.cursor().copy(
-                "COPY served_recommendations (served_at, user_id, video_ids, model_version, algorithm) FROM STDIN"
+                "COPY served_recommendations (served_at, user_id, video_ids, model_version, algorithm, experiment_id, "
+                "arm) FROM STDIN"
             ) as copy:  # fmt: skip
                 for row in rows:
                     copy.write_row(row)

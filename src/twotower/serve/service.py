@@ -4,12 +4,14 @@ recommender."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
 
-from twotower.db import Database
+from twotower.db import Database, locks
+from twotower.monitor.experiment import check_experiment
 from twotower.registry.store import open_store
 from twotower.serve.auth import Authenticator
 from twotower.serve.http import Metrics
@@ -39,6 +41,7 @@ class Service:
         self.recommender = Recommender(self.popularity)
         self.metrics = Metrics.create()
         self.served: ServedLog | None = None
+        self._experiment_due = 0.0
 
     def start(self) -> None:
         settings = self.settings
@@ -50,16 +53,38 @@ class Service:
                                   threads=settings.serve_onnx_threads, on_poll=self._poll)  # fmt: skip
         self.holder.start()
         self.served = ServedLog(self.db, sample=settings.monitor_served_sample,
-                                retention_days=settings.monitor_served_retention_days)  # fmt: skip
+                                retention_days=settings.monitor_served_retention_days,
+                                experiment_sample=settings.experiment_served_sample)  # fmt: skip
         self.served.start()
 
     def _poll(self, conn: psycopg.Connection[Any]) -> None:
-        """The watcher's periodic work, on its own connection: the fallbacks' data."""
+        """The watcher's periodic work, on its own connection: the fallbacks' data, the experiment's check."""
         if self.popularity.stale():
             self.popularity.refresh(conn)
         tags = self.recommender.tags
-        if self.model is None and tags.stale():  # the linear fallback answers users with likes
+        linear = self.model is None or self.settings.serve_algorithm == "linear"
+        if linear and tags.stale():  # the linear fallback answers users with likes
             tags.refresh(conn)
+        self._check_experiment(conn)
+
+    def _check_experiment(self, conn: psycopg.Connection[Any]) -> None:
+        """Every ``experiment_check_seconds``, one process of all the servers (the first to take the lock) looks
+        at the running experiment: its figures over time, and the guardrail (which stops a worse candidate)."""
+        holder = self.holder
+        if holder is None or holder.experiment is None or time.monotonic() < self._experiment_due:
+            return
+        self._experiment_due = time.monotonic() + self.settings.experiment_check_seconds
+        with conn.transaction():
+            recent = conn.execute(
+                "SELECT 1 FROM experiment_checks WHERE experiment_id = %s AND created_at > now() - "
+                "make_interval(secs => %s)", (holder.experiment.definition.id, self.settings.experiment_check_seconds),
+            ).fetchone()  # fmt: skip
+            if recent is not None or not locks.try_xact_lock(conn, "experiment check"):
+                return  # another process looked at it within the period
+            result = check_experiment(conn, self.settings, experiment=holder.experiment.definition,
+                                      actor="guardrail (server)")  # fmt: skip
+        if result.stopped:
+            holder.refresh()  # this process at once; the others on the notification
 
     def stop(self) -> None:
         if self.served is not None:

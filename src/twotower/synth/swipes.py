@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from twotower.synth.catalog import SPAN_S, Catalog
 
-__all__ = ["Swipes", "allocate", "make_swipes"]
+__all__ = ["Swipes", "Users", "allocate", "like_probability", "make_swipes", "make_users"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -37,7 +37,7 @@ class Swipes:
 
 
 @dataclass(frozen=True)
-class _Users:
+class Users:
     taste: IntArray  # [users, 2]; a one-taste user has it twice
     primary: FloatArray  # [users] share of taste draws from the first taste
     focus: FloatArray  # [users] share of draws from their tastes (the rest: popularity)
@@ -74,15 +74,20 @@ def allocate(rng: np.random.Generator, total: int, users: int, cap: int) -> IntA
     return counts
 
 
-def _make_users(rng: np.random.Generator, catalog: Catalog, users: int) -> _Users:
-    k = catalog.tastes
-    sizes = np.bincount(catalog.taste, minlength=k)
+def _make_users(rng: np.random.Generator, catalog: Catalog, users: int) -> Users:
+    return make_users(rng, catalog.taste, catalog.tastes, int(catalog.maker.max()) + 1, users)
+
+
+def make_users(rng: np.random.Generator, video_taste: IntArray, tastes: int, makers: int, users: int) -> Users:
+    """``users`` users with planted tastes over a catalog whose videos have ``video_taste`` (the simulator draws
+    its users with the same model)."""
+    k = tastes
+    sizes = np.bincount(video_taste, minlength=k)
     p = 0.5 * sizes / sizes.sum() + 0.5 / k  # big tastes have more fans, small ones still have some
     first = rng.choice(k, size=users, p=p)
     two = (rng.random(users) < 0.35) & (k > 1)
     second = np.where(two, (first + rng.integers(1, max(k, 2), size=users)) % k, first)
-    makers = int(catalog.maker.max()) + 1
-    return _Users(
+    return Users(
         taste=np.stack([first, second], axis=1).astype(np.int64),
         primary=np.where(two, rng.uniform(0.5, 0.8, size=users), 1.0),
         focus=rng.uniform(0.6, 0.85, size=users),
@@ -94,10 +99,19 @@ def _make_users(rng: np.random.Generator, catalog: Catalog, users: int) -> _User
     )
 
 
+def like_probability(users: Users, user: IntArray, video_taste: IntArray, video_maker: IntArray) -> FloatArray:
+    """The planted truth: how likely each ``user`` likes the video of ``video_taste`` by ``video_maker`` (high for
+    their tastes' videos, low otherwise, more for their favourite maker)."""
+    mine = (video_taste == users.taste[user, 0]) | (video_taste == users.taste[user, 1])
+    p_like = np.where(mine, users.like_hi[user], users.like_lo[user])
+    out: FloatArray = np.minimum(p_like + np.where(video_maker == users.maker[user], 0.2, 0.0), 0.95)
+    return out
+
+
 class _Sampler:
     """Draws videos for users from the mixture "their tastes by popularity" + "everything by popularity"."""
 
-    def __init__(self, catalog: Catalog, users: _Users) -> None:
+    def __init__(self, catalog: Catalog, users: Users) -> None:
         self.users = users
         self.videos = catalog.videos
         self.by_taste = np.argsort(catalog.taste, kind="stable")  # videos grouped by taste
@@ -186,10 +200,7 @@ def make_swipes(rng: np.random.Generator, catalog: Catalog, users: int, decision
     keys = _pick(rng, _Sampler(catalog, u), counts)
     user, video = keys // catalog.videos, keys % catalog.videos
 
-    vt = catalog.taste[video]
-    mine = (vt == u.taste[user, 0]) | (vt == u.taste[user, 1])
-    p_like = np.where(mine, u.like_hi[user], u.like_lo[user])
-    p_like = np.minimum(p_like + np.where(catalog.maker[video] == u.maker[user], 0.2, 0.0), 0.95)
+    p_like = like_probability(u, user, catalog.taste[video], catalog.maker[video])
     like = rng.random(user.shape[0]) < p_like
 
     # a user swipes a video after it is out and after they joined, never past the catalog's end: some soon

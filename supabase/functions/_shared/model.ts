@@ -4,7 +4,14 @@
 // answering and swapped in with one assignment, so no request fails and none waits, except the very first of a
 // worker. A version that cannot be loaded (a missing or corrupt file) is retried after a minute; meanwhile the
 // previous version or the fallbacks answer, and the answer says which.
+//
+// While an experiment runs against the version answering (read in the same round trip), its candidate is loaded
+// beside it the same way, and a user of the candidate arm is answered by it (src/twotower/serve/runtime.py
+// ModelHolder.answering): until it is loaded, or when it cannot be, that user gets the active version and the answer
+// is recorded outside the experiment. It is dropped when the experiment stops, or becomes the active version at
+// once when it is promoted.
 
+import { type Arm, arm as armOf, type Experiment } from "./experiment.ts";
 import { FeaturePipeline, type ItemFeatures } from "./features.ts";
 import { createSession, runtimeName, type Session, type TensorLike } from "./runtime.ts";
 import { type ArtifactStore, fetchVersion } from "./store.ts";
@@ -127,18 +134,103 @@ export interface Choice {
   reason: string | null;
 }
 
+/** ... for one user: and the experiment and arm to record with the answer (null, null outside an experiment, and
+ * for a user of the candidate arm while the candidate cannot answer). */
+export interface Answering extends Choice {
+  experiment: number | null;
+  arm: Arm | null;
+}
+
+type Loader = (store: ArtifactStore, version: string, towers: Tower[]) => Promise<Model>;
+
 export class ModelHolder {
   current: Model | null = null;
+  candidate: Model | null = null; // the running experiment's candidate, beside the current model
   private wanted: string | null = null; // the version the database said is active, at the last request
+  private wantedCandidate: string | null = null; // the candidate of the experiment running at the last request
   private readonly loading = new Map<string, Promise<void>>(); // at most one load of a version at a time
+  private candidateLoading: { version: string; done: Promise<void> } | null = null;
   private failed: { version: string; at: number; reason: string } | null = null;
+  private candidateFailed: { version: string; at: number; reason: string } | null = null;
   loads = 0;
+  candidateLoads = 0;
 
   constructor(
     private readonly store: ArtifactStore,
     private readonly towers: Tower[] = ["user"],
     private readonly firstWaitMs = Number(Deno.env.get("TWOTOWER_EDGE_MODEL_WAIT_MS") ?? 10_000),
+    private readonly loader: Loader = loadModel,
   ) {}
+
+  /** The model that answers `user`, and the experiment and arm to record (runtime.py `answering`): `active` and
+   * `running` as the request's first round trip read them. The experiment applies while its control is the version
+   * answering; its candidate loads in the background (a worker's first requests wait for it as for the active
+   * version, at most `firstWaitMs` in all). */
+  async answering(user: string, active: string | null, running: Experiment | null): Promise<Answering> {
+    const cold = this.current === null;
+    const deadline = Date.now() + this.firstWaitMs;
+    const follows = running !== null && running.control === active ? running : null;
+    this.follow(follows, active);
+    const choice = await this.choose(active);
+    const model = choice.model;
+    if (follows === null || model === null || model.version !== follows.control) {
+      return { ...choice, experiment: null, arm: null };
+    }
+    const arm = await armOf(follows, user);
+    if (arm === "control") return { ...choice, experiment: follows.id, arm };
+    if (follows.candidate === model.version) return { ...choice, experiment: follows.id, arm }; // an A/A test
+    const loading = this.candidateLoading;
+    if (this.candidate?.version !== follows.candidate && cold && loading?.version === follows.candidate) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const left = Math.max(0, deadline - Date.now());
+      await Promise.race([loading.done, new Promise((resolve) => timer = setTimeout(resolve, left))]);
+      clearTimeout(timer);
+    }
+    const candidate = this.candidate as Model | null; // set by loadCandidate() meanwhile
+    if (candidate?.version !== follows.candidate) return { ...choice, experiment: null, arm: null };
+    return { model: candidate, reason: choice.reason, experiment: follows.id, arm };
+  }
+
+  /** Keep the candidate of `running` loaded (start loading it), or drop the one loaded when no experiment runs
+   * against the active version any more; a candidate that became the active version is kept for choose(). */
+  private follow(running: Experiment | null, active: string | null): void {
+    const wanted = running === null || running.candidate === running.control ? null : running.candidate;
+    this.wantedCandidate = wanted;
+    const loaded = this.candidate;
+    if (loaded !== null && loaded.version !== wanted && loaded.version !== active) {
+      this.candidate = null;
+      console.info(`candidate ${loaded.version} dropped: no experiment runs with it`);
+      setTimeout(() => loaded.release(), RELEASE_AFTER_MS);
+    }
+    if (wanted === null || this.candidate?.version === wanted || this.candidateLoading?.version === wanted) return;
+    const failed = this.candidateFailed;
+    if (failed?.version === wanted && Date.now() - failed.at < RETRY_FAILED_MS) return;
+    const done = this.loadCandidate(wanted);
+    this.candidateLoading = { version: wanted, done };
+  }
+
+  private async loadCandidate(version: string): Promise<void> {
+    const started = performance.now();
+    try {
+      const model = await this.loader(this.store, version, this.towers);
+      if (this.wantedCandidate !== version) { // the experiment stopped while it loaded
+        model.release();
+        return;
+      }
+      const old = this.candidate;
+      this.candidate = model;
+      if (old !== null && old !== model && old !== this.current) setTimeout(() => old.release(), RELEASE_AFTER_MS);
+      this.candidateFailed = null;
+      this.candidateLoads += 1;
+      console.info(`candidate ${version} loaded in ${Math.round(performance.now() - started)} ms`);
+    } catch (error) {
+      const reason = String((error as Error)?.message ?? error).slice(0, 300);
+      this.candidateFailed = { version, at: Date.now(), reason };
+      console.error(`cannot load candidate ${version}: ${reason} (its arm is answered by the active version)`);
+    } finally {
+      if (this.candidateLoading?.version === version) this.candidateLoading = null;
+    }
+  }
 
   /** The model for the version the database says is active now (`null`: none is). A worker's first requests wait
    * for their model at most `firstWaitMs` (then the fallbacks answer while it loads); later ones never wait. */
@@ -149,6 +241,13 @@ export class ModelHolder {
       return { model: null, reason: "no model version is active" };
     }
     if (this.current?.version === active) return { model: this.current, reason: null };
+    if (this.candidate?.version === active) { // the experiment's candidate was promoted: it answers from now on
+      const promoted = this.candidate;
+      this.candidate = null;
+      this.swap(promoted);
+      this.failed = null;
+      return { model: promoted, reason: null };
+    }
     const failed = this.failed;
     if (failed?.version === active && Date.now() - failed.at < RETRY_FAILED_MS) {
       return { model: this.current, reason: `model ${active} failed to load: ${failed.reason}` };
@@ -178,7 +277,7 @@ export class ModelHolder {
   private async load(version: string): Promise<void> {
     const started = performance.now();
     try {
-      const model = await loadModel(this.store, version, this.towers);
+      const model = await this.loader(this.store, version, this.towers);
       if (this.wanted !== version) { // rolled back (or unloaded) while it loaded: not this one after all
         model.release();
         return;

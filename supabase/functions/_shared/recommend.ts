@@ -1,11 +1,13 @@
 // Recommendations, as src/twotower/serve/recommend.py answers them, statement for statement: round trip 1 reads the
-// user's recent likes and nopes with the features of those videos (and which model version is active); the user
-// tower runs here; round trip 2 is one pgvector query over the version's generation with the filters and the
-// exclusion of seen videos, topped up by an exact backfill so that `limit` videos come back when that many exist.
+// user's recent likes and nopes with the features of those videos (and which model version is active, and the
+// running experiment); the user tower runs here; round trip 2 is one pgvector query over the version's generation
+// with the filters and the exclusion of seen videos, topped up by an exact backfill so that `limit` videos come back
+// when that many exist.
 // Without a model the linear model answers a user with likes, and popularity a user without history.
 
 import { type Sql } from "./db.ts";
 import { Params, PREPARED } from "./db.ts";
+import { type Experiment } from "./experiment.ts";
 import { userStats, type VideoRow } from "./features.ts";
 import { type Model } from "./model.ts";
 
@@ -33,6 +35,7 @@ export interface History {
   nLikes: number;
   nNopes: number;
   active: string | null; // the model version active as this was read
+  experiment: Experiment | null; // the experiment running then
 }
 
 /** A video's tag or performer names as an array, sorted as the Python API's answers list them. */
@@ -63,6 +66,9 @@ WITH counts AS (
      WHERE user_id = $1::uuid AND decision_type = 'nope' ORDER BY created_at DESC LIMIT $3::int)
 ), tagged AS (${NAMES("video_tags", "tags", "tag_id")}
 ), performed AS (${NAMES("video_performers", "performers", "performer_id")}
+), running AS (
+    SELECT id::text AS id, control_version, candidate_version, share, hash_key FROM experiments
+    WHERE status = 'running' LIMIT 1
 )
 SELECT c.likes::float8 AS n_likes, c.nopes::float8 AS n_nopes, r.decision_type, r.video_id::text AS id,
        v.id IS NOT NULL AS found, v.maker, v.label, v.series, v.director, v.price::float8 AS price,
@@ -70,19 +76,30 @@ SELECT c.likes::float8 AS n_likes, c.nopes::float8 AS n_nopes, r.decision_type, 
        extract(epoch FROM v.product_released_at)::float8 AS product_released_at,
        v.review_count::float8 AS review_count, v.review_average::float8 AS review_average,
        COALESCE(tg.names, '{}') AS tags, COALESCE(pf.names, '{}') AS performers,
-       (SELECT version FROM model_versions WHERE status = 'active') AS active
+       (SELECT version FROM model_versions WHERE status = 'active') AS active,
+       x.id AS experiment_id, x.control_version AS experiment_control, x.candidate_version AS experiment_candidate,
+       x.share AS experiment_share, x.hash_key AS experiment_key
 FROM counts c LEFT JOIN recent r ON true LEFT JOIN videos v ON v.id = r.video_id
 LEFT JOIN tagged tg ON tg.video_id = r.video_id LEFT JOIN performed pf ON pf.video_id = r.video_id
+LEFT JOIN running x ON true
 ORDER BY r.created_at DESC NULLS LAST`;
 
-/** Round trip 1: the user's most recent likes and nopes (their features as rows), totals, the active version. */
+/** Round trip 1: the user's most recent likes and nopes (their features as rows), totals, the active version and
+ * the running experiment. */
 export async function loadHistory(sql: Sql, user: string, maxLikes: number, maxNopes: number): Promise<History> {
   const rows = await sql.unsafe(HISTORY, [user, maxLikes, maxNopes], PREPARED);
-  const history: History = { likes: [], nopes: [], nLikes: 0, nNopes: 0, active: null };
+  const history: History = { likes: [], nopes: [], nLikes: 0, nNopes: 0, active: null, experiment: null };
   for (const r of rows) {
     history.nLikes = Number(r.n_likes);
     history.nNopes = Number(r.n_nopes);
     history.active = r.active ?? null;
+    history.experiment ??= r.experiment_id == null ? null : { // the same on every row
+      id: Number(r.experiment_id),
+      control: r.experiment_control,
+      candidate: r.experiment_candidate,
+      share: Number(r.experiment_share),
+      hashKey: r.experiment_key,
+    };
     if (!r.decision_type) continue;
     // a video deleted meanwhile is a padding row, as the Python item table has it
     const row: VideoRow | null = r.found ? (r as unknown as VideoRow) : null;

@@ -1,11 +1,12 @@
-// What the three functions share: one worker's context (settings, database client, authenticator, model holder)
-// and the request logic of src/twotower/serve/queries.py (recommend, embed_user, embed_items).
+// What the three functions share: one worker's context (settings, database client, authenticator, model holder,
+// served log) and the request logic of src/twotower/serve/queries.py (recommend, embed_user, embed_items).
 
 import { authConfig, Authenticator, type Principal } from "./auth.ts";
 import { connect, type Sql } from "./db.ts";
 import { parseItemsRequest, ValidationError, type VideoRow } from "./features.ts";
 import { names, parseDateTime } from "./validate.ts";
 import { HttpError, invalid, unavailable } from "./http.ts";
+import { type Arm } from "./experiment.ts";
 import { type Model, ModelHolder, type Tower } from "./model.ts";
 import {
   type Algorithm,
@@ -17,6 +18,7 @@ import {
   twoTower,
   userEmbedding,
 } from "./recommend.ts";
+import { ServedLog } from "./served.ts";
 import { openStore } from "./store.ts";
 
 export const MAX_LIMIT = 100;
@@ -27,6 +29,7 @@ export interface Context {
   auth: Authenticator;
   holder: ModelHolder;
   popularity: Popularity;
+  served: ServedLog;
 }
 
 let context: Context | null = null;
@@ -37,11 +40,13 @@ export function getContext(towers: Tower[]): Context {
   const url = Deno.env.get("SUPABASE_DB_URL") || Deno.env.get("DATABASE_URL");
   try {
     if (!url) throw new Error("SUPABASE_DB_URL is not set");
+    const sql = connect(url);
     context = {
-      sql: connect(url),
+      sql,
       auth: new Authenticator(authConfig()),
       holder: new ModelHolder(openStore(), towers),
       popularity: new Popularity(),
+      served: ServedLog.fromEnv(sql),
     };
   } catch (error) {
     // the details (a malformed SUPABASE_DB_URL's message quotes the URL, password and all) go to the log only,
@@ -74,11 +79,14 @@ export interface Answer {
   total_count: number;
   algorithm: Algorithm;
   model_version: string | null;
+  experiment_arm: Arm | null;
   fallback_reason?: string;
 }
 
 /** The user's recommendations: two-tower from their history, popularity for a user without history; without a
- * model (none active, or it cannot be loaded) the linear model for a user with likes. */
+ * model (none active, or it cannot be loaded) the linear model for a user with likes; during an experiment, from the
+ * model of the user's arm. The answer is logged (with its experiment and arm) for the live like-rate and the
+ * experiment's measurement, after the response. */
 export async function recommend(
   ctx: Context,
   user: string,
@@ -86,17 +94,24 @@ export async function recommend(
   excludeLiked: boolean,
   f: Filters,
 ): Promise<Answer> { // prettier-ignore
-  const known = ctx.holder.current;
-  const window = known ? { likes: known.maxLikes, nopes: known.maxNopes } : DEFAULT_WINDOW;
+  const known = [ctx.holder.current, ctx.holder.candidate].filter((m) => m !== null);
+  const window = known.length
+    ? { likes: Math.max(...known.map((m) => m.maxLikes)), nopes: Math.max(...known.map((m) => m.maxNopes)) }
+    : DEFAULT_WINDOW; // the larger of the models that may answer: one read serves either arm
   let history = await loadHistory(ctx.sql, user, window.likes, window.nopes);
-  const { model, reason } = await ctx.holder.choose(history.active);
-  const answer = (rows: Record<string, unknown>[], algorithm: Algorithm, version: string | null): Answer => ({
-    recommendations: rows.map(edgeVideo),
-    total_count: rows.length,
-    algorithm,
-    model_version: version,
-    ...(reason ? { fallback_reason: reason } : {}),
-  });
+  const { model, reason, experiment, arm } = await ctx.holder.answering(user, history.active, history.experiment);
+  const answer = (rows: Record<string, unknown>[], algorithm: Algorithm, version: string | null): Answer => {
+    const out: Answer = {
+      recommendations: rows.map(edgeVideo),
+      total_count: rows.length,
+      algorithm,
+      model_version: version,
+      experiment_arm: arm,
+      ...(reason ? { fallback_reason: reason } : {}),
+    };
+    ctx.served.record(user, rows.map((r) => String(r.id)), version, algorithm, experiment, arm);
+    return out;
+  };
   if (model) {
     if (model.maxLikes > window.likes || model.maxNopes > window.nopes) {
       history = await loadHistory(ctx.sql, user, model.maxLikes, model.maxNopes);

@@ -1,6 +1,7 @@
 // POST /functions/v1/two_tower_recommendations: the caller's next videos (the Python API's edge route, plus the
 // filters of /v1/recommendations). Body: {"limit": 1-100, "exclude_liked": bool, "filters": {...}}; answer:
-// {"recommendations": [...], "total_count", "algorithm", "model_version"}.
+// {"recommendations": [...], "total_count", "algorithm", "model_version", "experiment_arm"} ("control" or "candidate"
+// while an experiment runs, else null). What it served is logged to served_recommendations (a sample of users).
 
 import { handle, json, readJson } from "../_shared/http.ts";
 import { authenticate, getContext, parseRecommendationsRequest, recommend } from "../_shared/service.ts";

@@ -30,7 +30,7 @@ def models(caller: Caller, service: ServiceDep) -> list[s.ModelOut]:
 @router.get("/v1/admin/quality")
 def quality(
     caller: Caller, service: ServiceDep,
-    model_version: Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = None,
+    model_version: Annotated[str | None, Query(max_length=128, pattern=s.VERSION_PATTERN)] = None,
     history_limit: Annotated[int, Query(ge=0, le=1000), BeforeValidator(s.whole_number)] = 20,
 ) -> dict[str, Any]:  # fmt: skip
     """Embedding quality of a version (default: the active one): its latest check (`twotower monitor`), past

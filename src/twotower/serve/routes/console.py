@@ -20,7 +20,7 @@ Limit = Annotated[int, Query(ge=1, le=s.MAX_LIMIT), BeforeValidator(s.whole_numb
 
 
 class RollbackIn(s.Strict):
-    version: Annotated[str, Field(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] | None = Field(
+    version: Annotated[str, Field(max_length=128, pattern=s.VERSION_PATTERN)] | None = Field(
         default=None, description="The version to activate (default: the most recently retired one)."
     )
 

@@ -33,6 +33,7 @@ def edge_function(body: s.EdgeRecommendationsIn, caller: Caller, service: Servic
     return s.EdgeRecommendationsOut(
         recommendations=[s.EdgeVideoOut(**v.model_dump()) for v in answer.recommendations],
         total_count=answer.total_count, algorithm=answer.algorithm, model_version=answer.model_version,
+        experiment_arm=answer.experiment_arm,
     )  # fmt: skip
 
 

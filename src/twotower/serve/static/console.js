@@ -6,6 +6,9 @@
   const TREND = ["mean_pairwise_cosine", "effective_rank", "missing_share", "live.like_rate"];
   let timer = null;
   let rollbackTarget = null;
+  let ticks = 0;
+  let shown = null; // the experiment on screen (null: none has been run)
+  let pending = null; // the experiment action waiting for its confirmation
 
   const token = () => sessionStorage.getItem(KEY);
   const call = (path, options) => api(path, token(), options);
@@ -37,8 +40,12 @@
     document.getElementById("sign-out").hidden = false;
     fill("signed-in", "signed in with the service role");
     document.body.dataset.state = "signed-in";
-    await Promise.allSettled([quality(), serving(), jobs()]);
-    timer = setInterval(() => { serving(); jobs(); }, 5000);
+    await Promise.allSettled([quality(), serving(), jobs(), guard("experiment-summary", experiment())]);
+    timer = setInterval(() => {
+      serving(); jobs();
+      // each look at an experiment is recorded: every 30 s, and only while one runs
+      if (++ticks % 6 === 0 && shown && shown.status === "running") guard("experiment-summary", experiment());
+    }, 5000);
   }
 
   function guard(id, promise) {
@@ -73,6 +80,7 @@
       ["when", (d) => when(d.created_at)], ["action", (d) => d.action], ["version", (d) => d.version],
       ["previous", (d) => d.previous_version], ["who", (d) => d.actor || "-"],
     ], data.deployments, { id: "deployments-list" }));
+    candidates(data.versions);
     return data;
   }
 
@@ -97,6 +105,192 @@
       fill("versions-message", el("span", { class: "error", text: error.message }));
     }
     await guard("versions-table", versions());
+    await Promise.allSettled([quality()]);
+  }
+
+  // --- the online experiment: arms, difference and its intervals, looks over time, start / stop ---
+  const Z95 = 1.959963984540054;
+  const isNum = (x) => typeof x === "number" && Number.isFinite(x);
+  const pct = (x) => isNum(x) ? (100 * x).toFixed(1) + " %" : "—";
+  const rate = (x) => isNum(x) ? x.toFixed(3) : "—";
+  const signed = (x, digits) => isNum(x) ? (x < 0 ? "−" : "+") + Math.abs(x).toFixed(digits) : "—";
+  const interval = (pair, digits) => pair
+    ? "[" + signed(pair[0], digits) + ", " + signed(pair[1], digits) + "]" : "—";
+  const VERDICT = { candidate_better: "ok", candidate_worse: "error" };
+
+  function candidates(list) {
+    const select = document.getElementById("experiment-candidate");
+    const kept = select.value;
+    const names = list.filter((v) => v.status === "candidate" || v.status === "retired").map((v) => v.version);
+    select.replaceChildren(...names.map((v) => el("option", { value: v, text: v })));
+    if (names.includes(kept)) select.value = kept;
+    buttons();
+  }
+
+  function buttons() {
+    const running = !!shown && shown.status === "running";
+    document.getElementById("experiment-start").disabled = running
+      || !document.getElementById("experiment-candidate").options.length;
+    document.getElementById("experiment-stop").disabled = !running;
+    document.getElementById("experiment-promote").disabled = !running;
+  }
+
+  async function experiment() {
+    const data = await call("/v1/admin/experiment");
+    const exp = data.experiment, result = data.result;
+    shown = exp;
+    document.body.dataset.experiment = exp ? exp.status : "none";
+    buttons();
+    if (!exp) {
+      fill("experiment-summary", el("p", { class: "muted", id: "experiment-state", text: "No experiment has been "
+        + "run. Start one: the candidate answers a share of the users, the active version the rest." }));
+      ["experiment-arms", "experiment-comparison", "experiment-plots"].forEach((id) => fill(id));
+      return data;
+    }
+    const serving = data.serving;
+    fill("experiment-summary",
+      el("p", { id: "experiment-state" }, "#" + exp.id + ": ", el("strong", { text: exp.candidate_version }),
+        " (candidate, " + pct(exp.share) + " of the users) vs ", el("strong", { text: exp.control_version }),
+        " (control) — ", el("strong", { class: exp.status === "running" ? "ok" : exp.status === "guardrail"
+          ? "error" : "", text: exp.status }), ", since " + when(exp.started_at) + " by " + (exp.started_by || "-")),
+      exp.stopped_at ? el("p", { id: "experiment-stopped", text: "Stopped " + when(exp.stopped_at) + " by "
+        + (exp.stopped_by || "-") + ": " + (exp.stop_reason || "no reason given") }) : "",
+      serving ? el("p", { class: "muted", text: "This process answers the control with "
+        + (serving.control || "no model") + " and the candidate with "
+        + (serving.candidate_loaded ? serving.candidate : "nothing (not loaded yet)") + "." })
+        : exp.status === "running" ? el("p", { class: "muted", text: "This process has not loaded it yet." }) : "");
+    const arms = ["control", "candidate"].map((arm) => ({ arm, version: exp[arm + "_version"],
+      ...((result && result.arms[arm]) || {}) }));
+    fill("experiment-arms", table([
+      ["arm", (a) => a.arm], ["version", (a) => a.version], ["users", (a) => num(a.users)],
+      ["exposures", (a) => num(a.exposures)], ["swipes", (a) => num(a.decisions)],
+      ["swipes/exposure", (a) => rate(a.decision_rate)],
+      ["like-rate ± 1.96·se", (a) => rate(a.like_rate)
+        + (isNum(a.like_rate_se) ? " ± " + rate(Z95 * a.like_rate_se) : "")],
+    ], arms, { id: "experiment-arms-list" }));
+    const comp = (result && result.comparison) || {};
+    const verdict = (result && result.verdict) || "—";
+    fill("experiment-comparison",
+      el("p", {}, "Like-rate difference (candidate − control): ", el("strong", { text: signed(comp.difference, 4) }),
+        "; 95% interval " + interval(comp.ci95, 4) + " (valid for one look), always-valid 95% interval "
+        + interval(comp.always_valid, 4) + " (valid at every look)."),
+      el("p", { id: "experiment-verdict" }, "Verdict: ", el("strong", { class: VERDICT[verdict] || "", text: verdict }),
+        " — " + (comp.reason || "") + (result && result.guardrail_stopped ? "; the guardrail stopped it at this look"
+          : "") + (result ? " (measured " + when(result.checked_at) + ")" : "")));
+    const band = (arm) => (p) => {
+      const r = p[arm + "_like_rate"], se = p[arm + "_like_rate_se"];
+      return isNum(se) ? [r, Math.max(0, r - Z95 * se), Math.min(1, r + Z95 * se)] : [r, r, r]; // a rate: in [0, 1]
+    };
+    fill("experiment-plots",
+      bandPlot(data.points, [{ name: "control " + exp.control_version, cls: "arm-control", get: band("control") },
+        { name: "candidate " + exp.candidate_version, cls: "arm-candidate", get: band("candidate") }],
+      { label: "like-rate", caption: "each arm's like-rate ± 1.96·se" }),
+      bandPlot(data.points, [{ name: "candidate − control", cls: "arm-difference",
+        get: (p) => [p.difference, ...(p.always_valid || [p.difference, p.difference])] }],
+      { label: "difference", zero: true, caption: "difference with its always-valid 95% interval" }));
+    return data;
+  }
+
+  function svgNode(tag, attrs, text) {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  // series over the looks' times: a line for the estimate, a shaded band between its low and high
+  function bandPlot(points, series, opts) {
+    const W = 320, H = 160, L = 46, R = 8, T = 8, B = 30;
+    const times = points.map((p) => Date.parse(p.at));
+    const drawn = series.map((s) => ({ ...s, rows: points.map((p, i) => [times[i], ...s.get(p)])
+      .filter((row) => row.every(isNum)) }));
+    const ys = drawn.flatMap((s) => s.rows.flatMap((r) => r.slice(1))).concat(opts.zero ? [0] : []);
+    const svg = svgNode("svg", { class: "plot wide", viewBox: `0 0 ${W} ${H}`, role: "img",
+      "aria-label": opts.caption, "data-points": Math.max(0, ...drawn.map((s) => s.rows.length)) });
+    const looks = drawn.some((s) => s.rows.length);
+    if (!looks) svg.append(svgNode("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no looks yet"));
+    else {
+      let lo = Math.min(...ys), hi = Math.max(...ys);
+      const pad = (hi - lo) * 0.05 || 0.01;
+      lo -= pad; hi += pad;
+      const drawnTimes = drawn.flatMap((s) => s.rows.map((r) => r[0]));
+      const t0 = Math.min(...drawnTimes), t1 = Math.max(...drawnTimes);
+      const x = (t) => t1 > t0 ? L + ((t - t0) / (t1 - t0)) * (W - L - R) : (L + W - R) / 2;
+      const y = (v) => T + ((hi - v) / (hi - lo)) * (H - T - B);
+      svg.append(svgNode("polyline", { class: "axis", points: `${L},${T} ${L},${H - B} ${W - R},${H - B}` }));
+      for (const v of [lo + pad, (lo + hi) / 2, hi - pad]) {
+        svg.append(svgNode("text", { x: L - 3, y: y(v) + 3, "text-anchor": "end" }, num(v, 3)));
+      }
+      if (opts.zero && lo < 0 && hi > 0) {
+        svg.append(svgNode("line", { class: "zero", x1: L, x2: W - R, y1: y(0), y2: y(0) }));
+      }
+      const stamp = (t) => t1 - t0 < 86400e3 ? when(t).slice(11, 19) : when(t).slice(5, 16); // the time, or the day
+      svg.append(svgNode("text", { x: L, y: H - B + 11 }, stamp(t0)));
+      if (t1 > t0) svg.append(svgNode("text", { x: W - R, y: H - B + 11, "text-anchor": "end" }, stamp(t1)));
+      svg.append(svgNode("text", { x: (L + W - R) / 2, y: H - 3, "text-anchor": "middle" }, "time of the look (UTC)"));
+      svg.append(svgNode("text", { x: -(T + H - B) / 2, y: 10, "text-anchor": "middle", transform: "rotate(-90)" },
+        opts.label));
+      for (const s of drawn) {
+        if (!s.rows.length) continue;
+        const band = s.rows.map((r) => x(r[0]) + "," + y(r[3])).concat(s.rows.slice().reverse()
+          .map((r) => x(r[0]) + "," + y(r[2])));
+        svg.append(svgNode("polygon", { class: "band " + s.cls, points: band.join(" ") }));
+        svg.append(svgNode("polyline", { class: "line " + s.cls, points: s.rows.map((r) => x(r[0]) + "," + y(r[1]))
+          .join(" ") }));
+        for (const r of s.rows) svg.append(svgNode("circle", { class: s.cls, cx: x(r[0]), cy: y(r[1]), r: 1.8 }));
+      }
+    }
+    const legend = drawn.map((s) => el("span", { class: "legend " + s.cls, text: s.name + ": "
+      + (s.rows.length ? num(s.rows[s.rows.length - 1][1], 4) : "—") }));
+    return el("figure", {}, svg, el("figcaption", {}, opts.caption + " (" + points.length + " looks) ", ...legend));
+  }
+
+  function askExperiment(text, run) {
+    pending = run;
+    fill("experiment-confirm-text", text);
+    document.getElementById("experiment-confirm").hidden = false;
+  }
+
+  function askStart() {
+    const candidate = document.getElementById("experiment-candidate").value;
+    const share = Number(document.getElementById("experiment-share").value);
+    if (!candidate) return;
+    const active = document.body.dataset.active || "none";
+    askExperiment("Start an experiment: " + candidate + " answers " + pct(share) + " of the users, " + active
+      + " the rest? Every server loads " + candidate + " beside the active version within a second.", async () => {
+      const done = await call("/v1/admin/experiment", { method: "POST", body: { candidate, share } });
+      const e = done.experiment;
+      return "Experiment #" + e.id + " started: " + e.candidate_version + " answers " + pct(e.share) + " of the users.";
+    });
+  }
+
+  function askStop(promote) {
+    if (!shown || shown.status !== "running") return;
+    const e = shown;
+    askExperiment(promote
+      ? "Stop experiment #" + e.id + " and make " + e.candidate_version + " the active version instead of "
+        + e.control_version + "? Every server switches within a second."
+      : "Stop experiment #" + e.id + " (" + e.candidate_version + " vs " + e.control_version + ")? Every user gets "
+        + e.control_version + " again.", async () => {
+      const done = await call("/v1/admin/experiment/stop", { method: "POST", body: { promote } });
+      return "Experiment #" + done.experiment.id + " " + done.experiment.status + "; this process serves "
+        + (done.serving || "no model") + ".";
+    });
+  }
+
+  async function confirmExperiment() {
+    document.getElementById("experiment-confirm").hidden = true;
+    const run = pending;
+    pending = null;
+    if (!run) return;
+    fill("experiment-message", "working …");
+    try {
+      fill("experiment-message", el("span", { class: "ok", text: await run() }));
+    } catch (error) {
+      if (error.status === 401 || error.status === 403) { signedOut("Signed out: " + error.message); return; }
+      fill("experiment-message", el("span", { class: "error", text: error.message }));
+    }
+    await Promise.allSettled([guard("experiment-summary", experiment()), guard("versions-table", versions())]);
     await Promise.allSettled([quality()]);
   }
 
@@ -221,6 +415,16 @@
     document.getElementById("rollback").addEventListener("click", () => ask(rollbackTarget));
     document.getElementById("confirm-yes").addEventListener("click", confirmRollback);
     document.getElementById("confirm-no").addEventListener("click", () => { document.getElementById("confirm").hidden = true; });
+    document.getElementById("experiment-form").addEventListener("submit", (e) => { e.preventDefault(); askStart(); });
+    document.getElementById("experiment-stop").addEventListener("click", () => askStop(false));
+    document.getElementById("experiment-promote").addEventListener("click", () => askStop(true));
+    document.getElementById("experiment-yes").addEventListener("click", confirmExperiment);
+    document.getElementById("experiment-no").addEventListener("click", () => {
+      pending = null;
+      document.getElementById("experiment-confirm").hidden = true;
+    });
+    document.getElementById("experiment-refresh").addEventListener("click", () => guard("experiment-summary",
+      experiment()));
     const lookup = (form, input, show, out) => document.getElementById(form).addEventListener("submit", (e) => {
       e.preventDefault();
       show(document.getElementById(input).value.trim()).catch((error) => fill(out, el("p", { class: "error",
