@@ -191,7 +191,7 @@ def _print(report: dict[str, Any], args: argparse.Namespace) -> int:
     if set(latency["with"]["algorithms"]) != {"two_tower"}:
         failed.append(f"fallbacks answered during the experiment: {dict(latency['with']['algorithms'])}")
     report["failed"] = failed
-    path = write("simulate.json" if not args.small else "simulate_small.json", report)
+    path = write("simulate" if not args.small else "simulate_small", report)
     print(f"written to {path}" + (f"; FAILED: {'; '.join(failed)}" if failed else "; all targets met"))
     return 1 if failed else 0
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -155,6 +156,39 @@ def cli_env(db_url: str, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_") and k != "DATABASE_URL"}
     env.update(DATABASE_URL=db_url, TWOTOWER_DATA_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
     return env
+
+
+CliRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> CliRunner:
+    """Run ``twotower ARGS`` through the CLI's own entry point (``main``: one line on stderr, the exit code) in
+    this process: for the refusals that happen before anything connects (no interpreter and torch import per case).
+    The state goes under ``tmp_path``; the database URL answers nothing, so a regression fails instead of waiting."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        import signal
+
+        from twotower.cli.app import main
+        from twotower.settings import get_settings
+
+        monkeypatch.setenv("TWOTOWER_DATA_DIR", str(tmp_path / "state"))
+        monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/never")
+        get_settings.cache_clear()
+        capsys.readouterr()
+        sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own
+        try:
+            with pytest.raises(SystemExit) as exited:
+                main(list(args))
+        finally:
+            get_settings.cache_clear()
+            signal.signal(signal.SIGTERM, sigterm)
+        captured = capsys.readouterr()
+        code = exited.value.code
+        return subprocess.CompletedProcess(list(args), code if isinstance(code, int) else 1, captured.out, captured.err)
+
+    return run
 
 
 JS = Path(__file__).resolve().parents[1] / "js"  # package.json + package-lock.json: onnxruntime-node, pinned

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CliRunner
 from twotower.errors import InputError
 from twotower.model.config import TowerConfig
 
@@ -37,29 +38,41 @@ HOSTILE = {
 }
 
 
-# every file through `train`; `deploy` reads --config with the same loader (two cases prove it does)
+# every file through `train`; `deploy` reads --config with the same loader (two cases prove it does). Most run the
+# CLI's entry point in this process (the same `main`: one line on stderr and the exit code); SUBPROCESS ones run
+# `python -m twotower` for real, so the whole path is proven once per command without paying an interpreter and a
+# torch import per case.
 HOSTILE_RUNS = [("train", name) for name in sorted(HOSTILE)] + [("deploy", "nested_lists"), ("deploy", "field_dim")]
+SUBPROCESS = {("train", "nested_lists"), ("deploy", "field_dim"), ("train", "fifo")}
 
 
 @pytest.mark.parametrize(("command", "name"), HOSTILE_RUNS)
 def test_a_hostile_config_is_one_line_and_exit_65(
-    cli_env: dict[str, str], tmp_path: Path, name: str, command: str
+    cli_in_process: CliRunner, tmp_path: Path, name: str, command: str
 ) -> None:
     config = tmp_path / "hostile.json"
     config.write_text(HOSTILE[name])
     assert config.stat().st_size < 1 << 20
-    run = _cli(cli_env, command, "--config", str(config), "--output-dir", str(tmp_path / "models"))
+    args = (command, "--config", str(config), "--output-dir", str(tmp_path / "models"))
+    run = _cli(_env(tmp_path), *args) if (command, name) in SUBPROCESS else cli_in_process(*args)
     assert run.returncode == 65, (run.returncode, run.stderr[-2000:])
     assert "Traceback" not in run.stderr and run.stderr.startswith("error: --config "), run.stderr[-2000:]
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr[-2000:]
     assert _written(tmp_path, config) == []
 
 
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_") and k != "DATABASE_URL"}
+    # nothing may connect before the config is refused: a URL that cannot answer makes a regression fail at once
+    env.update(DATABASE_URL="postgresql://nobody@127.0.0.1:1/never", TWOTOWER_DATA_DIR=str(tmp_path / "state"))
+    return env
+
+
 @pytest.mark.parametrize(
     ("command", "kind"), [*(("train", k) for k in ("fifo", "directory", "device", "large")), ("deploy", "fifo")]
 )
 def test_a_config_that_is_not_a_small_regular_file_is_refused_at_once(
-    cli_env: dict[str, str], tmp_path: Path, kind: str, command: str
+    cli_in_process: CliRunner, tmp_path: Path, kind: str, command: str
 ) -> None:
     path = tmp_path / "config.json"
     if kind == "fifo":
@@ -70,7 +83,8 @@ def test_a_config_that_is_not_a_small_regular_file_is_refused_at_once(
         path = Path("/dev/zero")  # endless
     else:
         path.write_text('{"tower": {}, "x": "' + "x" * (1 << 20) + '"}')
-    run = _cli(cli_env, command, "--config", str(path), "--output-dir", str(tmp_path / "models"))
+    args = (command, "--config", str(path), "--output-dir", str(tmp_path / "models"))
+    run = _cli(_env(tmp_path), *args) if (command, kind) in SUBPROCESS else cli_in_process(*args)
     assert run.returncode == 65 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert run.stderr.startswith(f"error: --config {path}") and len(run.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "models").exists()

@@ -281,3 +281,20 @@ def test_promote_ends_the_experiment_through_the_atomic_switch(lab: Lab, conn: p
     rollback(conn, "b")  # back, for the other tests
     assert conn.execute("SELECT status FROM model_versions WHERE version = 'b'").fetchone() == ("active",)
     assert started.id == done.id
+
+
+def test_new_videos_are_embedded_for_the_candidate_too(lab: Lab, conn: psycopg.Connection[Any]) -> None:
+    """A video that arrives during an experiment (sync, import) gets an embedding in both arms' generations."""
+    from twotower.catalog.embedding import EmbedQueue
+
+    exp.start(conn, "weak", 0.5)
+    conn.execute("INSERT INTO videos (source, external_id, title, maker) VALUES ('app', 'exp-new-1', 'New', 'M')")
+    settings = Settings(database_url=lab.url, data_dir=lab.data)
+    with Database.open(settings, migrate=False) as db:
+        queue = EmbedQueue(db, LocalStore(lab.data / "store"), 64, lab.data / "models")
+        queue.catch_up()
+    embedded = conn.execute(
+        "SELECT e.model_version FROM video_embeddings e JOIN videos v ON v.id = e.video_id "
+        "WHERE v.external_id = 'exp-new-1' ORDER BY 1"
+    ).fetchall()  # fmt: skip
+    assert embedded == [("b",), ("weak",)]

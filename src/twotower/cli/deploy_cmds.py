@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from twotower.cli.console import err, open_db, out
+from twotower.cli.train_cmds import BATCH_SIZE_HELP, explicit_options, load_config, parse_batch_size
 from twotower.errors import InputError
 from twotower.settings import get_settings
 
@@ -33,7 +34,7 @@ def deploy(
     ),
     embedding_dim: int = typer.Option(64, "--embedding-dim", help="Embedding dimension (32-768)."),
     epochs: int = typer.Option(20, "--epochs", help="Maximum training epochs (early stopping)."),
-    batch_size: int = typer.Option(512, "--batch-size", help="User states per training step."),
+    batch_size: str = typer.Option("512", "--batch-size", help=BATCH_SIZE_HELP),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     output_dir: Path = typer.Option(Path("models"), "--output-dir", help="Where the trained model is written."),
@@ -82,7 +83,6 @@ def deploy(
     from twotower.train import allocator
 
     allocator.reuse_freed_memory()  # this process trains: a step's tensors reuse the last step's pages
-    from twotower.cli.train_cmds import explicit_options, load_config
     from twotower.pipeline.deploy import STAGE_TEXT, DeployOptions
     from twotower.pipeline.deploy import deploy as run_deploy
     from twotower.registry.store import open_store
@@ -95,7 +95,7 @@ def deploy(
     train_options = TrainOptions(
         embedding_dim=embedding_dim,
         epochs=epochs,
-        batch_size=batch_size,
+        batch_size=parse_batch_size(batch_size),
         seed=seed,
         device=device,
         output_dir=output_dir,

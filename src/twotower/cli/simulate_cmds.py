@@ -30,7 +30,8 @@ def simulate(
     existing: int = typer.Option(0, "--existing-users", help="Users who first post --history swipes, then swipe."),
     history: int = typer.Option(20, "--history", help="Swipes an existing user brings."),
     feed: int = typer.Option(10, "--feed", help="Videos per feed request."),
-    seed: int = typer.Option(0, "--seed", help="Users, tastes and swipes derive from it (a new seed: new users)."),
+    seed: int = typer.Option(0, "--seed", help="The users' tastes and swipes derive from it (the users are new in "
+                             "every run)."),
     concurrency: int = typer.Option(8, "--concurrency", help="Users swiping at the same time."),
     json_out: Path | None = typer.Option(None, "--json-out", help="Also write the table as JSON here."),
 ) -> None:  # fmt: skip
@@ -45,14 +46,14 @@ def simulate(
                               concurrency=concurrency)  # fmt: skip
     config.validate()
     settings = get_settings()
+    if api is not None and not api.startswith(("http://", "https://")):
+        raise InputError(f"--api must be an http(s) URL, got {api!r}")
     if api is None:
         secret = SecretStr(secrets.token_urlsafe(32))  # this process's server accepts only these users' tokens
         settings = settings.model_copy(update={"jwt_secret": secret, "jwt_jwks_url": None, "serve_try_page": False})
     elif settings.jwt_secret is None:
         raise ConfigError("set TWOTOWER_JWT_SECRET to the API's JWT secret: the simulated users sign in with tokens "
                           "signed by it")  # fmt: skip
-    elif not api.startswith(("http://", "https://")):
-        raise InputError(f"--api must be an http(s) URL, got {api!r}")
     from twotower.db.database import as_url
     from twotower.demo.api import background_server
     from twotower.serve.auth import mint_token

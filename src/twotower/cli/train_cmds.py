@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 def db_url_settings(db_url: str | None) -> None:
     if db_url is not None:
-        import os
-
         from twotower.settings import get_settings
 
         os.environ["DATABASE_URL"] = db_url
@@ -80,18 +78,28 @@ def load_config(path: Path) -> dict[str, Any]:
         raise InputError(f"--config {path}: JSON nested too deeply: not a settings file") from None
 
 
+# --batch-size of `train` and `deploy`: one declaration, one parser
+BATCH_SIZE_HELP = ("User states per step and process, each trained on its next likes (3 by default: 1,536 positives a "
+                   "step at 512); auto: by device (GPU 8192, CPU 512).")  # fmt: skip
+
+
+def parse_batch_size(value: str) -> int | str:
+    """``auto`` or a whole number (its range is checked with the other training options)."""
+    if value == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"--batch-size must be 'auto' or an integer, got {value!r}") from None
+
+
 def train(
     ctx: typer.Context,
     db_url: str | None = typer.Option(
         None, "--db-url", help="Postgres URL (default: DATABASE_URL, or the embedded database).", show_default=False
     ),
     embedding_dim: int = typer.Option(64, "--embedding-dim", help="Embedding dimension (32-768)."),
-    batch_size: str = typer.Option(
-        "512",
-        "--batch-size",
-        help="User states per step and process, each trained on its next likes (3 by default: 1,536 positives a "
-        "step at 512); auto: by device (GPU 8192, CPU 512).",
-    ),
+    batch_size: str = typer.Option("512", "--batch-size", help=BATCH_SIZE_HELP),
     epochs: int = typer.Option(20, "--epochs", help="Maximum epochs (early stopping on validation Recall@20)."),
     learning_rate: float = typer.Option(2e-3, "--learning-rate", help="Adam learning rate."),
     patience: int = typer.Option(5, "--patience", min=1, help="Epochs without improvement before stopping."),
@@ -122,13 +130,7 @@ def train(
     if version is not None and not valid_version(version):
         raise InputError(f"--version {version!r}: use letters, digits, '.', '_' and '-' (at most 128)")
     db_url_settings(db_url)
-    if batch_size != "auto":
-        try:
-            batch: int | str = int(batch_size)
-        except ValueError:
-            raise InputError(f"--batch-size must be 'auto' or an integer, got {batch_size!r}") from None
-    else:
-        batch = "auto"
+    batch = parse_batch_size(batch_size)
     options = TrainOptions(
         embedding_dim=embedding_dim, batch_size=batch, precision=precision, epochs=epochs, learning_rate=learning_rate,
         seed=seed, patience=patience, output_dir=output_dir, version=version, resume=resume, device=device,

@@ -10,9 +10,10 @@ The verdict uses the mixture sequential probability ratio test (mSPRT) with a no
 Pekelis and Walsh, "Always Valid Inference: Continuous Monitoring of A/B Tests", Operations Research 2022): its
 confidence interval holds at every look at once, so ``experiment status``, the console and the servers' periodic
 checks may look as often as they like without inflating false positives, and no horizon must be fixed in advance
-(a fixed-horizon test looked at 50 times finds a "difference" between identical arms about a quarter of the
-time). It costs width: the interval is wider than the fixed-horizon one, which is also reported. ``tau`` is the
-mixture's standard deviation: the size of difference the test is most sensitive to.
+(in tests/monitor/test_experiment_stats.py, 300 A/A comparisons looked at 30 times each: 1.7% called different
+with the always-valid interval, 28% with the fixed-horizon one). It costs width: the interval is wider than the
+fixed-horizon one, which is also reported. ``tau`` is the mixture's standard deviation: the size of difference the
+test is most sensitive to.
 """
 
 from __future__ import annotations
