@@ -175,6 +175,8 @@ def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
 
         monkeypatch.setenv("TWOTOWER_DATA_DIR", str(tmp_path / "state"))
         monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/never")
+        # the training commands tune this process's malloc for training: not the test session's
+        monkeypatch.setattr("twotower.train.allocator.reuse_freed_memory", lambda: False)
         get_settings.cache_clear()
         capsys.readouterr()
         sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own

@@ -66,6 +66,10 @@ class Hook:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
 
 @pytest.fixture(scope="module")
 def lab(
@@ -249,6 +253,7 @@ def test_the_guardrail_stops_a_weak_candidate_and_alerts(lab: Lab, conn: psycopg
         f"guardrail: stopped after {arms['control']['exposures'] + arms['candidate']['exposures']} exposures "
         f"({arms['candidate']['exposures']} of the candidate), {len(swipes)} swipes simulated; arms {arms}"
     )
+    hook.close()
     assert hook.bodies and hook.bodies[0]["event"] == "twotower.experiment_guardrail"
     assert hook.bodies[0]["candidate"] == "weak"
     rows = _arm_rows(lab.url, started.id)
