@@ -134,7 +134,7 @@ def refuse_during_experiment(db: Database) -> None:
 
 def start(conn: psycopg.Connection[Any], candidate: str, share: float, actor: str | None = None) -> Experiment:
     """Start answering ``share`` of the users with ``candidate`` (one transaction; the servers are notified)."""
-    if not (0.0 < share < 1.0) or share != share:
+    if not 0.0 < share < 1.0:  # NaN too
         raise InputError(f"--share must be between 0 and 1 (exclusive), got {share}")
     with conn.transaction():
         locks.xact_lock(conn, SWITCH_LOCK)  # no promote or rollback between the checks and the insert
