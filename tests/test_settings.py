@@ -37,3 +37,32 @@ def test_bad_values_are_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
             get_settings()
     finally:
         get_settings.cache_clear()
+
+
+def test_read_replica_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TWOTOWER_READ_DATABASE_URL: postgresql:// URLs separated by spaces, secret (never printed); anything else
+    is a one-line ConfigError that quotes no password."""
+    urls = " postgresql://u:hunter22@r1:5432/app  postgres://u:hunter22@r2/app "
+    monkeypatch.setenv("TWOTOWER_READ_DATABASE_URL", urls)
+    s = Settings()
+    assert s.read_urls == ["postgresql://u:hunter22@r1:5432/app", "postgres://u:hunter22@r2/app"]
+    assert "hunter22" not in repr(s)
+    monkeypatch.setenv("TWOTOWER_READ_DATABASE_URL", "")
+    assert Settings().read_urls == []
+    for bad in ("host=r1 password=hunter22", "postgresql://u:hunter22@r1/app mysql://u:hunter22@r2/app"):
+        monkeypatch.setenv("TWOTOWER_READ_DATABASE_URL", bad)
+        get_settings.cache_clear()
+        try:
+            with pytest.raises(ConfigError, match=r"read_database_url: .*postgresql:// URLs") as raised:
+                get_settings()
+            assert "hunter22" not in str(raised.value)
+        finally:
+            get_settings.cache_clear()
+    monkeypatch.setenv("TWOTOWER_READ_DATABASE_URL", "postgresql://u:hunter22@r1/app")
+    monkeypatch.setenv("TWOTOWER_READ_YOUR_WRITES", "eventually")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="read_your_writes"):
+            get_settings()
+    finally:
+        get_settings.cache_clear()

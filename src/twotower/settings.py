@@ -33,6 +33,21 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path(".twotower"), description="Where local state lives.")
     pg_dir: Path | None = Field(default=None, description="Embedded Postgres data dir; default DATA_DIR/pg.")
+    read_database_url: SecretStr | None = Field(
+        default=None, description="Read replicas (streaming standbys of DATABASE_URL's server): one or more "
+        "postgresql:// URLs separated by spaces. The request path's ANN and catalog reads go there.",
+    )  # fmt: skip
+    read_max_lag_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="A replica further behind than this is not read; the primary is."
+    )
+    read_your_writes: Literal["primary", "wait"] = Field(
+        default="primary", description="How a user's own swipes reach their next answer from a lagging replica: "
+        "primary: their decisions are read from the primary (one indexed read) and the replica's answer excludes the "
+        "recent ones; wait: wait until the replica has replayed the primary's position, up to READ_WAIT_MS, else "
+        "the primary answers.",
+    )  # fmt: skip
+    read_wait_ms: int = Field(default=50, ge=1, le=5000, description="The longest wait of read_your_writes=wait.")
+    read_check_seconds: float = Field(default=1.0, gt=0, le=60, description="How often each replica's lag is read.")
     db_connect_timeout: float = Field(default=5.0, gt=0, le=120)
     db_pool_min_size: int = Field(default=1, ge=0, le=100)
     db_pool_max_size: int = Field(default=10, ge=1, le=500)
@@ -159,7 +174,7 @@ class Settings(BaseSettings):
         description="Serve the /try swipe page, which signs short-lived tokens for demo users (needs the JWT secret).",
     )
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "read_database_url", mode="before")
     @classmethod
     def _empty_url_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -173,6 +188,15 @@ class Settings(BaseSettings):
             url = value.get_secret_value()
             if not url.startswith(("postgres://", "postgresql://")) and "=" not in url:
                 raise ValueError("expected a postgresql:// URL or a libpq key=value string")
+        return value
+
+    @field_validator("read_database_url")
+    @classmethod
+    def _read_urls(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not all(
+            url.startswith(("postgres://", "postgresql://")) for url in value.get_secret_value().split()
+        ):
+            raise ValueError("expected postgresql:// URLs separated by spaces")
         return value
 
     @model_validator(mode="after")
@@ -196,6 +220,11 @@ class Settings(BaseSettings):
     def model_cache_dir(self) -> Path:
         """Where versions fetched from the artifact store are kept (verified) for loading."""
         return (self.data_dir / "models").expanduser().absolute()
+
+    @property
+    def read_urls(self) -> list[str]:
+        """The read replicas' URLs (none: the primary takes every read)."""
+        return self.read_database_url.get_secret_value().split() if self.read_database_url else []
 
     @property
     def uses_embedded(self) -> bool:

@@ -26,11 +26,13 @@ def serve(
         raise ConfigError("the try page (TWOTOWER_SERVE_TRY_PAGE) signs demo tokens with TWOTOWER_JWT_SECRET: set it")
     if log_level not in ("critical", "error", "warning", "info", "debug"):
         raise ConfigError(f"--log-level {log_level!r}: use critical, error, warning, info or debug")
-    if settings.database_url is not None:  # a malformed URL is one line here, not a traceback in every worker
-        from twotower.db import Database
+    from twotower.db import Database
 
-        Database.parse_url(settings.database_url.get_secret_value())
+    urls = [settings.database_url.get_secret_value()] if settings.database_url is not None else []
+    for url in urls + settings.read_urls:  # a malformed URL is one line here, not a traceback in every worker
+        Database.parse_url(url)
     pages = "/console and /try" if settings.serve_try_page else "/console"
-    out.print(f"serving on http://{host}:{port} ({workers} worker(s)); docs at /docs, {pages}")
+    replicas = f", reads from {len(settings.read_urls)} replica(s)" if settings.read_urls else ""
+    out.print(f"serving on http://{host}:{port} ({workers} worker(s){replicas}); docs at /docs, {pages}")
     uvicorn.run("twotower.serve.factory:app", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)  # fmt: skip

@@ -85,6 +85,9 @@ class Metrics:
     answers: Counter
     model: Gauge
     arms: Counter
+    reads: Counter
+    replica_lag: Gauge
+    replica_usable: Gauge
 
     @classmethod
     def create(cls) -> Metrics:
@@ -102,6 +105,19 @@ class Metrics:
             Counter("twotower_recommendations", "Recommendation answers", ["algorithm"], registry=registry),
             Gauge("twotower_model_loaded", "1 for the model version being served", ["version"], registry=registry),
             Counter("twotower_experiment_answers", "Answers inside an experiment", ["arm"], registry=registry),
+            Counter(
+                "twotower_reads",
+                "Request-path reads by the database that ran them, and why the primary did",
+                ["database", "reason"],
+                registry=registry,
+            ),
+            Gauge(
+                "twotower_replica_lag_seconds",
+                "Read replica lag at the last look (-1: down)",
+                ["replica"],
+                registry=registry,
+            ),
+            Gauge("twotower_replica_usable", "1 while the read replica takes reads", ["replica"], registry=registry),
         )
 
 

@@ -41,29 +41,29 @@ def recommend(service: Service, user: uuid.UUID, limit: int, exclude_liked: bool
     for a user without history; during an experiment, from the model of the user's arm. ``record``: count the
     answer and log it (with its experiment and arm) for the live like-rate and the experiment's measurement."""
     model, experiment, arm = service.holder.answering(user) if service.holder else (None, None, None)
+    replicas = service.replicas
 
-    def work(conn: psycopg.Connection[Any]) -> s.RecommendationsOut:
+    def work(own: psycopg.Connection[Any], reads: psycopg.Connection[Any]) -> s.RecommendationsOut:
+        # own: the user's decisions (the primary); reads: the ANN and catalog reads (a replica, or the same one)
+        fresh = replicas.fresh_seconds() if replicas is not None and own is not reads else None
         rec = service.recommender
         forced = service.settings.serve_algorithm
         if model is not None and forced == "auto":
             cfg = model.towers.history
-            history = load_history(conn, user, cfg.max_likes, cfg.max_nopes)
+            history = load_history(own, user, cfg.max_likes, cfg.max_nopes, fresh)
+            unseen = history.unseen(f, exclude_liked)
             if not history.empty:
-                rows = rec.two_tower(conn, model.version, model.towers, model.items, history, user, limit,
-                                     exclude_liked, f)  # fmt: skip
+                rows = rec.two_tower(reads, model.version, model.towers, model.items, history, user, limit,
+                                     exclude_liked, unseen)  # fmt: skip
                 return answer(rows, "two_tower", model.version)
-            return answer(rec.popular(conn, user, limit, exclude_liked, f), "popularity", model.version)
-        if forced == "popularity":
-            return answer(rec.popular(conn, user, limit, exclude_liked, f), "popularity", None)
-        has_likes = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM user_video_decisions WHERE user_id = %s AND decision_type = 'like')",
-            (user,),
-        ).fetchone()
-        if has_likes and has_likes[0]:
-            return answer(rec.linear(conn, user, limit, exclude_liked, f), "linear", None)
-        return answer(rec.popular(conn, user, limit, exclude_liked, f), "popularity", None)
+            return answer(rec.popular(reads, user, limit, exclude_liked, unseen), "popularity", model.version)
+        history = load_history(own, user, 0, 0, fresh)
+        unseen = history.unseen(f, exclude_liked)
+        if forced != "popularity" and history.n_likes:
+            return answer(rec.linear(reads, user, limit, exclude_liked, unseen, own=own), "linear", None)
+        return answer(rec.popular(reads, user, limit, exclude_liked, unseen), "popularity", None)
 
-    out = service.run(work)
+    out = service.read(work, model.wal if model is not None else 0)
     out.experiment_arm = arm
     if record:
         service.metrics.answers.labels(out.algorithm).inc()
@@ -79,7 +79,7 @@ def similar(service: Service, model: LoadedModel, video_id: uuid.UUID, limit: in
     """The videos closest to ``video_id`` in the model's generation (NotFound when it has no embedding there)."""
     where = sql.SQL("v.is_active AND e.video_id <> %(video)s")
 
-    def work(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    def work(_: psycopg.Connection[Any], conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         known = conn.execute(
             "SELECT 1 FROM video_embeddings WHERE model_version = %s AND video_id = %s", (model.version, video_id)
         ).fetchone()
@@ -89,7 +89,7 @@ def similar(service: Service, model: LoadedModel, video_id: uuid.UUID, limit: in
         query = ann_query(model.version, model.towers.dim, where, vector.format(sql.Literal(model.version)), limit)
         return fetch_rows(conn, query, {"video": video_id, "limit": limit})
 
-    return answer(service.run(work), "two_tower", model.version)
+    return answer(service.read(work, model.wal), "two_tower", model.version)
 
 
 def decide(service: Service, user: uuid.UUID, body: s.DecisionIn) -> s.DecisionOut:

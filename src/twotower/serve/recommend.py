@@ -13,7 +13,7 @@ import random
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -63,10 +63,16 @@ WITH counts AS (
     (SELECT video_id, decision_type, created_at FROM user_video_decisions
      WHERE user_id = %(user)s AND decision_type = 'nope' ORDER BY created_at DESC LIMIT %(max_nopes)s)
 )
-SELECT c.likes, c.nopes, r.decision_type, r.video_id
+SELECT c.likes, c.nopes, r.decision_type, r.video_id{fresh}
 FROM counts c LEFT JOIN recent r ON true
 ORDER BY r.created_at DESC NULLS LAST
 """
+# the user's decisions of the last seconds, with the history (read_your_writes=primary: a replica may lack them)
+_FRESH = """,
+    (SELECT coalesce(array_agg(f.video_id), '{}') FROM user_video_decisions f WHERE f.user_id = %(user)s
+     AND f.created_at > now() - make_interval(secs => %(fresh)s)) AS fresh,
+    (SELECT coalesce(array_agg(f.video_id), '{}') FROM user_video_decisions f WHERE f.user_id = %(user)s
+     AND f.decision_type = 'nope' AND f.created_at > now() - make_interval(secs => %(fresh)s)) AS fresh_nopes"""
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class Filters:
     makers: tuple[str, ...] = ()
     max_price: float | None = None
     released_after: datetime | None = None
+    exclude_ids: tuple[uuid.UUID, ...] = ()  # besides the user's decisions (their newest, when a replica answers)
 
 
 @dataclass
@@ -84,6 +91,13 @@ class History:
     nopes: list[uuid.UUID] = field(default_factory=list)
     n_likes: int = 0
     n_nopes: int = 0
+    fresh: list[uuid.UUID] = field(default_factory=list)  # decided in the last seconds (when asked for)
+    fresh_nopes: list[uuid.UUID] = field(default_factory=list)
+
+    def unseen(self, filters: Filters, exclude_liked: bool) -> Filters:
+        """``filters`` that also exclude the fresh decisions (all of them, or the nopes), for a replica's read."""
+        fresh = self.fresh if exclude_liked else self.fresh_nopes
+        return replace(filters, exclude_ids=filters.exclude_ids + tuple(fresh)) if fresh else filters
 
     @property
     def empty(self) -> bool:
@@ -97,12 +111,19 @@ class Recommendation:
     model_version: str | None
 
 
-def load_history(conn: psycopg.Connection[Any], user: uuid.UUID, max_likes: int, max_nopes: int) -> History:
-    """Round trip 1: the user's most recent likes and nopes, and their totals."""
-    rows = conn.execute(_HISTORY, {"user": user, "max_likes": max_likes, "max_nopes": max_nopes}).fetchall()
+def load_history(
+    conn: psycopg.Connection[Any], user: uuid.UUID, max_likes: int, max_nopes: int, fresh: float | None = None
+) -> History:
+    """Round trip 1: the user's most recent likes and nopes, and their totals; with ``fresh``, also the videos they
+    decided on in the last ``fresh`` seconds."""
+    query = _HISTORY.format(fresh=_FRESH if fresh is not None else "")
+    params = {"user": user, "max_likes": max_likes, "max_nopes": max_nopes, "fresh": fresh}
+    rows = conn.execute(query, params).fetchall()
     history = History()
-    for likes, nopes, kind, video in rows:
+    for likes, nopes, kind, video, *recent in rows:
         history.n_likes, history.n_nopes = int(likes), int(nopes)
+        if recent:
+            history.fresh, history.fresh_nopes = list(recent[0]), list(recent[1])
         if kind == "like":
             history.likes.append(video)
         elif kind == "nope":
@@ -148,6 +169,8 @@ def _conditions(filters: Filters, user: uuid.UUID | None, exclude_liked: bool) -
         parts.append(sql.SQL("v.price <= %(max_price)s"))
     if filters.released_after is not None:
         parts.append(sql.SQL("v.product_released_at >= %(released_after)s"))
+    if filters.exclude_ids:
+        parts.append(sql.SQL("v.id <> ALL(%(exclude_ids)s::uuid[])"))
     if user is not None:
         kinds = sql.SQL("") if exclude_liked else sql.SQL(" AND d.decision_type = 'nope'")
         parts.append(sql.SQL(
@@ -160,7 +183,7 @@ def _params(filters: Filters, user: uuid.UUID | None, limit: int) -> dict[str, A
     return {
         "exclude_tags": list(filters.exclude_tags), "include_tags": list(filters.include_tags),
         "makers": list(filters.makers), "max_price": filters.max_price, "released_after": filters.released_after,
-        "user": user, "limit": limit,
+        "user": user, "limit": limit, "exclude_ids": list(filters.exclude_ids),
     }  # fmt: skip
 
 
@@ -334,12 +357,15 @@ class Recommender:
         return self.listed(conn, candidates, user, limit, exclude_liked, filters)
 
     def linear(
-        self, conn: psycopg.Connection[Any], user: uuid.UUID, limit: int, exclude_liked: bool, filters: Filters
-    ) -> list[dict[str, Any]]:
-        """The simple linear model: the user's liked-tag profile · each video's normalised tag vector."""
+        self, conn: psycopg.Connection[Any], user: uuid.UUID, limit: int, exclude_liked: bool, filters: Filters,
+        own: psycopg.Connection[Any] | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """The simple linear model: the user's liked-tag profile · each video's normalised tag vector. ``own``: the
+        connection that reads the user's likes, when not ``conn`` (a read replica's)."""
         k = 20 * limit + 200
+        own = own or conn
         if self.tags.ready:  # scored in memory (the server builds it while no model is loaded)
-            candidates = self.tags.candidates(conn, user, k)
+            candidates = self.tags.candidates(own, user, k)
         else:
-            candidates = [(r[0], float(r[1])) for r in conn.execute(_LINEAR_CANDIDATES, {"user": user, "k": k})]
+            candidates = [(r[0], float(r[1])) for r in own.execute(_LINEAR_CANDIDATES, {"user": user, "k": k})]
         return self.listed(conn, candidates, user, limit, exclude_liked, filters)

@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from twotower.db import Database
+from twotower.db.replicas import wal_position
 from twotower.inference.items import ItemIndex
 from twotower.inference.towers import OnnxTowers
 from twotower.registry import experiments
@@ -52,6 +53,7 @@ class LoadedModel:
     towers: OnnxTowers
     items: ItemIndex
     loaded_at: float
+    wal: int = 0  # the primary's WAL position when it was loaded: a read replica answers it once it has replayed this
 
 
 @dataclass(frozen=True)
@@ -139,9 +141,10 @@ class ModelHolder:
         return changed
 
     def _load(self, conn: psycopg.Connection[Any], version: str) -> LoadedModel:
+        position = wal_position(conn)  # the version's rows (its embeddings) were committed before this
         directory = fetch(self.store, version, self.cache_dir)
         towers = OnnxTowers(directory, threads=self.threads)
-        return LoadedModel(version, towers, ItemIndex.open(directory, conn, towers.pipeline), time.time())
+        return LoadedModel(version, towers, ItemIndex.open(directory, conn, towers.pipeline), time.time(), position)
 
     @staticmethod
     def _updated(conn: psycopg.Connection[Any], model: LoadedModel) -> LoadedModel:

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import psycopg
 
 from twotower.db import Database, locks
+from twotower.db.replicas import ReadReplicas, Replica, replayed, wal_position
+from twotower.errors import DatabaseUnavailable
 from twotower.monitor.experiment import check_experiment
 from twotower.registry.store import open_store
 from twotower.serve.auth import Authenticator
@@ -27,6 +29,7 @@ __all__ = ["Service", "serving_session"]
 
 log = logging.getLogger("twotower.serve")
 T = TypeVar("T")
+Conn = psycopg.Connection[Any]
 
 
 class Service:
@@ -41,6 +44,7 @@ class Service:
         self.recommender = Recommender(self.popularity)
         self.metrics = Metrics.create()
         self.served: ServedLog | None = None
+        self.replicas: ReadReplicas | None = None
         self._experiment_due = 0.0
 
     def start(self) -> None:
@@ -48,6 +52,10 @@ class Service:
         self.db = Database.open(settings, migrate=False, check=False)  # the database may be down: /readyz says so
         self.db.autocommit = True  # one statement per round trip, no COMMIT round trip
         self.db.session = serving_session(settings)
+        if settings.read_urls:
+            self.replicas = ReadReplicas(self.db, settings, self.db.session)
+            self.replicas.look()  # before the first request: which replicas are usable
+            self.replicas.start()
         cache = settings.model_cache_dir
         self.holder = ModelHolder(self.db, open_store(settings), cache, poll_seconds=settings.serve_model_poll_seconds,
                                   threads=settings.serve_onnx_threads, on_poll=self._poll)  # fmt: skip
@@ -87,6 +95,8 @@ class Service:
             holder.refresh()  # this process at once; the others on the notification
 
     def stop(self) -> None:
+        if self.replicas is not None:
+            self.replicas.stop()
         if self.served is not None:
             self.served.stop()
         if self.holder is not None:
@@ -113,6 +123,81 @@ class Service:
                     raise
                 self.db.pool.check()  # drop every dead idle connection before the retry
         raise AssertionError("unreachable")
+
+    def read(self, work: Callable[[Conn, Conn], T], position: int = 0) -> T:
+        """Run ``work(own, reads)``: ``own`` reads the user's own decisions, ``reads`` runs the ANN and catalog
+        reads. On a usable read replica that has replayed ``position``, ``reads`` is a replica's connection and
+        ``own`` the primary's (read_your_writes=primary), or both the replica's once it has replayed what the
+        primary had written (read_your_writes=wait). Without one, or when the replica fails, the primary runs
+        both."""
+        replica = self.replicas.pick(position) if self.replicas is not None else None
+        if replica is None:
+            self.metrics.reads.labels("primary", "no_replica").inc()
+            return self.run(lambda conn: work(conn, conn))
+        try:
+            return self._on_replica(replica, work)
+        except _ReplicaFailed as failed:
+            if failed.cause is None:
+                self.metrics.reads.labels("primary", "replica_behind").inc()
+            elif isinstance(failed.cause, psycopg.errors.SerializationFailure):  # one query cancelled by recovery
+                self.metrics.reads.labels("primary", "replica_conflict").inc()
+            else:
+                replica.failed(failed.cause)
+                self.metrics.reads.labels("primary", "replica_failed").inc()
+        return self.run(lambda conn: work(conn, conn))
+
+    def _on_replica(self, replica: Replica, work: Callable[[Conn, Conn], T]) -> T:
+        settings = self.settings
+        try:
+            with replica.db.connection(timeout=min(settings.serve_db_timeout, _REPLICA_WAIT)) as reads:
+                if settings.read_your_writes == "wait":
+                    target = self.run(wal_position)
+                    if not _guard(reads, lambda _, conn: _caught_up(conn, target, settings.read_wait_ms / 1000)):
+                        raise _ReplicaFailed(None)  # the replica is not broken: the primary answers this one
+                    result = _guard(reads, work, reads)
+                else:
+                    result = self.run(lambda own: _guard(reads, work, own))
+        except DatabaseUnavailable as exc:  # no connection to the replica within the wait
+            raise _ReplicaFailed(exc) from None
+        self.metrics.reads.labels(replica.name, "ok").inc()
+        return result
+
+
+_REPLICA_WAIT = 0.25  # seconds for a replica's pooled connection, then the primary answers
+
+
+class _ReplicaFailed(Exception):
+    """A read replica could not answer (``cause``), or had not caught up (``None``)."""
+
+    def __init__(self, cause: BaseException | None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _guard(reads: Conn, work: Callable[[Conn, Conn], T], own: Conn | None = None) -> T:
+    """``work`` with the replica's failures told apart from the primary's (which ``Service.run`` retries)."""
+    try:
+        return work(reads if own is None else own, reads)
+    except psycopg.Error as exc:
+        if reads.broken or _replica_error(exc):
+            raise _ReplicaFailed(exc) from None
+        raise
+
+
+def _replica_error(exc: psycopg.Error) -> bool:
+    """Errors of a standby: a query cancelled by recovery (40001), the server shutting down or restarting."""
+    return isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.AdminShutdown |
+                      psycopg.errors.CannotConnectNow | psycopg.errors.ReadOnlySqlTransaction)  # fmt: skip
+
+
+def _caught_up(conn: Conn, target: int, wait: float) -> bool:
+    """Whether the replica replays ``target`` within ``wait`` seconds (asked every 2 ms)."""
+    deadline = time.monotonic() + wait
+    while replayed(conn) < target:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+    return True
 
 
 def serving_session(settings: Settings) -> dict[str, str]:

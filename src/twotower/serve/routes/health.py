@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,11 +30,17 @@ def readyz(service: ServiceDep) -> Response:
     state = service.holder.readiness()
     if not state.ready:
         return error_response(503, "not_ready", state.reason or "not ready", {"Retry-After": "1"})
-    body = {"status": "ready", "model_version": state.serving, "active_version": state.active,
+    body: dict[str, Any] = {"status": "ready", "model_version": state.serving, "active_version": state.active,
             "algorithm": "two_tower" if state.serving else "fallback", "note": state.reason}  # fmt: skip
+    if service.replicas is not None:  # a replica down or behind does not make the server unready: the primary reads
+        body["replicas"] = service.replicas.status()
     return JSONResponse(body)
 
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(service: ServiceDep) -> Response:
+    for replica in service.replicas.status() if service.replicas is not None else []:
+        lag = replica["lag_seconds"]
+        service.metrics.replica_lag.labels(replica["name"]).set(-1 if lag is None else lag)
+        service.metrics.replica_usable.labels(replica["name"]).set(1 if replica["usable"] else 0)
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
