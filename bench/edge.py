@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write
 
 from serve import SECRET, _drive, _environment, _quiet, _server, _summary, _wait_ready
-from twotower.db.database import as_url
+from twotower.db.conninfo import as_url
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTIONS = ROOT / "supabase" / "functions"

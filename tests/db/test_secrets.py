@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from twotower.db.database import redact, scrub
+from twotower.db.conninfo import redact, scrub
 
 # (URL, the password's distinctive pieces that must never be printed)
 URLS = [

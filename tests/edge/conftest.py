@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import database_copy, free_port
 from tests.serve.conftest import SECRET, ServerThread, jwks_url, keys, serve_settings  # noqa: F401 (fixtures)
 from twotower.db import Database
-from twotower.db.database import as_url
+from twotower.db.conninfo import as_url
 from twotower.export import export_model
 from twotower.pipeline.deploy import DeployOptions, deploy
 from twotower.registry import LocalStore

@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import database_copy, free_port
 from tests.serve.conftest import SECRET, ServerThread, bearer, serve_settings
 from twotower.db import Database
-from twotower.db.database import as_url
+from twotower.db.conninfo import as_url
 from twotower.errors import ExperimentRunning, InputError, NotFound, RollbackRefused
 from twotower.export import export_model
 from twotower.monitor.experiment import check_experiment

@@ -269,5 +269,35 @@ def test_a_version_promoted_on_the_primary_is_served_once_the_replica_has_it(rep
             for user in _users(replicated.primary, 20):
                 assert _recommend(client, user)["model_version"] == "w"
         resumed = _reads(base) - start
-    assert paused == Counter({("primary", "no_replica"): 20}), paused
+    assert paused == Counter({("primary", "replica_unusable"): 20}), paused
     assert resumed == Counter({("replica-1", "ok"): 20}), resumed
+
+
+def test_a_replica_behind_at_start_is_not_used_until_its_lag_is_known(replicated: Replicated) -> None:
+    """A process that starts while the replica is behind knows only the primary's position now: the replica's lag
+    is unknown (it may be hours), so it takes no reads until it has replayed a position this process saw written."""
+    from twotower.db.replicas import ReadReplicas
+
+    settings = _settings(replicated, read_max_lag_seconds=120)
+    with psycopg.connect(replicated.replica, autocommit=True) as standby:
+        standby.execute("SELECT pg_wal_replay_pause()")
+        try:
+            with psycopg.connect(replicated.primary, autocommit=True) as primary:
+                primary.execute("UPDATE videos SET updated_at = updated_at WHERE id = (SELECT id FROM videos LIMIT 1)")
+            _wait(lambda: _standby_received(standby), "the standby to receive the write")
+            with Database(replicated.primary, settings) as db:
+                replicas = ReadReplicas(db, settings, {})
+                try:
+                    replicas.look()
+                    [state] = replicas.status()
+                    assert state["state"] == "lagging" and state["lag_seconds"] is None and not state["usable"]
+                    assert replicas.pick() is None
+                finally:
+                    replicas.stop()
+        finally:
+            standby.execute("SELECT pg_wal_replay_resume()")
+
+
+def _standby_received(standby: psycopg.Connection[Any]) -> bool:
+    row = standby.execute("SELECT pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()").fetchone()
+    return bool(row and row[0])

@@ -54,7 +54,7 @@ def simulate(
     elif settings.jwt_secret is None:
         raise ConfigError("set TWOTOWER_JWT_SECRET to the API's JWT secret: the simulated users sign in with tokens "
                           "signed by it")  # fmt: skip
-    from twotower.db.database import as_url
+    from twotower.db.conninfo import as_url
     from twotower.demo.api import background_server
     from twotower.serve.auth import mint_token
 

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg import sql
 
@@ -13,11 +16,20 @@ from twotower.errors import NotFound
 from twotower.features.catalog import Catalog
 from twotower.registry.generations import generation_table
 from twotower.serve import schemas as s
-from twotower.serve.recommend import Algorithm, Filters, ann_query, fetch_rows, load_history
+from twotower.serve.recommend import Algorithm, Filters, History, ann_query, fetch_rows, load_history, user_embedding
 from twotower.serve.runtime import LoadedModel
 from twotower.serve.service import Service
 
 __all__ = ["answer", "decide", "embed_items", "embed_user", "filters", "ping", "quality", "recommend", "similar"]
+
+
+@dataclass(frozen=True)
+class _Own:
+    """What a recommendation reads and computes from the user's own decisions (on the primary)."""
+
+    history: History
+    vector: npt.NDArray[np.float32] | None  # the user tower's output (two_tower with history)
+    linear: list[tuple[uuid.UUID, float]] | None  # the linear fallback's candidates (a user with likes)
 
 
 def ping(service: Service) -> None:
@@ -41,29 +53,35 @@ def recommend(service: Service, user: uuid.UUID, limit: int, exclude_liked: bool
     for a user without history; during an experiment, from the model of the user's arm. ``record``: count the
     answer and log it (with its experiment and arm) for the live like-rate and the experiment's measurement."""
     model, experiment, arm = service.holder.answering(user) if service.holder else (None, None, None)
-    replicas = service.replicas
+    rec = service.recommender
+    two_tower = model is not None and service.settings.serve_algorithm == "auto"
 
-    def work(own: psycopg.Connection[Any], reads: psycopg.Connection[Any]) -> s.RecommendationsOut:
-        # own: the user's decisions (the primary); reads: the ANN and catalog reads (a replica, or the same one)
-        fresh = replicas.fresh_seconds() if replicas is not None and own is not reads else None
-        rec = service.recommender
-        forced = service.settings.serve_algorithm
-        if model is not None and forced == "auto":
+    def own(conn: psycopg.Connection[Any], fresh: float | None) -> _Own:
+        """Phase 1, on the primary: the user's decisions (and, with ``fresh``, those of its last seconds), and what
+        is computed from them: the user vector, or the linear model's candidates."""
+        if two_tower:
+            assert model is not None
             cfg = model.towers.history
-            history = load_history(own, user, cfg.max_likes, cfg.max_nopes, fresh)
-            unseen = history.unseen(f, exclude_liked)
-            if not history.empty:
-                rows = rec.two_tower(reads, model.version, model.towers, model.items, history, user, limit,
-                                     exclude_liked, unseen)  # fmt: skip
-                return answer(rows, "two_tower", model.version)
-            return answer(rec.popular(reads, user, limit, exclude_liked, unseen), "popularity", model.version)
-        history = load_history(own, user, 0, 0, fresh)
-        unseen = history.unseen(f, exclude_liked)
-        if forced != "popularity" and history.n_likes:
-            return answer(rec.linear(reads, user, limit, exclude_liked, unseen, own=own), "linear", None)
-        return answer(rec.popular(reads, user, limit, exclude_liked, unseen), "popularity", None)
+            history = load_history(conn, user, cfg.max_likes, cfg.max_nopes, fresh)
+            vector = None if history.empty else user_embedding(model.towers, model.items, conn, history)
+            return _Own(history, vector, None)
+        history = load_history(conn, user, 0, 0, fresh)
+        linear = service.settings.serve_algorithm != "popularity" and history.n_likes > 0
+        return _Own(history, None, rec.linear_candidates(conn, user, limit) if linear else None)
 
-    out = service.read(work, model.wal if model is not None else 0)
+    def reads(conn: psycopg.Connection[Any], mine: _Own) -> s.RecommendationsOut:
+        """Phase 2, on a read replica (or the primary): the ANN or catalog query."""
+        unseen = mine.history.unseen(f, exclude_liked)
+        version = model.version if two_tower and model is not None else None
+        if mine.vector is not None and model is not None:
+            rows = rec.nearest(conn, model.version, model.towers.dim, mine.vector, user, limit, exclude_liked,
+                               unseen)  # fmt: skip
+            return answer(rows, "two_tower", model.version)
+        if mine.linear is not None:
+            return answer(rec.listed(conn, mine.linear, user, limit, exclude_liked, unseen), "linear", None)
+        return answer(rec.popular(conn, user, limit, exclude_liked, unseen), "popularity", version)
+
+    out = service.read(own, reads, model.wal if model is not None else 0)
     out.experiment_arm = arm
     if record:
         service.metrics.answers.labels(out.algorithm).inc()
@@ -79,7 +97,7 @@ def similar(service: Service, model: LoadedModel, video_id: uuid.UUID, limit: in
     """The videos closest to ``video_id`` in the model's generation (NotFound when it has no embedding there)."""
     where = sql.SQL("v.is_active AND e.video_id <> %(video)s")
 
-    def work(_: psycopg.Connection[Any], conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    def work(conn: psycopg.Connection[Any], _: None) -> list[dict[str, Any]]:
         known = conn.execute(
             "SELECT 1 FROM video_embeddings WHERE model_version = %s AND video_id = %s", (model.version, video_id)
         ).fetchone()
@@ -89,7 +107,7 @@ def similar(service: Service, model: LoadedModel, video_id: uuid.UUID, limit: in
         query = ann_query(model.version, model.towers.dim, where, vector.format(sql.Literal(model.version)), limit)
         return fetch_rows(conn, query, {"video": video_id, "limit": limit})
 
-    return answer(service.read(work, model.wal), "two_tower", model.version)
+    return answer(service.read(lambda conn, fresh: None, work, model.wal), "two_tower", model.version)
 
 
 def decide(service: Service, user: uuid.UUID, body: s.DecisionIn) -> s.DecisionOut:
@@ -113,7 +131,6 @@ def decide(service: Service, user: uuid.UUID, body: s.DecisionIn) -> s.DecisionO
 
 def embed_user(service: Service, model: LoadedModel, user: uuid.UUID) -> s.EmbeddingOut:
     """The user's embedding from their decisions now, stored for the model's version."""
-    from twotower.serve.recommend import user_embedding
 
     def work(conn: psycopg.Connection[Any]) -> s.EmbeddingOut:
         cfg = model.towers.history

@@ -335,9 +335,16 @@ class Recommender:
         user: uuid.UUID, limit: int, exclude_liked: bool, filters: Filters,
     ) -> list[dict[str, Any]]:  # fmt: skip
         vector = user_embedding(towers, items, conn, history)
+        return self.nearest(conn, version, towers.dim, vector, user, limit, exclude_liked, filters)
+
+    def nearest(
+        self, conn: psycopg.Connection[Any], version: str, dim: int, vector: npt.NDArray[np.float32],
+        user: uuid.UUID | None, limit: int, exclude_liked: bool, filters: Filters,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """The ANN query for a user vector (the part a read replica runs)."""
         where = _conditions(filters, user, exclude_liked)
         params = {**_params(filters, user, limit), "q": vector}
-        return fetch_rows(conn, ann_query(version, towers.dim, where, sql.SQL("%(q)s"), limit), params)
+        return fetch_rows(conn, ann_query(version, dim, where, sql.SQL("%(q)s"), limit), params)
 
     def listed(
         self, conn: psycopg.Connection[Any], candidates: list[tuple[uuid.UUID, float]], user: uuid.UUID | None,
@@ -357,15 +364,17 @@ class Recommender:
         return self.listed(conn, candidates, user, limit, exclude_liked, filters)
 
     def linear(
-        self, conn: psycopg.Connection[Any], user: uuid.UUID, limit: int, exclude_liked: bool, filters: Filters,
-        own: psycopg.Connection[Any] | None = None,
-    ) -> list[dict[str, Any]]:  # fmt: skip
-        """The simple linear model: the user's liked-tag profile · each video's normalised tag vector. ``own``: the
-        connection that reads the user's likes, when not ``conn`` (a read replica's)."""
-        k = 20 * limit + 200
-        own = own or conn
-        if self.tags.ready:  # scored in memory (the server builds it while no model is loaded)
-            candidates = self.tags.candidates(own, user, k)
-        else:
-            candidates = [(r[0], float(r[1])) for r in own.execute(_LINEAR_CANDIDATES, {"user": user, "k": k})]
+        self, conn: psycopg.Connection[Any], user: uuid.UUID, limit: int, exclude_liked: bool, filters: Filters
+    ) -> list[dict[str, Any]]:
+        """The simple linear model: the user's liked-tag profile · each video's normalised tag vector."""
+        candidates = self.linear_candidates(conn, user, limit)
         return self.listed(conn, candidates, user, limit, exclude_liked, filters)
+
+    def linear_candidates(
+        self, conn: psycopg.Connection[Any], user: uuid.UUID, limit: int
+    ) -> list[tuple[uuid.UUID, float]]:
+        """The linear model's candidates from the user's likes (read on ``conn``: the primary's, with replicas)."""
+        k = 20 * limit + 200
+        if self.tags.ready:  # scored in memory (the server builds it while no model is loaded)
+            return self.tags.candidates(conn, user, k)
+        return [(r[0], float(r[1])) for r in conn.execute(_LINEAR_CANDIDATES, {"user": user, "k": k})]

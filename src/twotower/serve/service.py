@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from twotower.db import Database, locks
-from twotower.db.replicas import ReadReplicas, Replica, replayed, wal_position
+from twotower.db.replicas import ReadReplicas, replayed, wal_position
 from twotower.errors import DatabaseUnavailable
 from twotower.monitor.experiment import check_experiment
 from twotower.registry.store import open_store
@@ -29,6 +29,7 @@ __all__ = ["Service", "serving_session"]
 
 log = logging.getLogger("twotower.serve")
 T = TypeVar("T")
+M = TypeVar("M")
 Conn = psycopg.Connection[Any]
 
 
@@ -49,9 +50,9 @@ class Service:
 
     def start(self) -> None:
         settings = self.settings
-        self.db = Database.open(settings, migrate=False, check=False)  # the database may be down: /readyz says so
-        self.db.autocommit = True  # one statement per round trip, no COMMIT round trip
-        self.db.session = serving_session(settings)
+        # the database may be down: /readyz says so
+        self.db = Database.open(settings, migrate=False, check=False, session=serving_session(settings),
+                                autocommit=True)  # fmt: skip
         if settings.read_urls:
             self.replicas = ReadReplicas(self.db, settings, self.db.session)
             self.replicas.look()  # before the first request: which replicas are usable
@@ -124,70 +125,52 @@ class Service:
                 self.db.pool.check()  # drop every dead idle connection before the retry
         raise AssertionError("unreachable")
 
-    def read(self, work: Callable[[Conn, Conn], T], position: int = 0) -> T:
-        """Run ``work(own, reads)``: ``own`` reads the user's own decisions, ``reads`` runs the ANN and catalog
-        reads. On a usable read replica that has replayed ``position``, ``reads`` is a replica's connection and
-        ``own`` the primary's (read_your_writes=primary), or both the replica's once it has replayed what the
-        primary had written (read_your_writes=wait). Without one, or when the replica fails, the primary runs
-        both."""
-        replica = self.replicas.pick(position) if self.replicas is not None else None
+    def read(self, own: Callable[[Conn, float | None], M], reads: Callable[[Conn, M], T], position: int = 0) -> T:
+        """A request in two phases: ``own(conn, fresh)`` reads the user's own decisions, ``reads(conn, mine)`` the
+        ANN and catalog reads. Without a usable read replica (one that has replayed ``position``), both run on one
+        primary connection. With one: read_your_writes=primary runs ``own`` on the primary (with ``fresh``, the
+        seconds a replica may lack) and ``reads`` on the replica; wait runs both on the replica once it has
+        replayed the primary's position. Whatever fails on the replica is run again on the primary."""
+        replicas = self.replicas
+        replica = replicas.pick(position) if replicas is not None else None
         if replica is None:
-            self.metrics.reads.labels("primary", "no_replica").inc()
-            return self.run(lambda conn: work(conn, conn))
+            self.metrics.reads.labels("primary", "no_replica" if replicas is None else "replica_unusable").inc()
+            return self.run(lambda conn: reads(conn, own(conn, None)))
+        wait = self.settings.read_your_writes == "wait"
+        target = self.run(wal_position) if wait else 0
+        mine = None if wait else self.run(lambda conn: own(conn, replicas.fresh_seconds()))  # type: ignore[union-attr]
+        reason = "replica_failed"
         try:
-            return self._on_replica(replica, work)
-        except _ReplicaFailed as failed:
-            if failed.cause is None:
-                self.metrics.reads.labels("primary", "replica_behind").inc()
-            elif isinstance(failed.cause, psycopg.errors.SerializationFailure):  # one query cancelled by recovery
-                self.metrics.reads.labels("primary", "replica_conflict").inc()
+            with replica.db.connection(timeout=min(self.settings.serve_db_timeout, _REPLICA_WAIT)) as conn:
+                if wait:
+                    if not _caught_up(conn, target, self.settings.read_wait_ms / 1000):
+                        raise _Behind
+                    mine = own(conn, None)
+                result = reads(conn, mine)  # type: ignore[arg-type]
+        except _Behind:
+            reason = "replica_behind"
+        except DatabaseUnavailable:  # no replica connection within the wait: busy, or down (the looks will say)
+            reason = "replica_busy"
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, _ONE_QUERY):
+                replica.failed(exc)  # its connection broke: skipped until a look finds it well
             else:
-                replica.failed(failed.cause)
-                self.metrics.reads.labels("primary", "replica_failed").inc()
-        return self.run(lambda conn: work(conn, conn))
-
-    def _on_replica(self, replica: Replica, work: Callable[[Conn, Conn], T]) -> T:
-        settings = self.settings
-        try:
-            with replica.db.connection(timeout=min(settings.serve_db_timeout, _REPLICA_WAIT)) as reads:
-                if settings.read_your_writes == "wait":
-                    target = self.run(wal_position)
-                    if not _guard(reads, lambda _, conn: _caught_up(conn, target, settings.read_wait_ms / 1000)):
-                        raise _ReplicaFailed(None)  # the replica is not broken: the primary answers this one
-                    result = _guard(reads, work, reads)
-                else:
-                    result = self.run(lambda own: _guard(reads, work, own))
-        except DatabaseUnavailable as exc:  # no connection to the replica within the wait
-            raise _ReplicaFailed(exc) from None
-        self.metrics.reads.labels(replica.name, "ok").inc()
-        return result
+                reason = "replica_error"  # one query cancelled (recovery conflict, timeout): the primary retries it
+        else:
+            self.metrics.reads.labels(replica.name, "ok").inc()
+            return result
+        self.metrics.reads.labels("primary", reason).inc()
+        if wait or mine is None:
+            return self.run(lambda conn: reads(conn, own(conn, None)))
+        return self.run(lambda conn: reads(conn, mine))
 
 
 _REPLICA_WAIT = 0.25  # seconds for a replica's pooled connection, then the primary answers
+_ONE_QUERY = (psycopg.errors.QueryCanceled, psycopg.errors.SerializationFailure)
 
 
-class _ReplicaFailed(Exception):
-    """A read replica could not answer (``cause``), or had not caught up (``None``)."""
-
-    def __init__(self, cause: BaseException | None) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-def _guard(reads: Conn, work: Callable[[Conn, Conn], T], own: Conn | None = None) -> T:
-    """``work`` with the replica's failures told apart from the primary's (which ``Service.run`` retries)."""
-    try:
-        return work(reads if own is None else own, reads)
-    except psycopg.Error as exc:
-        if reads.broken or _replica_error(exc):
-            raise _ReplicaFailed(exc) from None
-        raise
-
-
-def _replica_error(exc: psycopg.Error) -> bool:
-    """Errors of a standby: a query cancelled by recovery (40001), the server shutting down or restarting."""
-    return isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.AdminShutdown |
-                      psycopg.errors.CannotConnectNow | psycopg.errors.ReadOnlySqlTransaction)  # fmt: skip
+class _Behind(Exception):
+    """The replica had not replayed the primary's position within read_wait_ms."""
 
 
 def _caught_up(conn: Conn, target: int, wait: float) -> bool:

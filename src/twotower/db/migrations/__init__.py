@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from twotower.db import locks
+from twotower.db.adapters import register_adapters
 from twotower.errors import MigrationError
 
 __all__ = ["Migration", "MigrationStatus", "UpgradeResult", "discover", "status", "upgrade"]
@@ -177,8 +178,5 @@ def upgrade(conn: psycopg.Connection[Any]) -> UpgradeResult:
             conn.rollback()
             locks.unlock(conn, LOCK)
             conn.commit()
-    # the vector type may have just been created: register the adapters on this connection too
-    from twotower.db.database import _configure
-
-    _configure(conn)
+    register_adapters(conn)  # the vector type may have just been created: its adapters on this connection too
     return result
