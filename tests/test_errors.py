@@ -45,3 +45,40 @@ def test_the_readme_lists_every_exit_code_and_only_those() -> None:
     for cls in _classes():
         assert cls.code and re.fullmatch(r"[a-z_]+", cls.code), cls
         assert 400 <= cls.http_status <= 599, cls
+
+
+def test_errors_are_imported_from_their_one_home() -> None:
+    """``from twotower.errors import ...`` everywhere: no module re-exports an error class for others to import."""
+    names = set(errors.__all__)
+    elsewhere = []
+    for folder in ("src", "tests", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("twotower") and \
+                        node.module != "twotower.errors":  # fmt: skip
+                    elsewhere += [f"{path.relative_to(ROOT)}: {a.name} from {node.module}" for a in node.names
+                                  if a.name in names]  # fmt: skip
+    assert not elsewhere, elsewhere
+
+
+def test_one_table_reports_library_exceptions_for_both_edges() -> None:
+    """The rows the HTTP layer and the CLI read: most specific first, public messages that name no server."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    rows = {
+        PoolTimeout("x"): (503, "database_unavailable", 69, True),
+        psycopg.errors.QueryCanceled("x"): (503, "timeout", 69, True),
+        psycopg.errors.UndefinedTable("x"): (503, "schema_missing", 78, False),
+        psycopg.OperationalError("connection to server at 10.0.0.7 failed"): (503, "database_unavailable", 69, True),
+        psycopg.errors.NumericValueOutOfRange("x"): (422, "invalid_request", 65, False),
+        errors.NotFound("no such video"): (404, "not_found", 66, False),
+        errors.DatabaseUnavailable("cannot connect to the database at u@db.internal:5432/app"): (
+            503, "database_unavailable", 69, True),
+    }  # fmt: skip
+    for exc, expected in rows.items():
+        row = errors.report(exc)
+        assert row is not None and (row.status, row.code, row.exit_code, row.retry) == expected, (exc, row)
+        assert "10.0.0.7" not in (row.public or "") and "db.internal" not in (row.public or "")
+    assert errors.report(ValueError("a bug")) is None  # an internal error: 500 / exit 70
+    assert set(errors.reported_types()) >= {errors.TwoTowerError, PoolTimeout, psycopg.OperationalError}

@@ -27,11 +27,20 @@ The edges translate it: the CLI prints ``error: <message>`` on one line and exit
     ├── DeployInProgress         75  another deploy runs
     ├── DemoError                70  the demo could not finish
     └── (HTTP only) Unauthorized 401, Forbidden 403, AuthUnavailable 503, ModelUnavailable 503
+
+:func:`report` is the one table both edges read: for an exception of this tree or one of the few library
+exceptions that can escape a command or a request (the pool's timeout, a dropped connection, a cancelled query,
+a missing schema, a value out of range), the HTTP status and body code, the exit code, whether a retry may
+succeed, and the message a client sees where the exception's own would show a server's name.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cache
+
 __all__ = [
+    "DB_DOWN",
     "ArtifactError",
     "AuthUnavailable",
     "ConfigError",
@@ -50,6 +59,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "QualityGateFailed",
+    "Report",
     "RollbackRefused",
     "StoreError",
     "SyncInProgress",
@@ -57,6 +67,8 @@ __all__ = [
     "Unauthorized",
     "UpstreamError",
     "VersionConflict",
+    "report",
+    "reported_types",
 ]
 
 
@@ -221,3 +233,51 @@ class Forbidden(TwoTowerError):
 class DemoError(TwoTowerError):
     code = "demo_failed"
     exit_code = 70
+
+
+DB_DOWN = "the database is unavailable; retry shortly"
+
+
+@dataclass(frozen=True)
+class Report:
+    """How the edges report an exception. ``public``: what an HTTP client is told instead of the exception's own
+    message (which may name a server); ``prefix``: what the CLI prints before a library exception's text."""
+
+    status: int
+    code: str
+    exit_code: int
+    retry: bool = False
+    public: str | None = None
+    prefix: str = ""
+
+
+def report(exc: BaseException) -> Report | None:
+    """The row of the table for ``exc`` (None: not one the edges expect, an internal error)."""
+    if isinstance(exc, TwoTowerError):
+        public = DB_DOWN if isinstance(exc, DatabaseUnavailable) else None
+        return Report(exc.http_status, exc.code, exc.exit_code, exc.http_status == 503, public)
+    return next((row for kind, row in _library() if isinstance(exc, kind)), None)
+
+
+def reported_types() -> tuple[type[BaseException], ...]:
+    """Every exception type the table has a row for."""
+    return (TwoTowerError, *(kind for kind, _ in _library()))
+
+
+@cache
+def _library() -> tuple[tuple[type[BaseException], Report], ...]:
+    """Library exceptions, most specific first (QueryCanceled is an OperationalError)."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    schema = "the database has no twotower schema: run `twotower db upgrade` first"
+    return (
+        (PoolTimeout, Report(503, "database_unavailable", 69, True, DB_DOWN, "no database connection: ")),
+        (psycopg.errors.QueryCanceled, Report(503, "timeout", 69, True, "the query took too long; retry shortly",
+                                              "a query took too long: ")),
+        (psycopg.errors.UndefinedTable, Report(503, "schema_missing", 78, False, schema, f"{schema} (")),
+        (psycopg.OperationalError, Report(503, "database_unavailable", 69, True, DB_DOWN,
+                                          "lost the database connection: ")),
+        (psycopg.DataError, Report(422, "invalid_request", 65, False,
+                                   "a value in the request is out of range for the database", "invalid value: ")),
+    )  # fmt: skip

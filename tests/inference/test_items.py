@@ -13,9 +13,10 @@ import psycopg
 import pytest
 
 from tests.conftest import DEPLOYED_TEMPLATE, DEPLOYED_VIDEOS, database_copy
+from twotower.errors import ArtifactError
 from twotower.features.pipeline import FeaturePipeline
 from twotower.inference.items import ITEMS_FILE, ItemIndex
-from twotower.registry.store import ArtifactError, verify_directory
+from twotower.registry.store import verify_directory
 
 FIELDS = ("item_id", "tags", "performers", "categorical", "numeric")
 

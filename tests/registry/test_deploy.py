@@ -24,20 +24,20 @@ from psycopg.conninfo import make_conninfo
 
 from tests.conftest import _drop_db, database_copy, seed_template
 from twotower.db import Database
-from twotower.export import export_model
-from twotower.monitor import Thresholds
-from twotower.pipeline.deploy import (
+from twotower.errors import (
+    ArtifactError,
     DeployFailed,
     DeployInProgress,
-    DeployOptions,
-    DeployResult,
     EmbeddingAlerts,
     QualityGateFailed,
+    RollbackRefused,
     VersionConflict,
-    deploy,
 )
-from twotower.registry import ArtifactError, LocalStore, S3Store
-from twotower.registry.versions import NOTIFY_CHANNEL, RollbackRefused, hnsw_index_name, process_actor, rollback
+from twotower.export import export_model
+from twotower.monitor import Thresholds
+from twotower.pipeline.deploy import DeployOptions, DeployResult, deploy
+from twotower.registry import LocalStore, S3Store
+from twotower.registry.versions import NOTIFY_CHANNEL, hnsw_index_name, process_actor, rollback
 from twotower.settings import Settings
 from twotower.synth import SynthConfig
 from twotower.train.run import TrainOptions, train

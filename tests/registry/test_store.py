@@ -10,8 +10,8 @@ from typing import Any
 import boto3
 import pytest
 
-from twotower.errors import InputError, NotFound
-from twotower.registry import ArtifactError, ArtifactStore, LocalStore, S3Store
+from twotower.errors import ArtifactError, InputError, NotFound
+from twotower.registry import ArtifactStore, LocalStore, S3Store
 
 
 def _s3_client(endpoint: str) -> Any:

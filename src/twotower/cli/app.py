@@ -8,7 +8,6 @@ import signal
 import sys
 from types import FrameType
 
-import psycopg
 import typer
 
 from twotower import __version__
@@ -29,7 +28,7 @@ from twotower.cli import (
     tune_cmds,
 )  # fmt: skip
 from twotower.cli.console import err
-from twotower.errors import ImportRejected, TwoTowerError
+from twotower.errors import ImportRejected, TwoTowerError, report
 
 __all__ = ["app", "main"]
 
@@ -106,15 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     except TwoTowerError as exc:
         err.print(f"error: {exc.message}", highlight=False, markup=False)
         sys.exit(exc.exit_code)
-    except psycopg.errors.UndefinedTable:
-        err.print("error: the database has no twotower schema: run `twotower db upgrade` first", highlight=False,
-                  markup=False)  # fmt: skip
-        sys.exit(78)
-    except psycopg.OperationalError as exc:
-        text = " ".join(str(exc).split())
-        err.print(f"error: lost the database connection: {text}", highlight=False, markup=False)
-        sys.exit(69)
     except Exception as exc:
+        row = report(exc)  # a library exception the table knows (the database went away, say)
+        if row is not None and not os.environ.get("TWOTOWER_DEBUG"):
+            text = " ".join(str(exc).split())
+            close = ")" if row.prefix.endswith("(") else ""
+            err.print(f"error: {row.prefix}{text}{close}", highlight=False, markup=False)
+            sys.exit(row.exit_code)
         if os.environ.get("TWOTOWER_DEBUG"):
             raise
         err.print(

@@ -24,12 +24,12 @@ import psycopg
 from psycopg import sql
 
 from twotower.db import Database
+from twotower.errors import ArtifactError
 from twotower.features.catalog import load_catalog
 from twotower.features.decisions import load_decision_log
 from twotower.features.examples import Histories
 from twotower.inference.towers import OnnxTowers
 from twotower.registry.generations import generation_table
-from twotower.registry.store import ArtifactError
 from twotower.registry.versions import hnsw_index_name
 
 __all__ = [

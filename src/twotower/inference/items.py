@@ -23,9 +23,9 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
+from twotower.errors import ArtifactError
 from twotower.features.catalog import load_catalog
 from twotower.features.pipeline import FeaturePipeline, ItemFeatures
-from twotower.registry.store import ArtifactError
 
 __all__ = ["ITEMS_FILE", "LOOKBACK", "ItemIndex", "write_item_table"]
 

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from twotower.errors import ArtifactError
 from twotower.features.examples import UserBatch
 from twotower.features.history import HistoryConfig
 from twotower.features.pipeline import FeaturePipeline, ItemFeatures
-from twotower.registry.store import ArtifactError, verify_directory
+from twotower.registry.store import verify_directory
 
 __all__ = ["ITEM_INPUTS", "ITEM_ONNX", "USER_INPUTS", "USER_ONNX", "OnnxTowers"]
 

@@ -50,13 +50,9 @@ from twotower.train.run import TrainOptions, train
 
 __all__ = [
     "STAGES",
-    "DeployFailed",
-    "DeployInProgress",
     "DeployOptions",
     "DeployResult",
     "GateResult",
-    "QualityGateFailed",
-    "VersionConflict",
     "deploy",
     "deploy_lock",
 ]

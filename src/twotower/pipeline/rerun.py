@@ -93,7 +93,8 @@ def _same_training(model_dir: Path, options: TrainOptions) -> bool:
 def exported(model_dir: Path) -> dict[str, Any] | None:
     """The manifest of an earlier export of exactly these weights (the export is deterministic), else None.
     ``verify_directory`` checks every listed file, the weights included, against the manifest's checksums."""
-    from twotower.registry.store import ArtifactError, verify_directory
+    from twotower.errors import ArtifactError
+    from twotower.registry.store import verify_directory
 
     try:
         manifest = verify_directory(model_dir)

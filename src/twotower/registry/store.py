@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from twotower.settings import Settings
 
 __all__ = [
-    "ArtifactError", "ArtifactStore", "LocalStore", "S3Store", "fetch", "open_store", "sha256", "verify_directory",
+    "ArtifactStore", "LocalStore", "S3Store", "fetch", "open_store", "sha256", "verify_directory",
 ]  # fmt: skip
 
 MANIFEST = "manifest.json"

@@ -26,7 +26,6 @@ from twotower.registry.generations import drop_children
 __all__ = [
     "NOTIFY_CHANNEL",
     "ModelVersion",
-    "RollbackRefused",
     "active_version",
     "drop_generation",
     "fail_stale_builds",

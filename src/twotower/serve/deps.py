@@ -13,7 +13,17 @@ from twotower.serve.auth import Principal
 from twotower.serve.runtime import LoadedModel
 from twotower.serve.service import Service
 
-__all__ = ["RESPONSES", "Admin", "Caller", "ServiceDep", "get_service", "principal", "require_model", "service_role"]
+__all__ = [
+    "RESPONSES",
+    "Admin",
+    "Caller",
+    "Model",
+    "ServiceDep",
+    "get_service",
+    "loaded_model",
+    "principal",
+    "service_role",
+]
 
 _ERRORS = {"model": s.ErrorOut}
 # the documented error answers of every API route (the body is always {"error": code, "message": ...})
@@ -48,8 +58,12 @@ def service_role(caller: Caller) -> Principal:
 Admin = Annotated[Principal, Depends(service_role)]
 
 
-def require_model(service: Service) -> LoadedModel:
+def loaded_model(service: ServiceDep) -> LoadedModel:
+    """The model version answering now (503 while none is loaded)."""
     model = service.model
     if model is None:
         raise ModelUnavailable("no model is loaded (deploy one with `twotower deploy`)")
     return model
+
+
+Model = Annotated[LoadedModel, Depends(loaded_model)]

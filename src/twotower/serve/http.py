@@ -6,22 +6,19 @@ import logging
 import time
 from dataclasses import dataclass
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from twotower.errors import DatabaseUnavailable, TwoTowerError
+from twotower.errors import TwoTowerError, report, reported_types
 
 __all__ = ["BodyLimit", "Measure", "Metrics", "error_response", "install_error_handlers", "observe"]
 
 log = logging.getLogger("twotower.serve")
 _MALFORMED = "the request body is not valid JSON (UTF-8, nested less deeply)"
-_DB_DOWN = "the database is unavailable; retry shortly"
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -122,16 +119,23 @@ class Metrics:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(TwoTowerError)
-    async def _ours(request: Request, exc: TwoTowerError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.http_status == 503 else None
-        if exc.http_status == 401:
+    async def _reported(request: Request, exc: Exception) -> JSONResponse:
+        """Every exception by the one table (``errors.report``); one it does not know is an internal error."""
+        row = report(exc)
+        if row is None:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return error_response(500, "internal_error", "internal error (logged)")
+        if row.public is not None:  # the exception's own message may name the server: for the logs only
+            log.warning("%s on %s: %s", row.code, request.url.path, " ".join(str(exc).split())[:300])
+        headers = {"Retry-After": "1"} if row.retry else None
+        if row.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
-        message = exc.message
-        if isinstance(exc, DatabaseUnavailable):  # the message names the server: for the logs, not for clients
-            log.warning("%s", exc.message)
-            message = "the database is unavailable; retry shortly"
-        return error_response(exc.http_status, exc.code, message, headers)
+        message = row.public or (exc.message if isinstance(exc, TwoTowerError) else row.code)
+        return error_response(row.status, row.code, message, headers)
+
+    # the table's types by name (answered, not re-raised); anything else through the catch-all (a 500, logged)
+    for kind in (*reported_types(), Exception):
+        app.add_exception_handler(kind, _reported)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -147,40 +151,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and request.method in ("POST", "PUT", "PATCH"):  # a body that is not UTF-8 JSON
-            return error_response(
-                400, "malformed_json", "the request body is not valid JSON (UTF-8, nested less deeply)"
-            )
+            return error_response(400, "malformed_json", _MALFORMED)
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(psycopg.OperationalError)
-    async def _db_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
-        log.warning("database unavailable: %s", " ".join(str(exc).split())[:200])
-        return error_response(
-            503, "database_unavailable", "the database is unavailable; retry shortly", {"Retry-After": "1"}
-        )
-
-    @app.exception_handler(PoolTimeout)
-    async def _pool(request: Request, exc: PoolTimeout) -> JSONResponse:
-        return error_response(
-            503, "database_unavailable", "the database is unavailable; retry shortly", {"Retry-After": "1"}
-        )
-
-    @app.exception_handler(psycopg.DataError)
-    async def _data(request: Request, exc: psycopg.DataError) -> JSONResponse:
-        log.info("data error: %s", " ".join(str(exc).split())[:200])
-        return error_response(422, "invalid_request", "a value in the request is out of range for the database")
-
-    @app.exception_handler(psycopg.errors.QueryCanceled)
-    async def _slow(request: Request, exc: psycopg.errors.QueryCanceled) -> JSONResponse:
-        return error_response(503, "timeout", "the query took too long; retry shortly", {"Retry-After": "1"})
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal error (logged)")
 
 
 def observe(app: FastAPI, metrics: Metrics) -> None:

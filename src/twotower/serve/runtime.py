@@ -32,11 +32,12 @@ from psycopg import sql
 
 from twotower.db import Database
 from twotower.db.replicas import wal_position
+from twotower.errors import ArtifactError
 from twotower.inference.items import ItemIndex
 from twotower.inference.towers import OnnxTowers
 from twotower.registry import experiments
 from twotower.registry.experiments import Arm, Experiment
-from twotower.registry.store import ArtifactError, ArtifactStore, fetch
+from twotower.registry.store import ArtifactStore, fetch
 from twotower.registry.versions import NOTIFY_CHANNEL, active_version
 
 __all__ = ["LOADER_SESSION", "ExperimentArms", "LoadedModel", "ModelHolder", "Readiness"]

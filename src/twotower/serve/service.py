@@ -12,7 +12,7 @@ import psycopg
 
 from twotower.db import Database, locks
 from twotower.db.replicas import ReadReplicas, replayed, wal_position
-from twotower.errors import DatabaseUnavailable
+from twotower.errors import DatabaseUnavailable, ModelUnavailable
 from twotower.monitor.experiment import check_experiment
 from twotower.registry.store import open_store
 from twotower.serve.auth import Authenticator
@@ -104,6 +104,13 @@ class Service:
             self.holder.stop()
         if self.db is not None:
             self.db.close()
+
+    @property
+    def models(self) -> ModelHolder:
+        """The model holder (503 before the server has started)."""
+        if self.holder is None:
+            raise ModelUnavailable("the server is starting")
+        return self.holder
 
     @property
     def model(self) -> LoadedModel | None:

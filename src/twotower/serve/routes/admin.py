@@ -10,15 +10,14 @@ from pydantic import BeforeValidator
 from twotower.registry.versions import list_versions
 from twotower.serve import queries
 from twotower.serve import schemas as s
-from twotower.serve.deps import RESPONSES, Caller, ServiceDep
+from twotower.serve.deps import RESPONSES, Admin, ServiceDep
 
 router = APIRouter(tags=["admin"], responses=RESPONSES)
 
 
 @router.get("/v1/admin/models", response_model=list[s.ModelOut])
-def models(caller: Caller, service: ServiceDep) -> list[s.ModelOut]:
+def models(_: Admin, service: ServiceDep) -> list[s.ModelOut]:
     """Registered model versions (service role)."""
-    caller.require_service()
     versions = service.run(list_versions)
     return [
         s.ModelOut(version=v.version, status=v.status, embedding_dim=v.embedding_dim, created_at=v.created_at,
@@ -29,20 +28,17 @@ def models(caller: Caller, service: ServiceDep) -> list[s.ModelOut]:
 
 @router.get("/v1/admin/quality")
 def quality(
-    caller: Caller, service: ServiceDep,
+    _: Admin, service: ServiceDep,
     model_version: Annotated[str | None, Query(max_length=128, pattern=s.VERSION_PATTERN)] = None,
     history_limit: Annotated[int, Query(ge=0, le=1000), BeforeValidator(s.whole_number)] = 20,
 ) -> dict[str, Any]:  # fmt: skip
     """Embedding quality of a version (default: the active one): its latest check (`twotower monitor`), past
     checks, and the live like-rate of what was served (service role)."""
-    caller.require_service()
     return queries.quality(service, model_version, history_limit)
 
 
 @router.post("/v1/admin/reload")
-def reload(caller: Caller, service: ServiceDep) -> dict[str, Any]:
+def reload(_: Admin, service: ServiceDep) -> dict[str, Any]:
     """Check the active version now and load it if it changed (service role)."""
-    caller.require_service()
-    assert service.holder is not None
-    changed = service.holder.refresh(force=True)
+    changed = service.models.refresh(force=True)
     return {"changed": changed, "model_version": service.model.version if service.model else None}

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from twotower.serve import queries
 from twotower.serve import schemas as s
-from twotower.serve.deps import RESPONSES, Caller, ServiceDep, require_model
+from twotower.serve.deps import RESPONSES, Admin, Caller, Model, ServiceDep
 
 router = APIRouter(responses=RESPONSES)
 
@@ -18,14 +18,12 @@ def decide(body: s.DecisionIn, caller: Caller, service: ServiceDep) -> s.Decisio
 
 
 @router.post("/v1/embeddings/user", response_model=s.EmbeddingOut, tags=["embeddings"])
-def embed_user(caller: Caller, service: ServiceDep) -> s.EmbeddingOut:
+def embed_user(caller: Caller, service: ServiceDep, model: Model) -> s.EmbeddingOut:
     """Compute the caller's embedding from their decisions now, store it for the active version, return it."""
-    user = caller.require_user()
-    return queries.embed_user(service, require_model(service), user)
+    return queries.embed_user(service, model, caller.require_user())
 
 
 @router.post("/v1/embeddings/items", response_model=s.ItemsOut, tags=["embeddings"])
-def embed_items(body: s.ItemsIn, caller: Caller, service: ServiceDep) -> s.ItemsOut:
+def embed_items(body: s.ItemsIn, _: Admin, model: Model) -> s.ItemsOut:
     """Item-tower embeddings of up to 1,000 videos from their metadata (service role)."""
-    caller.require_service()
-    return queries.embed_items(require_model(service), body)
+    return queries.embed_items(model, body)

@@ -26,8 +26,7 @@ def readyz(service: ServiceDep) -> Response:
     """Ready to answer: the database responds and the active model version is loaded (or none is active, and
     the fallbacks answer). 503 with the reason while the model loads or after it failed to load."""
     queries.ping(service)
-    assert service.holder is not None
-    state = service.holder.readiness()
+    state = service.models.readiness()
     if not state.ready:
         return error_response(503, "not_ready", state.reason or "not ready", {"Retry-After": "1"})
     body: dict[str, Any] = {"status": "ready", "model_version": state.serving, "active_version": state.active,

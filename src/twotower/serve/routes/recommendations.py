@@ -11,7 +11,7 @@ from pydantic import BeforeValidator
 
 from twotower.serve import queries
 from twotower.serve import schemas as s
-from twotower.serve.deps import RESPONSES, Caller, ServiceDep, require_model
+from twotower.serve.deps import RESPONSES, Caller, Model, ServiceDep
 
 router = APIRouter(tags=["recommendations"], responses=RESPONSES)
 
@@ -39,10 +39,10 @@ def edge_function(body: s.EdgeRecommendationsIn, caller: Caller, service: Servic
 
 @router.get("/v1/videos/{video_id}/similar", response_model=s.RecommendationsOut)
 def similar(
-    video_id: Annotated[uuid.UUID, Path()], caller: Caller, service: ServiceDep,
+    video_id: Annotated[uuid.UUID, Path()], caller: Caller, service: ServiceDep, model: Model,
     limit: Annotated[int, Query(ge=1, le=s.MAX_LIMIT), BeforeValidator(s.whole_number)] = 20,
 ) -> s.RecommendationsOut:  # fmt: skip
     """Videos closest to this one in the active model's embedding space."""
     if not caller.is_service:
         caller.require_user()
-    return queries.similar(service, require_model(service), video_id, limit)
+    return queries.similar(service, model, video_id, limit)
