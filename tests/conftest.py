@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from tests.support.db import (
+    DEPLOYED_TEMPLATE,
+    DEPLOYED_USERS,
+    DEPLOYED_VIDEOS,
+    database_copy,
+    deploy_template,
+    drop_db,
+    free_port,
+)
 from twotower.db import Database, EmbeddedServer, upgrade
-from twotower.ingest.movielens import BUNDLED_MOVIELENS
 from twotower.settings import Settings
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-MOVIELENS = BUNDLED_MOVIELENS  # in the repository: nothing is read from outside it
-_counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
@@ -42,49 +44,6 @@ def template_db(pg_server: str) -> str:
     return "tt_template"
 
 
-def _create_db(pg_server: str, template: str | None) -> str:
-    name = f"tt_{os.getpid()}_{next(_counter)}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        tmpl = f" TEMPLATE {template}" if template else ""
-        conn.execute(f"CREATE DATABASE {name}{tmpl}")
-    return name
-
-
-def seed_template(pg_server: str, template: str, name: str, config: object) -> str:
-    """A database ``name`` copied from ``template`` and filled by the synthetic generator (tests copy it)."""
-    from twotower.synth import SynthConfig, generate
-
-    assert isinstance(config, SynthConfig)
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
-    with psycopg.connect(make_conninfo(pg_server, dbname=name)) as conn, conn.transaction():
-        generate(conn, config)
-    return name
-
-
-def deploy_template(pg_server: str, template: str, name: str, data: Path, config: object) -> None:
-    """``seed_template``, then train, export and deploy version "v" (artifacts under ``data``: the store in
-    ``data/store``, the fetched copies in ``data/models``)."""
-    from twotower.export import export_model
-    from twotower.pipeline.deploy import DeployOptions, deploy
-    from twotower.registry import LocalStore
-    from twotower.train.run import TrainOptions, train
-
-    seed_template(pg_server, template, name, config)
-    url = make_conninfo(pg_server, dbname=name)
-    with Database.open(Settings(database_url=url, data_dir=data), migrate=False) as db:
-        result = train(db, TrainOptions(epochs=1, batch_size=256, output_dir=data / "trained", refit=False,
-                                        version="v"))  # fmt: skip
-        export_model(result.directory)
-        deploy(db, LocalStore(data / "store"), DeployOptions(model_dir=result.directory, gate=False,
-                                                             cache_dir=data / "models"))  # fmt: skip
-
-
-DEPLOYED_TEMPLATE = "tt_deployed_seed"
-DEPLOYED_VIDEOS, DEPLOYED_USERS = 600, 150
-
-
 @pytest.fixture(scope="session")
 def deployed(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A template database with a synthetic catalog, swipes and a deployed version "v" (trained one epoch); its
@@ -95,34 +54,15 @@ def deployed(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPath
     config = SynthConfig(videos=DEPLOYED_VIDEOS, users=DEPLOYED_USERS, decisions=8000, seed=4)
     deploy_template(pg_server, template_db, DEPLOYED_TEMPLATE, data, config)
     yield data
-    _drop_db(pg_server, DEPLOYED_TEMPLATE)
+    drop_db(pg_server, DEPLOYED_TEMPLATE)
 
 
-def _drop_db(pg_server: str, name: str) -> None:
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@contextmanager
-def database_copy(pg_server: str, template: str | None) -> Iterator[str]:
-    """URL of a new database copied from ``template`` (empty without one), dropped afterwards."""
-    name = _create_db(pg_server, template)
-    try:
-        yield make_conninfo(pg_server, dbname=name)
-    finally:
-        _drop_db(pg_server, name)
-
-
-@contextmanager
-def synth_database(pg_server: str, template: str, config: object) -> Iterator[str]:
-    """URL of a new migrated database filled by the synthetic generator with ``config``, dropped afterwards."""
-    from twotower.synth import SynthConfig, generate
-
-    assert isinstance(config, SynthConfig)
-    with database_copy(pg_server, template) as url:
-        with psycopg.connect(url) as conn, conn.transaction():
-            generate(conn, config)
-        yield url
+@pytest.fixture
+def url(pg_server: str, deployed: Path) -> Iterator[str]:
+    """A copy, for this test, of the session's database with a deployed version "v" (the ``deployed`` template);
+    a folder or module that needs another database defines its own ``url``."""
+    with database_copy(pg_server, DEPLOYED_TEMPLATE) as copy:
+        yield copy
 
 
 @pytest.fixture
@@ -217,14 +157,6 @@ def node_modules() -> Path:
         subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"], cwd=root,
                        check=True, capture_output=True, timeout=600)  # fmt: skip
     return target
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

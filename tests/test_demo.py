@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.support.db import free_port
 
 SMALL = ["--videos", "400", "--users", "80", "--decisions", "4000", "--epochs", "1"]
 

@@ -5,23 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import DEPLOYED_TEMPLATE, database_copy
 from twotower.catalog.dmm import JST
 
 START, END = datetime(2025, 1, 1, tzinfo=JST), datetime(2026, 1, 1, tzinfo=JST)
-
-
-@pytest.fixture
-def url(pg_server: str, deployed: Path) -> Iterator[str]:
-    """A copy of the session's database with a deployed version "v" (see tests/conftest.py)."""
-    with database_copy(pg_server, DEPLOYED_TEMPLATE) as copy:
-        yield copy
 
 
 def sync_cli(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.catalog.conftest import END, START
-from tests.conftest import FIXTURES
+from tests.support.db import FIXTURES
 from twotower.catalog import dmm
 from twotower.catalog.dmm import DmmClient, DmmConfig, RateLimiter
 from twotower.catalog.dmm_items import parse_item

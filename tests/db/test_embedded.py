@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import MOVIELENS
+from tests.support.db import MOVIELENS
 
 HOLDER = """
 import sys, time

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import database_copy, free_port
-from tests.serve.conftest import SECRET, ServerThread, jwks_url, keys, serve_settings  # noqa: F401 (fixtures)
+from tests.support.api import SECRET, ServerThread, serve_settings
+from tests.support.db import database_copy, free_port
 from twotower.db import Database
 from twotower.db.conninfo import as_url
 from twotower.export import export_model
@@ -130,7 +130,7 @@ class Edge:
 
 @pytest.fixture(scope="package")
 def edge_db(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    from tests.conftest import _drop_db, seed_template
+    from tests.conftest import drop_db, seed_template
 
     data = tmp_path_factory.mktemp("edge")
     seed_template(pg_server, template_db, SEEDED, SynthConfig(videos=800, users=200, decisions=12_000, seed=21))
@@ -145,11 +145,11 @@ def edge_db(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPathF
                     deploy(db, LocalStore(data / "store"), options)
             yield url, data
     finally:
-        _drop_db(pg_server, SEEDED)
+        drop_db(pg_server, SEEDED)
 
 
 @pytest.fixture(scope="package")
-def edge(edge_db: tuple[str, Path], jwks_url: str) -> Iterator[Edge]:  # noqa: F811 (the fixture)
+def edge(edge_db: tuple[str, Path], jwks_url: str) -> Iterator[Edge]:
     url, data = edge_db
     settings = serve_settings(url, data, jwks_url)
     with ServerThread(settings) as base:
@@ -157,6 +157,6 @@ def edge(edge_db: tuple[str, Path], jwks_url: str) -> Iterator[Edge]:  # noqa: F
 
 
 @pytest.fixture(scope="package")
-def recommendations(edge: Edge, jwks_url: str) -> Iterator[Function]:  # noqa: F811 (the fixture)
+def recommendations(edge: Edge, jwks_url: str) -> Iterator[Function]:
     with Function("two_tower_recommendations", edge.env(TWOTOWER_JWT_JWKS_URL=jwks_url)) as function:
         yield function

@@ -13,7 +13,7 @@ import httpx
 import psycopg
 
 from tests.edge.conftest import FUNCTIONS, Edge, Function
-from tests.serve.conftest import bearer
+from tests.support.api import bearer
 from twotower.db.locks import lock_key
 from twotower.registry import experiments as exp
 

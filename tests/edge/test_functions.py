@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from tests.edge.conftest import Edge, Function
-from tests.serve.conftest import SECRET, Keys, bearer, service_headers
+from tests.support.api import SECRET, Keys, bearer, service_headers
 from twotower.registry import LocalStore, S3Store
 from twotower.registry.versions import rollback
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import MOVIELENS
+from tests.support.db import MOVIELENS
 from twotower.db import Database
 from twotower.evaluation import EASEScorer, LinearScorer, PopularityScorer, Scorer, evaluate, tag_matrix
 from twotower.evaluation.split import temporal_split

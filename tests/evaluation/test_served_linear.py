@@ -14,7 +14,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.conftest import synth_database
+from tests.support.db import synth_database
 from twotower.evaluation import served_linear
 from twotower.evaluation.split import Split
 from twotower.features.catalog import load_catalog

@@ -16,7 +16,7 @@ import pytest
 from onnx import numpy_helper
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import _create_db, _drop_db
+from tests.support.db import create_db, drop_db
 from twotower.db import Database
 from twotower.export import export_model, validate_model
 from twotower.registry.store import sha256
@@ -27,7 +27,7 @@ from twotower.train.run import TrainOptions, train
 
 @pytest.fixture(scope="module")
 def trained(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    name = _create_db(pg_server, template_db)
+    name = create_db(pg_server, template_db)
     url = make_conninfo(pg_server, dbname=name)
     with psycopg.connect(url) as conn, conn.transaction():
         generate(conn, SynthConfig(videos=800, users=200, decisions=10_000, seed=3, tastes=6))
@@ -36,7 +36,7 @@ def trained(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPathF
         result = train(db, TrainOptions(epochs=1, batch_size=512, output_dir=out, refit=False, version="x1"))
         export_model(result.directory)
     yield url, result.directory
-    _drop_db(pg_server, name)
+    drop_db(pg_server, name)
 
 
 def _db(url: str, tmp_path: Path) -> Database:

@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
 
-from tests.conftest import DEPLOYED_TEMPLATE, DEPLOYED_VIDEOS, database_copy
+from tests.support.db import DEPLOYED_VIDEOS
 from twotower.errors import ArtifactError
 from twotower.features.pipeline import FeaturePipeline
 from twotower.inference.items import ITEMS_FILE, ItemIndex
 from twotower.registry.store import verify_directory
 
 FIELDS = ("item_id", "tags", "performers", "categorical", "numeric")
-
-
-@pytest.fixture
-def url(pg_server: str, deployed: Path) -> Iterator[str]:
-    with database_copy(pg_server, DEPLOYED_TEMPLATE) as copy:
-        yield copy
 
 
 def _same(a: ItemIndex, b: ItemIndex) -> None:

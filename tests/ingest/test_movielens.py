@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MOVIELENS
 from tests.ingest import assert_one_line_errors
+from tests.support.db import MOVIELENS
 from twotower.db import Database
 from twotower.errors import ImportRejected, NotFound
 from twotower.ingest.movielens import split_title

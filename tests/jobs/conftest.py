@@ -1,18 +1,7 @@
-"""Each test gets its own copy of the session's database with a deployed version "v" (see tests/conftest.py)."""
+"""The batch job's tests use ``url`` (tests/conftest.py): a copy of the session's database with a deployed "v"."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from tests.conftest import DEPLOYED_TEMPLATE, DEPLOYED_USERS, DEPLOYED_VIDEOS, database_copy
+from tests.support.db import DEPLOYED_USERS, DEPLOYED_VIDEOS
 
 VIDEOS, USERS = DEPLOYED_VIDEOS, DEPLOYED_USERS
-
-
-@pytest.fixture
-def url(pg_server: str, deployed: Path) -> Iterator[str]:
-    with database_copy(pg_server, DEPLOYED_TEMPLATE) as copy:
-        yield copy

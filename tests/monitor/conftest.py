@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import DEPLOYED_TEMPLATE, database_copy
+from tests.support.db import DEPLOYED_TEMPLATE, database_copy
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.conftest import DEPLOYED_VIDEOS
+from tests.support.db import DEPLOYED_VIDEOS
 from twotower.db import Database
 from twotower.embeddings.generation import replace_embeddings
 from twotower.monitor import Thresholds, check_vectors, inhibit, monitor_version

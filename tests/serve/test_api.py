@@ -14,7 +14,7 @@ import jwt
 import psycopg
 from cryptography.hazmat.primitives import serialization
 
-from tests.serve.conftest import SECRET, Keys, Served, bearer, service_headers, token
+from tests.support.api import SECRET, Keys, Served, bearer, service_headers, token
 from twotower.registry.versions import rollback
 
 

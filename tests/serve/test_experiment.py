@@ -22,8 +22,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import database_copy, free_port
-from tests.serve.conftest import SECRET, ServerThread, bearer, serve_settings
+from tests.support.api import SECRET, ServerThread, bearer, serve_settings
+from tests.support.db import database_copy, free_port
 from twotower.db import Database
 from twotower.db.conninfo import as_url
 from twotower.errors import ExperimentRunning, InputError, NotFound, RollbackRefused

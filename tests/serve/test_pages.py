@@ -22,8 +22,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import database_copy
-from tests.serve.conftest import Served, ServerThread, bearer, serve_settings, service_headers, token
+from tests.support.api import Served, ServerThread, bearer, serve_settings, service_headers, token
+from tests.support.db import database_copy
 from twotower.serve.routes.pages import DEMO_NAMESPACE
 
 ARTIFACTS = Path(os.environ.get("TWOTOWER_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / ".twotower"

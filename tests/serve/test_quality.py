@@ -8,7 +8,7 @@ import uuid
 import httpx
 import psycopg
 
-from tests.serve.conftest import Served, bearer, service_headers
+from tests.support.api import Served, bearer, service_headers
 
 
 def test_served_videos_are_logged_and_the_like_rate_is_reported(served: Served) -> None:

@@ -12,7 +12,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.serve.conftest import ServerThread, bearer, serve_settings
+from tests.support.api import ServerThread, bearer, serve_settings
 from twotower.registry.store import LocalStore
 
 

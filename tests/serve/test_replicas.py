@@ -23,8 +23,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import deploy_template
-from tests.serve.conftest import ServerThread, bearer, serve_settings
+from tests.support.api import ServerThread, bearer, serve_settings
+from tests.support.db import deploy_template
 from twotower.db import Database, EmbeddedServer, upgrade
 from twotower.db.standby import EmbeddedStandby
 from twotower.pipeline.deploy import DeployOptions, deploy

@@ -19,7 +19,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 from schemathesis.generation.case import Case
 
-from tests.serve.conftest import Served, ServerThread, bearer, serve_settings
+from tests.support.api import Served, ServerThread, bearer, serve_settings
 from twotower.db import EmbeddedServer, upgrade
 from twotower.synth import SynthConfig, generate
 

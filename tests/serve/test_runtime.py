@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.serve.conftest import Served
+from tests.support.api import Served
 from twotower.db import Database
 from twotower.registry.store import LocalStore
 from twotower.registry.versions import rollback

@@ -32,8 +32,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import _drop_db, database_copy, deploy_template, free_port
-from tests.serve.conftest import SECRET, bearer
+from tests.support.api import SECRET, bearer
+from tests.support.db import database_copy, deploy_template, drop_db, free_port
 from twotower.features.catalog import Catalog, load_catalog
 from twotower.features.pipeline import FeaturePipeline
 from twotower.inference.items import LOOKBACK, ItemIndex
@@ -67,7 +67,7 @@ def scale(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPathFac
         conn.execute("VACUUM ANALYZE")
     with database_copy(pg_server, TEMPLATE) as url:
         yield url, data
-    _drop_db(pg_server, TEMPLATE)
+    drop_db(pg_server, TEMPLATE)
 
 
 def _session(url: str, session: dict[str, str]) -> psycopg.Connection[Any]:

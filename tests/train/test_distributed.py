@@ -20,7 +20,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.conftest import synth_database
+from tests.support.db import synth_database
 from twotower.db import Database
 from twotower.features.examples import Histories
 from twotower.features.history import HistoryConfig

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import synth_database
+from tests.support.db import synth_database
 from twotower.db import Database
 from twotower.errors import InputError
 from twotower.evaluation import PopularityScorer, evaluate, served_linear

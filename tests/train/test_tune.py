@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import synth_database
+from tests.support.db import synth_database
 from twotower.db import Database
 from twotower.errors import InputError
 from twotower.model.config import TowerConfig

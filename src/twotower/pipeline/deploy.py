@@ -58,7 +58,30 @@ __all__ = [
 ]
 
 DEPLOY_LOCK = "deploy"
-STAGES = ("train", "export", "validate", "gate", "upload", "build", "promote", "prune")
+# every stage a deploy runs, in order (``on_stage`` gets these names; DeployFailed.stage is one of them)
+STAGES = ("train", "export", "validate", "gate", "upload", "build", "monitor", "candidate", "promote", "prune")
+
+
+class _Clock:
+    """Times the stages of a deploy (``DeployResult.seconds``) and calls ``on_stage`` as each starts; ``name`` is
+    the stage running now (the one a failure names)."""
+
+    def __init__(self, on_stage: Callable[[str], None] | None) -> None:
+        self.on_stage = on_stage
+        self.seconds: dict[str, float] = {}
+        self.name = ""
+        self._started = 0.0
+
+    def step(self, name: str) -> None:
+        assert name in STAGES, name
+        self.stop()
+        self.name, self._started = name, time.perf_counter()
+        if self.on_stage:
+            self.on_stage(name)
+
+    def stop(self) -> None:
+        if self.name:
+            self.seconds[self.name] = time.perf_counter() - self._started
 
 
 @dataclass
@@ -157,29 +180,24 @@ def deploy(
     on_chunk: Callable[[str, int], None] | None = None,
 ) -> DeployResult:
     """Run a whole deploy under the deploy lock. ``on_stage(name)`` is called as each stage starts."""
-    seconds: dict[str, float] = {}
+    clock = _Clock(on_stage)
     say = on_progress or (lambda _: None)
     with deploy_lock(db, wait=options.wait, timeout=options.lock_timeout) as lock:
         cleaned = fail_stale_builds(lock, "interrupted: the deploy building it stopped before it finished")
         if options.from_store is not None:
-            return _restore(db, store, options, lock, cleaned, on_stage, say, on_chunk)
+            return _restore(db, store, options, lock, cleaned, clock, say, on_chunk)
         done = already_active(db, options.model_dir, options.train)
         if done is not None:  # the same deploy, killed after its promote: what was left is the prune
-            started = time.perf_counter()
-            if on_stage:
-                on_stage("prune")
+            clock.step("prune")
             pruned = prune(lock, options.keep_generations, say)
-            seconds["prune"] = time.perf_counter() - started
-            return DeployResult(done[0], None, None, done[1], pruned, cleaned, seconds, already_active=True)
+            clock.stop()
+            return DeployResult(done[0], None, None, done[1], pruned, cleaned, clock.seconds, already_active=True)
         if not options.candidate:
             refuse_during_experiment(db)
-        stage = "train"
         version: str | None = None
         registered = False
         try:
-            started = time.perf_counter()
-            if on_stage:
-                on_stage(stage)
+            clock.step("train")
             if options.model_dir is None:
                 model_dir = train(db, options.train).directory
             else:
@@ -188,15 +206,7 @@ def deploy(
                     raise InputError(f"{model_dir}: not a model directory (no tower_config.json)")
             version = version_of(model_dir)
             _check_new(db, store, version)
-            seconds[stage] = time.perf_counter() - started
-
-            def step(name: str) -> None:
-                nonlocal stage, started
-                seconds[stage] = time.perf_counter() - started
-                stage, started = name, time.perf_counter()
-                if on_stage:
-                    on_stage(name)
-
+            step = clock.step
             step("export")
             manifest = exported(model_dir) or export_model(model_dir)
             step("validate")
@@ -250,8 +260,9 @@ def deploy(
                     previous = None
                 else:
                     previous = promote(conn, version)
-            seconds[stage] = time.perf_counter() - started
+            clock.stop()
         except BaseException as exc:
+            stage = clock.name
             if registered and version is not None:
                 _mark_failed(lock, version, stage, exc)
             if isinstance(exc, (KeyboardInterrupt, SystemExit, VersionConflict)):
@@ -262,14 +273,12 @@ def deploy(
             cause = exc.message if isinstance(exc, TwoTowerError) else f"{type(exc).__name__}: {exc}"
             raise DeployFailed(f"deploy failed at {stage}: {cause} ({still})", stage, exc) from exc
         if options.candidate:  # nothing was retired: nothing to prune
-            return DeployResult(version, previous, gate, generation, [], cleaned, seconds)
+            return DeployResult(version, previous, gate, generation, [], cleaned, clock.seconds)
         # promoted: from here on a failure is only a warning (the new version is serving)
-        started = time.perf_counter()
-        if on_stage:
-            on_stage("prune")
+        clock.step("prune")
         pruned = prune(lock, options.keep_generations, say)
-        seconds["prune"] = time.perf_counter() - started
-    return DeployResult(version, previous, gate, generation, pruned, cleaned, seconds)
+        clock.stop()
+    return DeployResult(version, previous, gate, generation, pruned, cleaned, clock.seconds)
 
 
 def _restore(
@@ -278,7 +287,7 @@ def _restore(
     options: DeployOptions,
     lock: psycopg.Connection[Any],
     cleaned: list[str],
-    on_stage: Callable[[str], None] | None,
+    clock: _Clock,
     say: Callable[[str], None],
     on_chunk: Callable[[str, int], None] | None,
 ) -> DeployResult:
@@ -290,29 +299,27 @@ def _restore(
             raise InputError(f"version {version} is {status}, not archived: `twotower rollback {version}` if it "
                              "has a generation, else deploy a new version")  # fmt: skip
         conn.execute("UPDATE model_versions SET status = 'registered', error = NULL WHERE version = %s", (version,))
-    seconds: dict[str, float] = {}
-    stage, started = "build", time.perf_counter()
     try:
-        if on_stage:
-            on_stage(stage)
+        clock.step("build")
         towers = OnnxTowers(fetch(store, version, options.cache_dir))
         generation = build_generation(db, towers, on_progress=say, on_chunk=on_chunk)
-        seconds[stage] = time.perf_counter() - started
-        stage, started = "promote", time.perf_counter()
-        if on_stage:
-            on_stage(stage)
+        clock.step("promote")
         with db.direct() as conn:
             previous = promote(conn, version)
-        seconds[stage] = time.perf_counter() - started
+        clock.stop()
     except BaseException as exc:
         with suppress(psycopg.Error):  # back to archived: the artifacts are still fine, only the rebuild failed
             lock.execute("UPDATE model_versions SET status = 'archived' WHERE version = %s", (version,))
             drop_generation(lock, version)
         if isinstance(exc, TwoTowerError):
-            raise DeployFailed(f"rebuilding {version} failed at {stage}: {exc.message}", stage, exc) from exc
+            raise DeployFailed(f"rebuilding {version} failed at {clock.name}: {exc.message}", clock.name,
+                               exc) from exc  # fmt: skip
         raise
+    clock.step("prune")
     pruned = prune(lock, options.keep_generations, say)
-    return DeployResult(version, previous, None, generation, pruned, cleaned, seconds, restored=store.uri(version))
+    clock.stop()
+    return DeployResult(version, previous, None, generation, pruned, cleaned, clock.seconds,
+                        restored=store.uri(version))  # fmt: skip
 
 
 def _check_new(db: Database, store: ArtifactStore, version: str) -> None:

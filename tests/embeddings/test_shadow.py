@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 
-from tests.jobs.conftest import VIDEOS
+from tests.support.db import DEPLOYED_VIDEOS as VIDEOS
 from twotower.db import Database
 from twotower.db.priority import BACKGROUND, Priority, serving_clients
 from twotower.embeddings.generation import update_embeddings

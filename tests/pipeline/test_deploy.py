@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from onnx import numpy_helper
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import _drop_db, database_copy, seed_template
+from tests.support.db import database_copy, drop_db, seed_template
 from twotower.db import Database
 from twotower.errors import (
     ArtifactError,
@@ -50,7 +51,7 @@ def seeded(pg_server: str, template_db: str) -> Iterator[str]:
     """A template database with a synthetic catalog and swipes (each test gets its own copy)."""
     yield seed_template(pg_server, template_db, SEEDED, SynthConfig(videos=800, users=200, decisions=12_000, seed=5,
                                                                      tastes=6))  # fmt: skip
-    _drop_db(pg_server, SEEDED)
+    drop_db(pg_server, SEEDED)
 
 
 @pytest.fixture(scope="module")
@@ -200,57 +201,90 @@ def _at(stage: str, action: Callable[[], None]) -> Callable[[str], None]:
     return hook
 
 
-@pytest.mark.parametrize(
-    "failure", ["export", "validate", "gate", "regression", "upload", "build", "monitor", "tampered"]
-)
+@dataclass(frozen=True)
+class Failure:
+    """One way a deploy of "b" over an active "a" fails: how it is provoked, and what must be said."""
+
+    name: str
+    message: str  # in the DeployFailed message
+    stage: str  # the stage that failed
+    cause: type[Exception] | None = None  # the type of DeployFailed.cause, when it matters
+    candidate: str = "b"  # which trained model is deployed ("bad": worse than the linear model)
+    # (the candidate's directory, the store, the S3 endpoint) -> deploy's extra options, and another store or None
+    provoke: Callable[[Path, LocalStore, str], tuple[dict[str, Any], Any]] = lambda c, st, s3: ({}, None)
+
+
+def _corrupt_weights(candidate: Path, store: LocalStore, s3: str) -> tuple[dict[str, Any], Any]:
+    (candidate / "manifest.json").unlink()  # and no earlier export: the exporter cannot load them
+    (candidate / "model.safetensors").write_bytes(b"\x00garbage")
+    return {}, None
+
+
+def _no_bucket(candidate: Path, store: LocalStore, s3: str) -> tuple[dict[str, Any], Any]:
+    client = boto3.client("s3", endpoint_url=s3, region_name="us-east-1", aws_access_key_id="test",
+                          aws_secret_access_key="test")  # fmt: skip
+    return {}, S3Store("no-such-bucket", client=client)  # a real S3 server that has no such bucket
+
+
+def _crash(table: str, rows: int) -> None:
+    raise RuntimeError("simulated crash while writing embeddings")
+
+
+FAILURES = [
+    Failure("export", "export", "export", provoke=_corrupt_weights),
+    Failure(
+        "validate",
+        "do not match PyTorch",
+        "validate",  # the exported graph disagrees with PyTorch
+        provoke=lambda c, st, s3: ({"on_stage": _at("validate", lambda: _tamper_onnx(c / "user_tower.onnx"))}, None),
+    ),
+    Failure("gate", "does not beat the linear model", "gate", QualityGateFailed, candidate="bad"),
+    # "b" (another seed of "a") must beat "a" by half: it cannot, whatever the seeds
+    Failure(
+        "regression",
+        "regresses vs the active version a",
+        "gate",
+        QualityGateFailed,
+        provoke=lambda c, st, s3: ({"tolerance": -0.5}, None),
+    ),
+    Failure("upload", "upload", "upload", provoke=_no_bucket),
+    Failure("build", "simulated crash", "build", provoke=lambda c, st, s3: ({"on_chunk": _crash}, None)),
+    # the new embeddings raise an alert (here: drift, with an overlap floor above 1)
+    Failure(
+        "monitor",
+        "the new embeddings raised alerts: drift: neighbour overlap@10 with the previous generation",
+        "monitor",
+        EmbeddingAlerts,
+        provoke=lambda c, st, s3: ({"thresholds": Thresholds(min_neighbour_overlap=1.01)}, None),
+    ),
+    # the stored copy is modified after upload: loading it must refuse
+    Failure(
+        "tampered",
+        "checksum mismatch",
+        "build",
+        ArtifactError,
+        provoke=lambda c, st, s3: (
+            {"on_stage": _at("build", lambda: (st.root / "b" / "features.json").write_text("{}"))},
+            None,
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("failure", FAILURES, ids=[f.name for f in FAILURES])
 def test_failure_leaves_active_version_serving(
-    failure: str, db: Database, url: str, models: dict[str, Path], tmp_path: Path, s3_endpoint: str
+    failure: Failure, db: Database, url: str, models: dict[str, Path], tmp_path: Path, s3_endpoint: str
 ) -> None:
     store = LocalStore(tmp_path / "store")
     _deploy(db, store, _copy(models, "a", tmp_path), tmp_path)
-    candidate = _copy(models, "bad" if failure == "gate" else "b", tmp_path)
-    kwargs: dict[str, Any] = {}
-    expected: type[Exception] = DeployFailed
-    if failure == "export":  # corrupt weights and no earlier export: the exporter cannot load them
-        (candidate / "manifest.json").unlink()
-        (candidate / "model.safetensors").write_bytes(b"\x00garbage")
-        message = "export"
-    elif failure == "validate":  # the exported graph disagrees with PyTorch
-        kwargs["on_stage"] = _at("validate", lambda: _tamper_onnx(candidate / "user_tower.onnx"))
-        message = "do not match PyTorch"
-    elif failure == "gate":
-        message = "does not beat the linear model"
-    elif failure == "regression":  # "b" (another seed of "a") must beat "a" by half: it cannot, whatever the seeds
-        kwargs["tolerance"] = -0.5
-        message = "regresses vs the active version a"
-    elif failure == "upload":  # a real S3 server that has no such bucket
-        client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                              aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
-        store_for_b: Any = S3Store("no-such-bucket", client=client)
-        message = "upload"
-    elif failure == "build":  # a crash in the middle of writing the new generation
-
-        def crash(table: str, rows: int) -> None:
-            raise RuntimeError("simulated crash while writing embeddings")
-
-        kwargs["on_chunk"] = crash
-        message = "simulated crash"
-    elif failure == "monitor":  # the new embeddings raise an alert (here: drift, with an overlap floor above 1)
-        kwargs["thresholds"] = Thresholds(min_neighbour_overlap=1.01)
-        message = "the new embeddings raised alerts: drift: neighbour overlap@10 with the previous generation"
-    else:  # the stored copy is modified after upload: loading it must refuse
-        kwargs["on_stage"] = _at("build", lambda: (store.root / "b" / "features.json").write_text("{}"))
-        message = "checksum mismatch"
-    with pytest.raises(expected, match=message) as info:
-        _deploy(db, store_for_b if failure == "upload" else store, candidate, tmp_path, **kwargs)
+    candidate = _copy(models, failure.candidate, tmp_path)
+    kwargs, other_store = failure.provoke(candidate, store, s3_endpoint)
+    with pytest.raises(DeployFailed, match=failure.message) as info:
+        _deploy(db, other_store or store, candidate, tmp_path, **kwargs)
     assert "the active version a is still serving" in str(info.value.message)
-    assert info.value.stage == {"tampered": "build", "regression": "gate"}.get(failure, failure)
-    if failure in ("gate", "regression"):
-        assert isinstance(info.value.cause, QualityGateFailed)
-    if failure == "tampered":
-        assert isinstance(info.value.cause, ArtifactError)
-    if failure == "monitor":
-        assert isinstance(info.value.cause, EmbeddingAlerts)
+    assert info.value.stage == failure.stage
+    if failure.cause is not None:
+        assert isinstance(info.value.cause, failure.cause)
     _intact(url, "a")
     with psycopg.connect(url) as conn:
         leftovers = conn.execute("SELECT count(*) FROM video_embeddings WHERE model_version = 'b'").fetchone()
