@@ -1,6 +1,6 @@
 """Read replicas at 100k: what each read-your-writes mode costs, and what it takes off the primary.
 
-    .venv/bin/python bench/replica.py [--clients 8] [--seconds 20] [--delay-ms 0] [--data-dir .twotower/bench]
+    .venv/bin/python bench/replica.py [--clients 2] [--seconds 20] [--delay-ms 0] [--data-dir .twotower/bench]
 
 On the bench's 100k videos / 10k users / 1M decisions (bench/serve.py's environment, reused), a streaming standby
 of the embedded Postgres is made (``pg_basebackup``, the same binaries) with ``--delay-ms`` of replay delay.
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     import jwt
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--delay-ms", type=int, default=0, help="the standby's recovery_min_apply_delay")
     parser.add_argument("--data-dir", type=Path, default=Path(".twotower/bench"))

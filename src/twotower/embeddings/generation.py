@@ -29,7 +29,7 @@ from twotower.features.catalog import load_catalog
 from twotower.features.decisions import load_decision_log
 from twotower.features.examples import Histories
 from twotower.inference.towers import OnnxTowers
-from twotower.registry.generations import generation_table
+from twotower.registry.generations import generation_table, hnsw_build_memory
 from twotower.registry.versions import hnsw_index_name
 
 __all__ = [
@@ -187,12 +187,18 @@ def create_generation_index(conn: psycopg.Connection[Any], version: str, dim: in
     name = sql.Identifier(hnsw_index_name(version))
     table = sql.Identifier(generation_table(conn, "video_embeddings", version))
     conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(name))
-    conn.execute(
-        sql.SQL(
-            "CREATE INDEX CONCURRENTLY {} ON {} USING hnsw ((embedding::vector({})) vector_ip_ops) "
-            "WITH (m = 16, ef_construction = 64) WHERE model_version = {}"
-        ).format(name, table, sql.Literal(dim), sql.Literal(version))
-    )
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE model_version = %s").format(table), (version,)).fetchone()
+    memory = hnsw_build_memory(int(row[0]) if row else 0, dim)  # the graph in memory: no build on disk
+    conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (memory,))
+    try:
+        conn.execute(
+            sql.SQL(
+                "CREATE INDEX CONCURRENTLY {} ON {} USING hnsw ((embedding::vector({})) vector_ip_ops) "
+                "WITH (m = 16, ef_construction = 64) WHERE model_version = {}"
+            ).format(name, table, sql.Literal(dim), sql.Literal(version))
+        )
+    finally:
+        conn.execute("RESET maintenance_work_mem")
     conn.execute(sql.SQL("ANALYZE {}").format(table))
 
 

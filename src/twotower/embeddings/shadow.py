@@ -44,17 +44,16 @@ from psycopg import sql
 
 from twotower.db.priority import serving_clients
 from twotower.errors import StoreError
-from twotower.registry.generations import child_prefix, drop_children, generation_table
+from twotower.registry.generations import child_prefix, drop_children, generation_table, hnsw_build_memory
 from twotower.registry.versions import hnsw_index_name
 
-__all__ = ["BUILD_MEMORY", "LOCK_TIMEOUT", "create_shadow", "finish", "load_shadow", "shadow_name"]
+__all__ = ["LOCK_TIMEOUT", "create_shadow", "finish", "load_shadow", "shadow_name"]
 
 log = logging.getLogger("twotower.jobs")
 T = TypeVar("T")
 Opener = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]  # opens a connection when it is due
 LOCK_TIMEOUT = "50ms"  # the longest a request may wait on a lock of the switch (per attempt)
 SWITCH_TRIES = 200
-BUILD_MEMORY = "512MB"  # maintenance_work_mem of the HNSW build: 100k 64-d vectors' graph fits in ~60 MB
 BUILD_WORKERS = 2  # parallel maintenance workers of the build
 # a gentle job (one that yields the CPU to live traffic) builds with no parallel worker while at least this many
 # other client sessions of the database ran a statement in the last second (``db.priority.serving_clients``)
@@ -193,7 +192,9 @@ def _prepare(
     if dim is not None:
         index = sql.Identifier(f"{name}_hnsw")
         conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(index))  # a build killed midway left nothing
-        conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(BUILD_MEMORY)))
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()
+        memory = hnsw_build_memory(int(row[0]) if row else 0, dim)  # the graph in memory (at least 64 MB)
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (memory,))
         workers = _build_workers(conn, gentle)
         conn.execute(sql.SQL("SET max_parallel_maintenance_workers = {}").format(sql.Literal(workers)))
         try:

@@ -17,9 +17,25 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-__all__ = ["TABLES", "child_prefix", "drop_children", "generation_table"]
+__all__ = ["TABLES", "child_prefix", "drop_children", "generation_table", "hnsw_build_memory"]
 
 TABLES = ("video_embeddings", "user_embeddings")
+
+
+# the HNSW graph of one 64-d vector at m = 16 took 543 bytes in the 100k index (54.3 MB): a build whose graph
+# does not fit in maintenance_work_mem goes on on disk, each insert slower (at 1M under the embedded server's 64MB
+# default: 1,700 vectors/s falling to 400/s, over 25 minutes and 42% done; bench/results/scale.json)
+_GRAPH_BYTES_PER_ROW = 300  # besides the vector's own 4 bytes a dimension
+# the floor is what shadow builds had (a limit, not an allocation)
+_BUILD_MEMORY_MIN, _BUILD_MEMORY_MAX = 512 << 20, 8 << 30
+
+
+def hnsw_build_memory(rows: int, dim: int) -> str:
+    """``maintenance_work_mem`` for building the HNSW index of ``rows`` vectors of ``dim``: twice the graph,
+    between 512 MB and 8 GB (in MB, as Postgres takes it). A database with less memory than that builds on disk,
+    much more slowly."""
+    need = 2 * rows * (4 * dim + _GRAPH_BYTES_PER_ROW)
+    return f"{min(max(need, _BUILD_MEMORY_MIN), _BUILD_MEMORY_MAX) >> 20}MB"
 
 
 def child_prefix(table: str, version: str) -> str:
