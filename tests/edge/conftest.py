@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.support.api import SECRET, ServerThread, serve_settings
-from tests.support.db import database_copy, free_port
+from tests.support.db import database_copy, drop_db, free_port, seed_template
 from twotower.db import Database
 from twotower.db.conninfo import as_url
 from twotower.export import export_model
@@ -130,8 +130,6 @@ class Edge:
 
 @pytest.fixture(scope="package")
 def edge_db(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    from tests.conftest import drop_db, seed_template
-
     data = tmp_path_factory.mktemp("edge")
     seed_template(pg_server, template_db, SEEDED, SynthConfig(videos=800, users=200, decisions=12_000, seed=21))
     try:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.support.api import Keys, Served, ServerThread, serve_settings
-from tests.support.db import database_copy, drop_db, free_port, seed_template
+from tests.support.api import Served, ServerThread, serve_settings
+from tests.support.db import database_copy, drop_db, seed_template
 from twotower.db import Database
 from twotower.export import export_model
 from twotower.pipeline.deploy import DeployOptions, deploy
@@ -23,35 +18,6 @@ from twotower.synth import SynthConfig
 from twotower.train.run import TrainOptions, train
 
 SEEDED = "tt_serve_seed"
-
-
-@pytest.fixture(scope="package")
-def keys() -> Keys:
-    return Keys(rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(ec.SECP256R1()))
-
-
-@pytest.fixture(scope="package")
-def jwks_url(keys: Keys) -> Iterator[str]:
-    """A JWKS endpoint, as Supabase Auth publishes one (a real HTTP server)."""
-    body = json.dumps(keys.jwks()).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/auth/v1/.well-known/jwks.json"
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="package")
