@@ -1,6 +1,7 @@
 """Quality on the bundled MovieLens sample: the two-tower model vs popularity, the linear model and EASE.
 
-    .venv/bin/python bench/quality.py [--epochs 20] [--seeds 3] [--threads N]
+    .venv/bin/python bench/quality.py [--epochs 20] [--seeds 3] [--threads N] [--device cuda]
+                                      [--tower user_encoder=attention --tower attention_layers=2 ...]
 
 Imports ml-latest-small into a fresh embedded database, trains with the defaults of `twotower train` (seeds 0 ..
 N-1), and evaluates everything on the same temporal split (`twotower evaluate`). Prints mean ± std over the
@@ -13,6 +14,7 @@ catalog — the videos nobody liked in training, ranked on their own — above t
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -49,7 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="train seeds 0 .. N-1 and report mean ± std")
     parser.add_argument("--movielens", type=Path, default=MOVIELENS)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="auto", help="train on: auto, cpu, cuda, cuda:N (as `twotower train`)")
+    parser.add_argument(
+        "--tower",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a TowerConfig field for every seed (JSON value, else a string), repeatable",
+    )
+    parser.add_argument("--only", action="store_true", help="skip the write to bench/results (an exploration run)")
     args = parser.parse_args(argv)
+    tower: dict[str, Any] = {}
+    for item in args.tower:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            parser.error(f"--tower takes FIELD=VALUE, got {item!r}")
+        try:
+            tower[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            tower[key] = raw
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     if args.threads > 0:  # on a shared machine, one thread is much faster than two that fight for one core
@@ -62,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         import_movielens(db, args.movielens)
         for seed in range(args.seeds):
             started = time.perf_counter()
-            options = TrainOptions(epochs=args.epochs, seed=seed, output_dir=Path(out) / f"seed{seed}", resume=False)
-            result = train(db, options)
+            options = TrainOptions(epochs=args.epochs, seed=seed, output_dir=Path(out) / f"seed{seed}", resume=False,
+                                   device=args.device, tower=tower)  # fmt: skip
+            result = train(db, options, on_epoch=lambda e, better, seed=seed: console.print(
+                f"  seed {seed} epoch {e.epoch}: valid Recall@20 {e.valid_recall_at_20:.4f}{' *' if better else ''}, "
+                f"{e.examples_per_second:,.0f} positives/s"))  # fmt: skip
             train_seconds = time.perf_counter() - started
             report = evaluate_model(db, result.directory)
             if seed == 0:
@@ -89,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"seed {seed}: two-tower Recall@20 {run['recall_at_20']['two-tower']:.4f} "
                 f"({run['ratio_vs_ease']['two-tower']:.3f}x EASE {run['recall_at_20']['ease']:.4f}), NDCG@20 "
                 f"{run['ndcg_at_20']['two-tower']:.4f} (EASE {run['ndcg_at_20']['ease']:.4f}); best epoch "
-                f"{result.best_epoch}, {train_seconds:.0f} s"
+                f"{result.best_epoch} (valid Recall@20 {run['best_valid_recall_at_20']:.4f}), cold-catalog "
+                f"{run['cold_catalog_recall_at_20']['two-tower']:.4f}, {train_seconds:.0f} s"
             )
 
     names = list(runs[0]["recall_at_20"])
@@ -130,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, ok in checks.items():
         console.print(f"{'met    ' if ok else 'NOT met'}  {name}")
+    if args.only:
+        return 0
     write("quality", {
         "name": "quality_movielens",
+        "tower": tower,
+        "device": args.device,
         "seeds": len(runs),
         "epochs_run": runs[0]["epochs_run"],
         "best_epoch": runs[0]["best_epoch"],

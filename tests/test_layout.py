@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "twotower"
@@ -116,3 +118,68 @@ def test_no_module_over_400_lines() -> None:
     sizes = {str(p.relative_to(SRC)): len(p.read_text().splitlines()) for p in SRC.rglob("*.py")}
     large = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
     assert not large, f"modules over {MAX_MODULE_LINES} lines (split them by responsibility): {large}"
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.Module) -> tuple[set[str], list[ast.Import | ast.ImportFrom]]:
+    """The modules imported at module level (``if TYPE_CHECKING:`` aside: nothing is imported at run time there),
+    and the function-local imports (inside a ``def`` or a class body; under ``if TYPE_CHECKING:`` aside)."""
+    top: set[str] = set()
+    local: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(node: ast.AST, inside: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if _is_type_checking(child):
+                continue
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                if inside:
+                    local.append(child)
+                elif isinstance(child, ast.Import):
+                    top.update(a.name for a in child.names)
+                else:
+                    top.add("." * child.level + (child.module or ""))
+            else:
+                visit(child, inside or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef))
+
+    visit(tree, False)
+    return top, local
+
+
+def test_function_local_imports_say_why() -> None:
+    """An import inside a function is there for a measured reason (torch stays out of serving, ``twotower --help``
+    stays fast, an optional dependency, an order that matters), said in a ``# lazy:`` comment on its line; it
+    never repeats a module the file already imports at the top (issue 33)."""
+    problems: list[str] = []
+    count = 0
+    for path in sorted(SRC.rglob("*.py")):
+        source = path.read_text()
+        lines = source.splitlines()
+        top, local = _imports(ast.parse(source, filename=str(path)))
+        count += len(local)
+        for node in local:
+            where = f"{path.relative_to(SRC)}:{node.lineno}: {lines[node.lineno - 1].strip()}"
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                ["." * node.level + (node.module or "")]  # fmt: skip
+            if repeated := [n for n in names if n in top]:
+                problems.append(f"{where}  (repeats the import of {', '.join(repeated)} at the top: delete it)")
+            elif not any("# lazy:" in line for line in lines[node.lineno - 1 : node.end_lineno]):
+                problems.append(f"{where}  (move it to the top, or say why not in a `# lazy:` comment)")
+    assert count > 10  # the walk sees the code
+    assert not problems, f"{len(problems)} function-local imports to fix:\n" + "\n".join(problems)
+
+
+def test_serving_and_the_cli_import_no_torch() -> None:
+    """``twotower serve`` (the app uvicorn's workers build) and ``twotower --help`` never import torch, nor the
+    other training-only libraries: serving installs go without them, and torch alone takes seconds to import."""
+    code = (
+        "import sys, twotower.serve.factory, twotower.cli\n"
+        "heavy = {'torch', 'onnx', 'optuna', 'safetensors', 'matplotlib', 'boto3'} & set(sys.modules)\n"
+        "assert not heavy, sorted(heavy)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

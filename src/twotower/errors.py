@@ -39,6 +39,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
 __all__ = [
     "DB_DOWN",
     "ArtifactError",
@@ -267,9 +270,6 @@ def reported_types() -> tuple[type[BaseException], ...]:
 @cache
 def _library() -> tuple[tuple[type[BaseException], Report], ...]:
     """Library exceptions, most specific first (QueryCanceled is an OperationalError)."""
-    import psycopg
-    from psycopg_pool import PoolTimeout
-
     schema = "the database has no twotower schema: run `twotower db upgrade` first"
     return (
         (PoolTimeout, Report(503, "database_unavailable", 69, True, DB_DOWN, "no database connection: ")),

@@ -6,8 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from twotower.errors import ConfigError
 
 __all__ = ["Settings", "get_settings"]
 
@@ -234,10 +236,6 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
-    from pydantic import ValidationError
-
-    from twotower.errors import ConfigError
-
     try:
         return Settings()
     except ValidationError as exc:

@@ -1,6 +1,8 @@
 """The TypeScript ONNX executor of the Edge Functions (supabase/functions/_shared/onnx.ts) against onnxruntime on
 the exported towers (untrained, small vocabularies): the user tower on histories of several lengths (one item, a
-few, full, all masked) and batches, the item tower on batches; and a clear error on an operator it lacks."""
+few, full, all masked) and batches, the item tower on batches; single operators on the cases the towers do not
+reach (broadcast and 1-D MatMul, Split's forms, LayerNormalization's optional outputs); and a clear error on an
+operator it lacks."""
 
 from __future__ import annotations
 
@@ -28,7 +30,13 @@ CLI = FUNCTIONS / "tests" / "onnx_cli.ts"
 TOLERANCE = 1e-5
 VOCAB = {"n_items": 3000, "n_tags": 300, "n_performers": 500, "n_categorical": (40, 120, 400, 20)}
 # the defaults (learned pooling, no history IDs), and the other history options
-CONFIGS = {"default": {}, "history_ids_mean": {"history_ids": True, "history_pooling": "mean"}}
+CONFIGS = {
+    "default": {},
+    "history_ids_mean": {"history_ids": True, "history_pooling": "mean"},
+    # the self-attention user encoder (MatMul, Transpose, Softmax, LayerNormalization, Split)
+    "attention": {"user_encoder": "attention"},
+    "attention_2_layers": {"user_encoder": "attention", "attention_layers": 2, "attention_heads": 4},
+}
 
 
 def run_cli(model: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
@@ -127,3 +135,55 @@ def test_unsupported_operator_is_named(tmp_path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
     result = run_cli(path, [])
     assert "unsupported operators: Tanh" in result["error"]
+
+
+F = TensorProto.FLOAT
+# (node, input shapes (float32; an int64 input is given as values), output count): one node's graph each
+OPERATOR_CASES: dict[str, tuple[Any, list[Any], int]] = {
+    "matmul_broadcast_a": (helper.make_node("MatMul", ["x0", "x1"], ["y0"]), [(3, 4), (2, 5, 4, 6)], 1),
+    "matmul_broadcast_both": (helper.make_node("MatMul", ["x0", "x1"], ["y0"]), [(2, 1, 3, 4), (1, 5, 4, 2)], 1),
+    "matmul_vector_matrix": (helper.make_node("MatMul", ["x0", "x1"], ["y0"]), [(4,), (2, 4, 3)], 1),
+    "matmul_matrix_vector": (helper.make_node("MatMul", ["x0", "x1"], ["y0"]), [(2, 3, 4), (4,)], 1),
+    "matmul_vectors": (helper.make_node("MatMul", ["x0", "x1"], ["y0"]), [(4,), (4,)], 1),
+    "transpose_default": (helper.make_node("Transpose", ["x0"], ["y0"]), [(2, 3, 4)], 1),
+    "transpose_perm": (helper.make_node("Transpose", ["x0"], ["y0"], perm=[1, 2, 0, 3]), [(2, 3, 4, 5)], 1),
+    "softmax_middle_axis": (helper.make_node("Softmax", ["x0"], ["y0"], axis=1), [(2, 7, 3)], 1),
+    "softmax_large": (helper.make_node("Softmax", ["x0"], ["y0"]), [(3, 9)], 1),
+    "layer_norm_stats": (
+        helper.make_node("LayerNormalization", ["x0", "x1", "x2"], ["y0", "y1", "y2"], axis=1, epsilon=1e-3),
+        [(2, 3, 4), (3, 4), (4,)],
+        3,
+    ),
+    "layer_norm_no_bias": (helper.make_node("LayerNormalization", ["x0", "x1"], ["y0"]), [(2, 5, 6), (6,)], 1),
+    "split_num_outputs_uneven": (
+        helper.make_node("Split", ["x0"], ["y0", "y1", "y2"], axis=1, num_outputs=3),
+        [(2, 8, 3)],
+        3,
+    ),
+    "split_sizes_input": (helper.make_node("Split", ["x0", "s"], ["y0", "y1"], axis=-1), [(3, 7), [2, 5]], 2),
+    "split_equal_opset13": (helper.make_node("Split", ["x0"], ["y0", "y1"]), [(4, 3)], 2),
+}
+
+
+@pytest.mark.parametrize("case", list(OPERATOR_CASES))
+def test_operator_matches_onnxruntime(case: str, tmp_path: Path) -> None:
+    node, shapes, outputs = OPERATOR_CASES[case]
+    rng = np.random.default_rng(3)
+    feed, inputs, initializers = {}, [], []
+    for i, shape in enumerate(shapes):
+        if isinstance(shape, list):  # int64 values, as an initializer
+            initializers.append(helper.make_tensor("s", TensorProto.INT64, [len(shape)], shape))
+            continue
+        feed[f"x{i}"] = (rng.normal(size=shape) * (30 if case == "softmax_large" else 1)).astype(np.float32)
+        inputs.append(helper.make_tensor_value_info(f"x{i}", F, list(shape)))
+    result = [helper.make_tensor_value_info(f"y{i}", F, None) for i in range(outputs)]
+    graph = helper.make_graph([node], case, inputs, result, initializer=initializers)
+    path = tmp_path / f"{case}.onnx"
+    opset = 13 if case.endswith("_opset13") else 18  # Split before 18: as many equal parts as outputs
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    (got,) = run_cli(path, [feed])["outputs"]
+    expected = ort.InferenceSession(str(path)).run(None, feed)
+    assert list(got) == [f"y{i}" for i in range(outputs)]
+    for name, want in zip(got, expected, strict=True):
+        assert got[name]["dims"] == list(want.shape), name
+        assert np.abs(np.asarray(got[name]["data"]).reshape(want.shape) - want).max() <= TOLERANCE, name

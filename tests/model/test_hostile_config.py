@@ -112,7 +112,9 @@ def test_the_parameter_memory_is_checked_against_the_catalog() -> None:
 @pytest.mark.parametrize(
     "sizes",
     [{}, {"n_items": 500, "n_tags": 40, "n_performers": 30, "n_categorical": (3, 4, 5, 6), "history_ids": True,
-          "field_dim": 16, "hidden_dim": 64, "embedding_dim": 48}, {"history_pooling": "mean", "n_items": 77}],
+          "field_dim": 16, "hidden_dim": 64, "embedding_dim": 48}, {"history_pooling": "mean", "n_items": 77},
+     {"user_encoder": "attention"}, {"user_encoder": "attention", "attention_dim": 32, "attention_heads": 4,
+                                     "attention_layers": 3, "max_likes": 7, "max_nopes": 0, "n_items": 99}],
 )  # fmt: skip
 def test_the_parameter_estimate_is_the_model_s_count(sizes: dict[str, object]) -> None:
     from twotower.model.towers import TwoTowerModel

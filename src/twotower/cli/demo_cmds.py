@@ -32,7 +32,7 @@ def demo(
     """Everything at once, no configuration: embedded Postgres, a catalog and swipes (synthetic with planted
     tastes, or MovieLens), train, validate, deploy, serve, recommendations for three users over HTTP, the
     evaluation table against the baselines and the quality report. A second run reuses the data and the model."""
-    from twotower.demo import DemoOptions, run_demo
+    from twotower.demo import DemoOptions, run_demo  # lazy: fastapi+scipy, 1.8 s of CLI start
 
     if movielens and movielens_dir is None:
         movielens_dir = BUNDLED_MOVIELENS

@@ -12,6 +12,9 @@ from rich.table import Table
 from twotower.cli.console import err, open_db, out
 from twotower.cli.train_cmds import BATCH_SIZE_HELP, explicit_options, load_config, parse_batch_size
 from twotower.errors import InputError
+from twotower.registry.store import open_store
+from twotower.registry.versions import list_versions
+from twotower.registry.versions import rollback as run_rollback
 from twotower.settings import get_settings
 
 models_app = typer.Typer(help="Model versions: what is registered, what is active.", no_args_is_help=True)
@@ -80,14 +83,13 @@ def deploy(
 ) -> None:
     """Train, export, validate, gate, upload, build the new embedding generation beside the serving one, and
     promote it atomically (servers are notified and hot-swap). A failure leaves the active version serving."""
-    from twotower.train import allocator
+    from twotower.train import allocator  # lazy: torch, 2.5 s of CLI start
 
     allocator.reuse_freed_memory()  # this process trains: a step's tensors reuse the last step's pages
-    from twotower.pipeline.deploy import STAGE_TEXT, DeployOptions
-    from twotower.pipeline.deploy import deploy as run_deploy
-    from twotower.registry.store import open_store
-    from twotower.train.config_file import apply_config
-    from twotower.train.run import TrainOptions
+    from twotower.pipeline.deploy import STAGE_TEXT, DeployOptions  # lazy: torch, 2.5 s of CLI start
+    from twotower.pipeline.deploy import deploy as run_deploy  # lazy: torch, 2.5 s of CLI start
+    from twotower.train.config_file import apply_config  # lazy: torch, 2.5 s of CLI start
+    from twotower.train.run import TrainOptions  # lazy: torch, 2.5 s of CLI start
 
     if tolerance is not None and not 0 <= tolerance <= 1:
         raise InputError(f"--tolerance must be between 0 and 1, got {tolerance:g}")
@@ -152,8 +154,6 @@ def rollback(
     ),
 ) -> None:
     """Switch back to an earlier version instantly: its embedding generation is still there, nothing is recomputed."""
-    from twotower.registry.versions import rollback as run_rollback
-
     with open_db() as db, db.direct() as conn:
         started = time.perf_counter()
         active, previous = run_rollback(conn, version)
@@ -164,8 +164,6 @@ def rollback(
 @models_app.command("list")
 def list_models(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """Every registered version: status, metrics, when it was created and activated, its generation."""
-    from twotower.registry.versions import list_versions
-
     with open_db() as db, db.connection() as conn:
         versions = list_versions(conn)
     if json_out:

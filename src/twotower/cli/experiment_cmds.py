@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from twotower.cli.console import open_db, out
+from twotower.registry.experiments import start as run_start
+from twotower.registry.experiments import stop as run_stop
 from twotower.settings import get_settings
 
 __all__ = ["app"]
@@ -29,8 +31,6 @@ def start(
     share: float = typer.Option(0.1, "--share", help="Share of the users answered by the candidate (0-1)."),
 ) -> None:  # fmt: skip
     """Start answering --share of the users with CANDIDATE (every server loads it beside the active version)."""
-    from twotower.registry.experiments import start as run_start
-
     with open_db() as db, db.direct() as conn:
         exp = run_start(conn, candidate, share)
     out.print(f"experiment {exp.id} running: {exp.candidate_version} answers {exp.share:.1%} of the users, "
@@ -44,7 +44,7 @@ def status(
     """The running (or last) experiment: per arm users, exposures, swipes, like-rate; the difference with its
     intervals and the verdict. Each look is recorded and applies the guardrail (a significantly worse candidate is
     stopped)."""
-    from twotower.monitor.experiment import check_experiment
+    from twotower.monitor.experiment import check_experiment  # lazy: numpy+httpx, 0.4 s of CLI start
 
     settings = get_settings()
     with open_db() as db, db.direct() as conn:
@@ -80,8 +80,6 @@ def stop(
 ) -> None:
     """Stop the running experiment: everyone is answered by the active version again, or with --promote by the
     candidate (the same atomic switch as deploy and rollback)."""
-    from twotower.registry.experiments import stop as run_stop
-
     with open_db() as db, db.direct() as conn:
         exp = run_stop(conn, promote=promote, reason="promoted" if promote else "stopped by hand")
     now = exp.candidate_version if promote else exp.control_version

@@ -20,7 +20,7 @@ def _check_dir(model_dir: Path) -> None:
 
 def export(model_dir: Path = _MODEL_DIR) -> None:
     """Export both towers to ONNX (dynamic batch and history length) and write manifest.json with checksums."""
-    from twotower.export import export_model
+    from twotower.export import export_model  # lazy: torch, 2.5 s of CLI start
 
     _check_dir(model_dir)
     with out.status("exporting ..."):
@@ -39,7 +39,7 @@ def validate(
     ),
 ) -> None:  # fmt: skip
     """Compare PyTorch and ONNX Runtime on rows from the database and edge cases; non-zero exit if they differ."""
-    from twotower.export.validate import MAX_ABS_DIFF, MIN_COSINE, validate_model
+    from twotower.export.validate import MAX_ABS_DIFF, MIN_COSINE, validate_model  # lazy: torch, 2.5 s of CLI start
 
     if js not in ("auto", "require", "skip"):
         raise InputError(f"--js {js!r}: expected auto, require or skip")

@@ -9,7 +9,10 @@ from rich.table import Table
 
 from twotower.cli.console import err, open_db, out
 from twotower.db import Database
+from twotower.errors import TwoTowerError
 from twotower.ingest.service import ImportReport, import_catalog, import_decisions, import_movielens
+from twotower.registry.store import open_store
+from twotower.settings import get_settings
 
 app = typer.Typer(
     help="Import files. Re-running an import adds nothing new. Bad rows are skipped and listed with their "
@@ -63,10 +66,7 @@ def _print(report: ImportReport, title: str) -> None:
 
 def _embed_new(db: Database, embed: bool) -> None:
     """New videos get their embeddings on arrival (nothing to do before the first deploy)."""
-    from twotower.catalog import embed_missing
-    from twotower.errors import TwoTowerError
-    from twotower.registry.store import open_store
-    from twotower.settings import get_settings
+    from twotower.catalog import embed_missing  # lazy: numpy+httpx, 0.4 s of CLI start
 
     if not embed:
         return

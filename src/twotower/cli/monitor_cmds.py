@@ -10,6 +10,8 @@ import typer
 from rich.table import Table
 
 from twotower.cli.console import err, open_db, out
+from twotower.errors import InputError
+from twotower.registry.experiments import current
 from twotower.settings import get_settings
 
 
@@ -27,8 +29,7 @@ def monitor(
     staleness, drift vs the previous generation, and the live like-rate of served recommendations; and the running
     experiment, if any (its guardrail applies). Alerts go to the log and TWOTOWER_MONITOR_WEBHOOK_URL; the exit code
     is 1 when any alert fires (thresholds: TWOTOWER_MONITOR_*)."""
-    from twotower.errors import InputError
-    from twotower.monitor import Thresholds, monitor_version
+    from twotower.monitor import Thresholds, monitor_version  # lazy: numpy+httpx, 0.4 s of CLI start
 
     settings = get_settings()
     if report is not None and report.is_dir():
@@ -42,7 +43,7 @@ def monitor(
             )  # fmt: skip
         experiment = _look_at_experiment(db, settings) if model_version is None else None
         if report is not None:
-            from twotower.monitor.report import write_report
+            from twotower.monitor.report import write_report  # lazy: matplotlib, 1.5 s of CLI start
 
             write_report(db, result, report)
     if as_json:
@@ -61,8 +62,7 @@ def monitor(
 
 def _look_at_experiment(db: Any, settings: Any) -> dict[str, Any] | None:
     """The running experiment's figures (a look: recorded, and the guardrail applies), when one runs."""
-    from twotower.monitor.experiment import check_experiment
-    from twotower.registry.experiments import current
+    from twotower.monitor.experiment import check_experiment  # lazy: numpy+httpx, 0.4 s of CLI start
 
     with db.direct() as conn:
         running = current(conn)
@@ -80,7 +80,7 @@ def _fmt(value: object) -> str:
 
 
 def _print(result: object) -> None:
-    from twotower.monitor import QualityReport
+    from twotower.monitor import QualityReport  # lazy: numpy+httpx, 0.4 s of CLI start
 
     assert isinstance(result, QualityReport)
     against = f" vs {result.previous}" if result.previous else " (no previous generation to compare with)"

@@ -16,6 +16,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from twotower.cli.console import open_db, out
+from twotower.db.conninfo import as_url
 from twotower.errors import ConfigError, InputError, NotFound
 from twotower.settings import get_settings
 
@@ -38,9 +39,9 @@ def simulate(
     """Close the loop: users drawn from `twotower synth`'s taste model sign in with JWTs, ask the API for feeds,
     swipe each served video by their planted taste and post it through /v1/decisions. Prints like-rate by swipe
     index (1-10, 11-20, ...) per arm and cohort, the exposure of cold videos, and the running experiment's verdict."""
-    from twotower.simulate.oracle import Oracle
-    from twotower.simulate.run import SimulationConfig, summarise
-    from twotower.simulate.run import simulate as run
+    from twotower.simulate.oracle import Oracle  # lazy: numpy+httpx, 0.4 s of CLI start
+    from twotower.simulate.run import SimulationConfig, summarise  # lazy: numpy+httpx, 0.4 s of CLI start
+    from twotower.simulate.run import simulate as run  # lazy: numpy+httpx, 0.4 s of CLI start
 
     config = SimulationConfig(users=users, existing=existing, swipes=swipes, history=history, feed=feed, seed=seed,
                               concurrency=concurrency)  # fmt: skip
@@ -54,9 +55,8 @@ def simulate(
     elif settings.jwt_secret is None:
         raise ConfigError("set TWOTOWER_JWT_SECRET to the API's JWT secret: the simulated users sign in with tokens "
                           "signed by it")  # fmt: skip
-    from twotower.db.conninfo import as_url
-    from twotower.demo.api import background_server
-    from twotower.serve.auth import mint_token
+    from twotower.demo.api import background_server  # lazy: fastapi, 1 s of CLI start
+    from twotower.serve.auth import mint_token  # lazy: fastapi, 1 s of CLI start
 
     with open_db() as db:
         with db.direct() as conn:
@@ -92,7 +92,7 @@ def _free_port() -> int:
 
 
 def _wait_ready(base: str, timeout: float = 120.0) -> None:
-    import httpx
+    import httpx  # lazy: 0.2 s of CLI start
 
     deadline = time.monotonic() + timeout
     while httpx.get(f"{base}/readyz", timeout=10).status_code != 200:
@@ -105,7 +105,7 @@ def _verdict(db: Any, summary: dict[str, Any]) -> dict[str, Any] | None:
     """The experiment's figures when the simulation ran inside one (a look: recorded, guardrail included)."""
     if set(summary) <= {"none"}:
         return None
-    from twotower.monitor.experiment import check_experiment
+    from twotower.monitor.experiment import check_experiment  # lazy: numpy+httpx, 0.4 s of CLI start
 
     with db.direct() as conn:
         try:

@@ -38,11 +38,11 @@ def tune(
     `twotower train --config FILE` and `twotower deploy --config FILE`. tune takes no --config: every trial starts
     from the defaults and searches the learning rate, batch size, schedule, field and hidden dims, dropouts,
     pooling, negatives, next likes and the logQ weight; to train from other settings, edit the --output file."""
-    from twotower.train import allocator
+    from twotower.train import allocator  # lazy: torch, 2.5 s of CLI start
 
     allocator.reuse_freed_memory()  # this process trains: a step's tensors reuse the last step's pages
-    from twotower.train.tune import TuneOptions
-    from twotower.train.tune import tune as run_tune
+    from twotower.train.tune import TuneOptions  # lazy: torch, 2.5 s of CLI start
+    from twotower.train.tune import tune as run_tune  # lazy: torch, 2.5 s of CLI start
 
     options = TuneOptions(
         trials=trials, timeout=timeout, study=study, epochs=epochs, patience=patience, seed=seed,

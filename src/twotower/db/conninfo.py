@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from urllib.parse import quote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -108,8 +109,6 @@ def parse_url(conninfo: str) -> str:
 def as_url(conninfo: str) -> str:
     """A connection string as the ``postgresql://`` URL that other clients take (SUPABASE_DB_URL for the edge
     functions): user, password, host or Unix-socket directory (``?host=``), port and database."""
-    from urllib.parse import quote
-
     info = conninfo_to_dict(conninfo)
     user = quote(str(info.get("user", "postgres")), safe="")
     if info.get("password"):

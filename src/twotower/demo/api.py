@@ -10,7 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import uvicorn
+
 from twotower.errors import DemoError, InputError
+from twotower.serve import create_app
 from twotower.serve.auth import SERVICE_ROLE, mint_token
 from twotower.settings import Settings
 
@@ -23,10 +26,6 @@ TOKEN_HOURS = 12  # lifetime of the tokens the demo prints
 def background_server(settings: Settings, port: int) -> Iterator[tuple[str, threading.Event, Any]]:
     """Serve ``create_app(settings)`` until the block ends: ``(url, stopped, server)``; ``stopped`` is set if it
     ends early."""
-    import uvicorn
-
-    from twotower.serve import create_app
-
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="error", access_log=False,
                             lifespan="on")  # fmt: skip
     server = uvicorn.Server(config)

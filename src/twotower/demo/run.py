@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 from pydantic import SecretStr
 from rich.console import Console
@@ -27,7 +28,8 @@ from rich.status import Status
 from twotower.db import Database
 from twotower.demo.api import background_server, check_port, service_token, user_token
 from twotower.demo.show import print_user, stage_done
-from twotower.errors import DemoError, InputError
+from twotower.errors import DemoError, DeployFailed, EmbeddingAlerts, InputError, QualityGateFailed
+from twotower.evaluation import render_slices, render_table
 from twotower.inference.explain import (
     Picked,
     data_signature,
@@ -39,7 +41,14 @@ from twotower.inference.explain import (
     synthetic_tastes,
 )
 from twotower.ingest.movielens import SOURCE as MOVIELENS_SOURCE
+from twotower.ingest.movielens import MovieLensFiles
+from twotower.ingest.service import import_movielens
+from twotower.monitor import Thresholds, monitor_version
+from twotower.registry.store import fetch, open_store
+from twotower.registry.versions import active_version
 from twotower.settings import Settings
+from twotower.synth import SynthConfig, generate
+from twotower.synth import validate as validate_synth
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -112,8 +121,6 @@ class _Demo:
         """Generate or import the data unless it is already there; its description (for the reuse check)."""
         o = self.options
         if o.movielens is not None:
-            from twotower.ingest.movielens import MovieLensFiles
-
             MovieLensFiles.find(o.movielens)  # a clear NotFound before anything else
             with self.step("data") as (status, done):
                 with db.connection() as conn:
@@ -124,8 +131,6 @@ class _Demo:
                         "(`twotower import movielens` re-imports)"
                     )
                 else:
-                    from twotower.ingest.service import import_movielens
-
                     status.update(f"importing MovieLens from {o.movielens} ...")
                     report = import_movielens(db, o.movielens)
                     v, d = report.videos, report.decisions
@@ -136,9 +141,6 @@ class _Demo:
                     )
             self._other_data(db, MOVIELENS_SOURCE, None)
             return {"source": "movielens"}
-        from twotower.synth import SynthConfig, generate
-        from twotower.synth import validate as validate_synth
-
         config = SynthConfig(videos=o.videos, users=o.users, decisions=o.decisions, seed=o.seed)
         validate_synth(config)
         with self.step("data") as (status, done):
@@ -173,8 +175,6 @@ class _Demo:
 
     def model(self, db: Database, data: dict[str, Any]) -> str:
         """The version to show: the one deployed by an earlier demo on the same data, else a new deploy."""
-        from twotower.registry.versions import active_version
-
         with db.connection() as conn:
             signature = data_signature(conn)
         key = {"data": data, "signature": signature, "epochs": self.options.epochs}
@@ -190,11 +190,13 @@ class _Demo:
         return version
 
     def deploy(self, db: Database) -> str:
-        from twotower.errors import DeployFailed, EmbeddingAlerts, QualityGateFailed
-        from twotower.pipeline.deploy import STAGE_TEXT, DeployOptions, DeployResult
-        from twotower.pipeline.deploy import deploy as run_deploy
-        from twotower.registry.store import open_store
-        from twotower.train.run import TrainOptions
+        from twotower.pipeline.deploy import (  # lazy: torch, 2.5 s, loads at the train stage
+            STAGE_TEXT,
+            DeployOptions,
+            DeployResult,
+        )
+        from twotower.pipeline.deploy import deploy as run_deploy  # lazy: torch, 2.5 s, loads at the train stage
+        from twotower.train.run import TrainOptions  # lazy: torch, 2.5 s, loads at the train stage
 
         settings = self.settings
         version = time.strftime("demo-%Y%m%d-%H%M%S")
@@ -269,8 +271,6 @@ class _Demo:
     def recommendations(self, db: Database, url: str, version: str) -> str:
         """Three users with different tastes: their likes, and the API's five recommendations, with a reason.
         Returns a token for the first one (for trying the API by hand)."""
-        import httpx
-
         with self.step("users") as (_, done), db.direct() as conn:
             synthetic = has_synthetic(conn)
             picked = pick_users(conn, 3, synthetic=synthetic)
@@ -305,9 +305,7 @@ class _Demo:
 
     def evaluation(self, db: Database, version: str) -> None:
         """The model and the baselines on the temporal split: the same report as ``twotower evaluate``."""
-        from twotower.evaluation import render_slices, render_table
-        from twotower.registry.store import fetch, open_store
-        from twotower.train.evaluate import evaluate_model
+        from twotower.train.evaluate import evaluate_model  # lazy: torch, 2.5 s, loads at the evaluate stage
 
         with self.step("evaluation") as (status, done):
             model_dir = fetch(open_store(self.settings), version, self.settings.model_cache_dir)
@@ -323,8 +321,7 @@ class _Demo:
         self.out.print(render_slices(report.results))
 
     def quality_report(self, db: Database, version: str) -> Path:
-        from twotower.monitor import Thresholds, monitor_version
-        from twotower.monitor.report import write_report
+        from twotower.monitor.report import write_report  # lazy: matplotlib, 1.5 s, loads at the report stage
 
         target = self.data_dir / "quality.html"
         with self.step("quality report") as (_, done):
@@ -343,8 +340,6 @@ def run_demo(options: DemoOptions, settings: Settings, out: Console, err: Consol
     if options.epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {options.epochs}")
     if options.movielens is not None:
-        from twotower.ingest.movielens import MovieLensFiles
-
         MovieLensFiles.find(options.movielens)
     check_port(options.port)
     if settings.jwt_secret is None:

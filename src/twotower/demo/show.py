@@ -60,7 +60,7 @@ def print_user(
 
 def stage_done(out: Console, clock: dict[str, Any]) -> None:
     """One line for the deploy stage that just ended (``clock``: its name and start time)."""
-    from twotower.pipeline.deploy import STAGE_TEXT
+    from twotower.pipeline.deploy import STAGE_TEXT  # lazy: torch, 2.5 s; show is imported before training
 
     if clock["stage"]:
         took = time.perf_counter() - clock["t"]

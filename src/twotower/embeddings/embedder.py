@@ -48,7 +48,7 @@ class Embedder:
 
     @functools.cached_property
     def catalog_ids(self) -> list[Any]:
-        return sorted(self.items.row, key=self.items.row.__getitem__)  # the index's row order
+        return self.items.video_ids()  # the index's row order
 
     def video_vectors(self, conn: psycopg.Connection[Any], ids: list[uuid.UUID]) -> Vectors:
         """The item tower's vectors of these videos (ids of videos that are gone are left out)."""

@@ -10,6 +10,7 @@ import importlib.util
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import threadpool_limits
 
 from twotower.evaluation.scorers import FloatMatrix, _check_users, _Fitted, train_likes_matrix
 from twotower.evaluation.split import Split
@@ -47,8 +48,7 @@ class ALSScorer(_Fitted):
         self.item_factors = np.zeros((n_items, factors), dtype=np.float32)
 
     def fit(self, split: Split) -> None:
-        from implicit.cpu.als import AlternatingLeastSquares
-        from threadpoolctl import threadpool_limits
+        from implicit.cpu.als import AlternatingLeastSquares  # lazy: optional (train extra)
 
         likes = train_likes_matrix(split, self.n_items)
         with threadpool_limits(1, "blas"):  # implicit warns (and slows down) when BLAS runs its own threads

@@ -114,8 +114,8 @@ def export_model(model_dir: Path) -> dict[str, Any]:
         json.loads((model_dir / "evaluation.json").read_text()) if (model_dir / "evaluation.json").is_file() else {}
     )
     files = [ITEM_ONNX, USER_ONNX, "features.json", "tower_config.json", "model.safetensors"]
-    import onnx
-    import onnxruntime
+    import onnx  # lazy: 1.3 s after torch, for `validate` and `deploy` too, which import twotower.export
+    import onnxruntime  # lazy: read only for the manifest's library versions, beside onnx
 
     manifest: dict[str, Any] = {
         "format_version": 1,

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 __all__ = ["CATEGORICAL_FIELDS", "Catalog", "load_catalog"]
 
@@ -128,8 +129,6 @@ def load_catalog(conn: psycopg.Connection[Any], ids: Sequence[uuid.UUID] | None 
 
 
 def _load_catalog(conn: psycopg.Connection[Any], ids: Sequence[uuid.UUID] | None) -> Catalog:
-    from psycopg.rows import dict_row
-
     params: dict[str, Any] = {}
     if ids is not None:
         if not len(ids):

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psycopg
+from psycopg import sql
 
 __all__ = ["DecisionLog", "load_decision_log"]
 
@@ -41,8 +42,6 @@ def load_decision_log(
     row-by-row reading held a tuple and two UUIDs per decision at once); videos are matched to the catalog by
     their 16 bytes (issue 31).
     """
-    from psycopg import sql
-
     where: sql.Composable = sql.SQL("")
     if user_range is not None:  # COPY takes no parameters: literals, quoted by psycopg
         where = sql.SQL("WHERE d.user_id BETWEEN {}::uuid AND {}::uuid").format(*map(sql.Literal, user_range))

@@ -12,8 +12,11 @@ encoded on the spot.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,14 +101,10 @@ def _id_strings(ids: Iterable[uuid.UUID]) -> npt.NDArray[np.bytes_]:
 
 @dataclass(frozen=True)
 class _SortedIds:
-    """The index's ids in byte order (``S16``), with their rows: a refresh finds its window's rows by binary search."""
+    """The index's ids in byte order (``S16``), with their rows: requests and refreshes find rows by binary search."""
 
     ids: npt.NDArray[np.bytes_]
     rows: npt.NDArray[np.int64]
-
-    @classmethod
-    def of(cls, row: dict[uuid.UUID, int]) -> _SortedIds:
-        return cls.sorted(_id_strings(row), np.fromiter(row.values(), dtype=np.int64, count=len(row)))
 
     @classmethod
     def sorted(cls, ids: npt.NDArray[np.bytes_], rows: npt.NDArray[np.int64]) -> _SortedIds:
@@ -119,20 +118,20 @@ class _SortedIds:
         at = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
         return np.where(self.ids[at] == ids, self.rows[at], -1)
 
-    def plus(self, ids: list[uuid.UUID], rows: list[int]) -> _SortedIds:
-        if not ids:
+    def plus(self, ids: npt.NDArray[np.bytes_], rows: npt.NDArray[np.int64]) -> _SortedIds:
+        if not len(ids):
             return self
-        return _SortedIds.sorted(
-            np.concatenate([self.ids, _id_strings(ids)]), np.concatenate([self.rows, np.array(rows)])
-        )
+        return _SortedIds.sorted(np.concatenate([self.ids, ids]), np.concatenate([self.rows, rows]))
 
 
 def write_item_table(
-    path: Path, ids: Sequence[uuid.UUID], stamps: npt.NDArray[np.int64], features: ItemFeatures, as_of: datetime
-) -> None:
+    path: Path, ids: Sequence[uuid.UUID] | npt.NDArray[np.bytes_], stamps: npt.NDArray[np.int64],
+    features: ItemFeatures, as_of: datetime,
+) -> None:  # fmt: skip
     """Save a table (no padding row) as plain arrays: ``ids`` as 16 bytes each, ``updated_at`` of each row and
     ``as_of`` in Unix microseconds."""
-    raw = _id_strings(ids).view(np.uint8).reshape(len(ids), 16)
+    strings = ids if isinstance(ids, np.ndarray) else _id_strings(ids)
+    raw = np.ascontiguousarray(strings).view(np.uint8).reshape(len(strings), 16)
     with path.open("wb") as handle:
         np.savez(handle, ids=raw, updated_at=stamps, as_of=np.array(_micros(as_of), dtype=np.int64),
                  **{n: getattr(features, n) for n in FIELDS})  # fmt: skip
@@ -140,18 +139,38 @@ def write_item_table(
 
 @dataclass(frozen=True)
 class ItemIndex:
+    """No Python object per video: ids are one ``S16`` array (row ``i``'s id at ``ids[i]``) and looked up by binary
+    search, so a table of 1M videos opens in about a second and holds no million UUIDs and dict entries (issue 31:
+    building them took 25 s of each server's start and ~200 MB of each worker at 1M)."""
+
     table: ItemFeatures  # one row per video, then a padding row
-    row: dict[uuid.UUID, int]
+    ids: npt.NDArray[np.bytes_]  # per row: the video's id, 16 bytes (``S16``)
     stamps: npt.NDArray[np.int64]  # per row: the video's ``updated_at`` (Unix microseconds) when it was read
     as_of: datetime  # database time of the last read: videos updated since then (less LOOKBACK) are checked again
-    # internal: ``row`` as sorted arrays, made on the first refresh and handed on by ``refreshed`` (never passed in)
+    # internal: ``ids`` in byte order with their rows, made on first use and handed on by ``refreshed``
     sorted_ids: _SortedIds | None = field(default=None, compare=False, repr=False)
 
     def _sorted_ids(self) -> _SortedIds:
-        if self.sorted_ids is None:
-            object.__setattr__(self, "sorted_ids", _SortedIds.of(self.row))  # a cache: the same index either way
+        if self.sorted_ids is None:  # a cache: the same index either way
+            object.__setattr__(self, "sorted_ids", _SortedIds.sorted(self.ids, np.arange(len(self.ids))))
         assert self.sorted_ids is not None
         return self.sorted_ids
+
+    def rows(self, ids: Sequence[uuid.UUID]) -> npt.NDArray[np.int64]:
+        """The row of each of these videos, -1 where the table has none."""
+        return self._sorted_ids().find(_id_strings(ids)) if ids else np.zeros(0, dtype=np.int64)
+
+    def row_of(self, video: uuid.UUID) -> int | None:
+        row = int(self.rows([video])[0])
+        return row if row >= 0 else None
+
+    def __contains__(self, video: object) -> bool:
+        return isinstance(video, uuid.UUID) and self.row_of(video) is not None
+
+    def video_ids(self) -> list[uuid.UUID]:
+        """Every video's id in row order (a Python object each: for batch jobs, not for servers)."""
+        raw = self.ids.tobytes()  # (an S16 item read alone would lose trailing zero bytes)
+        return [uuid.UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16)]
 
     @classmethod
     def load(cls, conn: psycopg.Connection[Any], pipeline: FeaturePipeline, chunk: int = 20_000) -> ItemIndex:
@@ -161,8 +180,8 @@ class ItemIndex:
         found, table = _encode(conn, pipeline, ids, chunk)
         at = dict(zip(ids, stamps, strict=True))
         _release_memory()
-        return cls(table.with_padding_row(), {vid: i for i, vid in enumerate(found)},
-                   np.array([at[v] for v in found], dtype=np.int64), as_of)  # fmt: skip
+        return cls(table.with_padding_row(), _id_strings(found), np.array([at[v] for v in found], dtype=np.int64),
+                   as_of)  # fmt: skip
 
     @classmethod
     def open(cls, directory: Path, conn: psycopg.Connection[Any], pipeline: FeaturePipeline) -> ItemIndex:
@@ -182,18 +201,18 @@ class ItemIndex:
             raise ArtifactError(f"{path}: not a valid item table ({exc})") from None
         raw, stamps = arrays.pop("ids"), arrays.pop("updated_at")
         n = len(raw)
-        if raw.shape != (n, 16) or stamps.shape != (n,) or any(len(arrays[f]) != n for f in FIELDS):
+        if raw.shape != (n, 16) or raw.dtype != np.uint8 or stamps.shape != (n,) or any(
+                len(arrays[f]) != n for f in FIELDS):  # fmt: skip
             raise ArtifactError(f"{path}: the item table's arrays disagree in length")
-        ids = [uuid.UUID(bytes=bytes(r)) for r in raw]
+        ids = np.ascontiguousarray(raw).view("S16").reshape(n)
         as_of = _EPOCH + timedelta(microseconds=int(arrays.pop("as_of")))
         table = ItemFeatures(*(arrays[f] for f in FIELDS))
-        return cls(table.with_padding_row(), {vid: i for i, vid in enumerate(ids)}, stamps.astype(np.int64), as_of)
+        return cls(table.with_padding_row(), ids, stamps.astype(np.int64), as_of)
 
     def save(self, path: Path) -> None:
         """Write the table as ``items.npz`` (see ``write_item_table``)."""
-        ids = sorted(self.row, key=self.row.__getitem__)
-        table = self.table.take(np.arange(len(ids), dtype=np.int64))
-        write_item_table(path, ids, self.stamps, table, self.as_of)
+        table = self.table.take(np.arange(len(self.ids), dtype=np.int64))
+        write_item_table(path, self.ids, self.stamps, table, self.as_of)
 
     def refreshed(self, conn: psycopg.Connection[Any], pipeline: FeaturePipeline, chunk: int = 20_000) -> ItemIndex:
         """This table with the videos added or changed since it was read re-encoded (the same arrays when none
@@ -206,23 +225,17 @@ class ItemIndex:
         seen = ~changed
         changed[seen] = self.stamps[found_at[seen]] != stamps[seen]
         if not changed.any():
-            return ItemIndex(self.table, self.row, self.stamps, as_of, index_ids)
+            return ItemIndex(self.table, self.ids, self.stamps, as_of, index_ids)
         raw = ids[changed].tobytes()  # (an S16 item read alone would lose trailing zero bytes)
         stale = [uuid.UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16)]
         read = dict(zip(stale, stamps[changed].tolist(), strict=True))
         found, fresh = _encode(conn, pipeline, stale, chunk)
-        rows = dict(self.row)
-        size = len(rows)
-        at = np.empty(len(found), dtype=np.int64)
-        added: list[uuid.UUID] = []
-        for i, vid in enumerate(found):
-            j = rows.get(vid)
-            if j is None:
-                j = rows[vid] = size
-                size += 1
-                added.append(vid)
-            at[i] = j
-        known = len(self.row)
+        found_ids = _id_strings(found)
+        at = index_ids.find(found_ids)
+        added = at < 0
+        known = len(self.ids)
+        size = known + int(added.sum())
+        at[added] = np.arange(known, size)
 
         def merged(old: npt.NDArray[Any], new: npt.NDArray[Any]) -> npt.NDArray[Any]:
             out = np.zeros((size, *old.shape[1:]), dtype=old.dtype)
@@ -232,11 +245,12 @@ class ItemIndex:
 
         table = ItemFeatures(*(merged(getattr(self.table, n), getattr(fresh, n)) for n in FIELDS))
         new_stamps = merged(self.stamps, np.array([read[v] for v in found], dtype=np.int64))
-        sorted_ids = index_ids.plus(added, [rows[v] for v in added])
-        return ItemIndex(table.with_padding_row(), rows, new_stamps, as_of, sorted_ids)
+        all_ids = np.concatenate([self.ids, found_ids[added]])
+        sorted_ids = index_ids.plus(found_ids[added], at[added])
+        return ItemIndex(table.with_padding_row(), all_ids, new_stamps, as_of, sorted_ids)
 
     def __len__(self) -> int:
-        return len(self.row)
+        return len(self.ids)
 
     @property
     def pad(self) -> int:
@@ -247,7 +261,7 @@ class ItemIndex:
     ) -> ItemFeatures:
         """Features of these videos in order (videos newer than the index are read and encoded on the spot),
         followed by a padding row."""
-        rows = np.array([self.row.get(v, -1) for v in ids], dtype=np.int64)
+        rows = self.rows(ids)
         known = self.table.take(np.where(rows >= 0, rows, self.pad))
         missing = [v for v, r in zip(ids, rows, strict=True) if r < 0]
         if missing:
@@ -264,9 +278,6 @@ class ItemIndex:
 
 def _release_memory() -> None:
     """Hand freed heap back to the OS (glibc keeps it otherwise, and RSS stays at the loading peak)."""
-    import ctypes
-    import ctypes.util
-    from contextlib import suppress
 
     name = ctypes.util.find_library("c")
     if name:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import onnxruntime as ort
 
 from twotower.errors import ArtifactError
 from twotower.features.examples import UserBatch
@@ -36,7 +37,6 @@ class OnnxTowers:
     """Item and user towers of one version. ``verify`` checks every file against the manifest's sha256 first."""
 
     def __init__(self, directory: Path, *, verify: bool = True, threads: int = 0) -> None:
-        import onnxruntime as ort
 
         if verify:
             self.manifest: dict[str, Any] = verify_directory(directory)

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg.types.json import Jsonb
+from threadpoolctl import threadpool_limits
 
 from twotower.db import Database, locks
 from twotower.embeddings.embedder import Embedder
@@ -210,8 +211,6 @@ def run_batch(
 ) -> BatchResult:
     """Work on the job for ``options`` until no chunk is left. ``on_chunk(done, total, rows)`` after each."""
     options.validate()
-    from threadpoolctl import threadpool_limits
-
     # a gentle worker keeps to one core: no BLAS helper threads (they spin)
     with threadpool_limits(1, "blas") if options.gentle else contextlib.nullcontext():
         return _run_batch(db, store, options, on_chunk)

@@ -18,7 +18,8 @@ MAX_DIM = 768
 BOUNDS = {
     "field_dim": (1, 1024), "hidden_dim": (1, 4096), "uniform_negatives": (0, 65536), "max_likes": (1, 1000),
     "max_nopes": (0, 1000), "recent_likes": (0, 1000), "history_tags": (0, 64), "history_performers": (0, 64),
-    "target_window": (1, 1000), "targets_per_history": (1, 256),
+    "target_window": (1, 1000), "targets_per_history": (1, 256), "attention_dim": (8, 512),
+    "attention_heads": (1, 16), "attention_layers": (1, 8),
 }  # fmt: skip
 # what training may hold for the parameters: fp32 weights, their gradients and Adam's two moments (16 bytes
 # a parameter); checked from the config and the catalog size before anything is allocated
@@ -65,6 +66,13 @@ class TowerConfig:
     # training only: each history like/nope is hidden with this probability (denoising, as Mult-DAE's input
     # dropout): the tower learns a taste from any part of a history, not from a few items it memorised
     history_dropout: float = 0.25
+    # the user tower: "pooled" (the weighted likes, latest likes and nopes: order-blind) or "attention" (the
+    # same, plus self-attention over the ordered likes and nopes as tokens, ``model.sequence``)
+    user_encoder: str = "pooled"
+    attention_dim: int = 64
+    attention_heads: int = 2
+    attention_layers: int = 1
+    attention_dropout: float = 0.1
     # loss
     # "past": a user state is what they did before a like, the target is that like (sequential);
     # "profile": the state is the user's whole training profile, targets are likes hidden from it (set-based)
@@ -100,6 +108,14 @@ class TowerConfig:
             raise InputError(f"history_dropout must be in [0, 1), got {self.history_dropout}")
         if self.history_pooling not in ("mean", "learned"):
             raise InputError(f"history_pooling must be 'mean' or 'learned', got {self.history_pooling!r}")
+        if self.user_encoder not in ("pooled", "attention"):
+            raise InputError(f"user_encoder must be 'pooled' or 'attention', got {self.user_encoder!r}")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise InputError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
+        if self.attention_dim % self.attention_heads:
+            raise InputError(
+                f"attention_dim ({self.attention_dim}) must be a multiple of attention_heads ({self.attention_heads})"
+            )
         if self.history not in ("past", "profile"):
             raise InputError(f"history must be 'past' or 'profile', got {self.history!r}")
         if self.next_likes is None:
@@ -128,9 +144,20 @@ class TowerConfig:
         encoder = d * rows + (self.numeric_width + 1) * d
         width = d * (4 + len(self.n_categorical))  # the concatenated fields
         item_head = width * h + h + h * e + e
-        user_head = (3 * width + self.stats_width) * h + h + h * e + e
+        sequence = self.attention_dim if self.user_encoder == "attention" else 0
+        user_head = (3 * width + self.stats_width + sequence) * h + h + h * e + e
         pooling = self.n_items + 1 if self.history_pooling == "learned" else 0
-        return encoder + item_head + user_head + pooling
+        return encoder + item_head + user_head + pooling + self._attention_parameters(width)
+
+    def _attention_parameters(self, width: int) -> int:
+        """What ``model.sequence.HistoryAttention`` holds (0 for the pooled tower)."""
+        if self.user_encoder != "attention":
+            return 0
+        a = self.attention_dim
+        # two layer norms, qkv, out, the feed-forward block (a -> 2a -> a)
+        layer = 4 * a + (3 * a * a + 3 * a) + (a * a + a) + (2 * a * a + 2 * a) + (2 * a * a + a)
+        tokens = max(self.max_likes, 1) + max(self.max_nopes, 1) + 1  # positions and the readout token
+        return width * a + a + tokens * a + self.attention_layers * layer + 2 * a
 
     def training_bytes(self) -> int:
         """What training holds for the parameters (fp32 weights, gradients, Adam's two moments)."""

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from twotower.features.vocab import OOV
 from twotower.model.config import TowerConfig
+from twotower.model.sequence import HistoryAttention
 
 __all__ = ["ItemEncoder", "TwoTowerModel"]
 
@@ -150,6 +151,13 @@ class ItemEncoder(nn.Module):
         return projected * (total > 0).to(numeric.dtype)
 
 
+_Masks = tuple[Tensor, Tensor, Tensor]  # the like IDs, the like and nope masks (history dropout applied)
+
+
+def _mean(mask: Tensor) -> Tensor:
+    return mask / mask.sum(-1, keepdim=True).clamp(min=1.0)
+
+
 def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
     # one hidden layer: on a 2-core CPU the towers must train at tens of thousands of examples a second
     return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
@@ -162,7 +170,14 @@ class TwoTowerModel(nn.Module):
         self.encoder = ItemEncoder(cfg)
         d = self.encoder.out_dim
         self.item_head = _mlp(d, cfg.hidden_dim, cfg.embedding_dim, cfg.dropout)
-        self.user_head = _mlp(3 * d + cfg.stats_width, cfg.hidden_dim, cfg.embedding_dim, cfg.dropout)
+        # the ordered history (``user_encoder="attention"``): its readout joins the pooled features
+        self.sequence = (
+            HistoryAttention(d, cfg.attention_dim, cfg.attention_heads, cfg.attention_layers, cfg.attention_dropout,
+                             cfg.max_likes, cfg.max_nopes)
+            if cfg.user_encoder == "attention" else None
+        )  # fmt: skip
+        extra = cfg.attention_dim if self.sequence is not None else 0
+        self.user_head = _mlp(3 * d + cfg.stats_width + extra, cfg.hidden_dim, cfg.embedding_dim, cfg.dropout)
         if cfg.history_pooling == "learned":
             # pooling weight of a like ∝ exp(score of the item - slope · log(1 + its age in likes)); both start
             # at 0 (a plain mean), so the model only departs from the mean where that helps
@@ -183,8 +198,9 @@ class TwoTowerModel(nn.Module):
         """Both towers in one call (what DistributedDataParallel wraps): ``([B, dim], [N, dim])``. The encoder
         reads each table once for both towers."""
         *history, stats = user_inputs
-        likes, recent, nopes, items = self.encoder.encode([*self._user_calls(*history), self._item_call(*item_inputs)])
-        return self._user_out(likes, recent, nopes, stats), self._item_out(items)
+        calls, masks = self._user_calls(*history)
+        *encoded, items = self.encoder.encode([*calls, self._item_call(*item_inputs)])
+        return self._user_out(encoded, masks, stats), self._item_out(items)
 
     def item_tower(
         self, item_id: Tensor, tags: Tensor, performers: Tensor, categorical: Tensor, numeric: Tensor
@@ -210,11 +226,11 @@ class TwoTowerModel(nn.Module):
         stats: Tensor,  # [B, S]
     ) -> Tensor:
         """The user's embedding from their recent decisions, computed at request time. ``[B, dim]``."""
-        likes, recent, nopes = self.encoder.encode(self._user_calls(
+        calls, masks = self._user_calls(
             like_item_id, like_tags, like_performers, like_categorical, like_numeric, like_mask,
             nope_item_id, nope_tags, nope_performers, nope_categorical, nope_numeric, nope_mask,
-        ))  # fmt: skip
-        return self._user_out(likes, recent, nopes, stats)
+        )  # fmt: skip
+        return self._user_out(self.encoder.encode(calls), masks, stats)
 
     def _item_call(
         self, item_id: Tensor, tags: Tensor, performers: Tensor, categorical: Tensor, numeric: Tensor
@@ -231,28 +247,51 @@ class TwoTowerModel(nn.Module):
         like_numeric: Tensor, like_mask: Tensor,
         nope_item_id: Tensor, nope_tags: Tensor, nope_performers: Tensor, nope_categorical: Tensor,
         nope_numeric: Tensor, nope_mask: Tensor,
-    ) -> list[EncoderCall]:  # fmt: skip
-        """The encoder inputs of the user tower: the pooled likes, the latest likes and the nopes."""
-        k = self.cfg.recent_likes  # a constant slice: shorter histories just give fewer columns (ONNX-friendly)
+    ) -> tuple[list[EncoderCall], _Masks]:  # fmt: skip
+        """The encoder inputs of the user tower, and what ``_user_out`` needs to pool them. Pooled: three bags
+        (the pooled likes, the latest likes, the nopes). Attention: one bag per history slot (its encoding is a
+        token), pooled afterwards the same way: a linear map commutes with the weighted sum."""
         # a history item contributes its first few tags and performers: enough for taste, much cheaper
         t, q = self.cfg.history_tags, self.cfg.history_performers
         like_tags, like_performers = like_tags[..., :t], like_performers[..., :q]
         nope_tags, nope_performers = nope_tags[..., :t], nope_performers[..., :q]
-
-        def mean(mask: Tensor) -> Tensor:
-            return mask / mask.sum(-1, keepdim=True).clamp(min=1.0)
-
         p = self.cfg.history_dropout
         if self.training and p > 0:  # denoising: the tower must infer a taste from part of the history
             like_mask = like_mask * (torch.rand_like(like_mask) >= p).to(like_mask.dtype)
             nope_mask = nope_mask * (torch.rand_like(nope_mask) >= p).to(nope_mask.dtype)
+        masks = (like_item_id, like_mask, nope_mask)
+        if self.sequence is not None:
+
+            def slots(*history: Tensor) -> EncoderCall:  # [B, H, ...] each -> [B * H, 1, ...]: a bag per slot
+                ids, tags, performers, categorical, numeric, mask = (x.reshape(-1, 1, *x.shape[2:]) for x in history)
+                return ids, tags, performers, categorical, numeric, mask, True
+
+            return [
+                slots(like_item_id, like_tags, like_performers, like_categorical, like_numeric, like_mask),
+                slots(nope_item_id, nope_tags, nope_performers, nope_categorical, nope_numeric, nope_mask),
+            ], masks
+        k = self.cfg.recent_likes  # a constant slice: shorter histories just give fewer columns (ONNX-friendly)
         return [
             (like_item_id, like_tags, like_performers, like_categorical, like_numeric,
              self._like_weights(like_item_id, like_mask), True),
             (like_item_id[:, :k], like_tags[:, :k], like_performers[:, :k], like_categorical[:, :k],
-             like_numeric[:, :k], mean(like_mask[:, :k]), True),
-            (nope_item_id, nope_tags, nope_performers, nope_categorical, nope_numeric, mean(nope_mask), True),
-        ]  # fmt: skip
+             like_numeric[:, :k], _mean(like_mask[:, :k]), True),
+            (nope_item_id, nope_tags, nope_performers, nope_categorical, nope_numeric, _mean(nope_mask), True),
+        ], masks  # fmt: skip
 
-    def _user_out(self, likes: Tensor, recent: Tensor, nopes: Tensor, stats: Tensor) -> Tensor:
-        return F.normalize(self.user_head(torch.cat([likes, recent, nopes, stats], dim=-1)), dim=-1)
+    def _user_out(self, encoded: list[Tensor], masks: _Masks, stats: Tensor) -> Tensor:
+        parts = list(encoded)
+        if self.sequence is not None:
+            like_item_id, like_mask, nope_mask = masks
+            b, k = like_mask.shape[0], self.cfg.recent_likes
+            likes, nopes = encoded[0].reshape(b, like_mask.shape[1], -1), encoded[1].reshape(b, nope_mask.shape[1], -1)
+            parts = [
+                (self._like_weights(like_item_id, like_mask).unsqueeze(-1) * likes).sum(1),
+                (_mean(like_mask[:, :k]).unsqueeze(-1) * likes[:, :k]).sum(1),
+                (_mean(nope_mask).unsqueeze(-1) * nopes).sum(1),
+                stats,
+                self.sequence(likes, like_mask, nopes, nope_mask),
+            ]
+        else:
+            parts.append(stats)
+        return F.normalize(self.user_head(torch.cat(parts, dim=-1)), dim=-1)

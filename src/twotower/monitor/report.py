@@ -19,13 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from twotower.errors import InputError
 from twotower.monitor.report_experiment import experiment_section, latest_experiment
-from twotower.monitor.run import QualityReport
+from twotower.monitor.run import QualityReport, history
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
     from twotower.monitor.experiment import CheckResult
 
@@ -115,9 +118,6 @@ def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str
 
 
 def _png(draw: Callable[[Axes], None], size: tuple[float, float] = _SIZE) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=size, dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     draw(fig.add_subplot())
@@ -143,8 +143,6 @@ def _norms_plot(norms: npt.NDArray[np.float32]) -> str:
     lo, hi = min(float(values.min()), 0.99), max(float(values.max()), 1.01)
 
     def draw(ax: Axes) -> None:
-        from matplotlib.ticker import MaxNLocator
-
         ax.hist(values, bins=np.linspace(lo, hi, 51).tolist(), color="#0969da")
         ax.axvline(1.0, color="#cf222e", linewidth=1, linestyle="--")
         ax.set_yscale("log")  # a few off-norm rows stay visible next to 100k good ones
@@ -213,9 +211,6 @@ def _timeline(report: QualityReport, past: Sequence[Mapping[str, Any]]) -> list[
 
 
 def _history_plot(points: Sequence[Mapping[str, Any]]) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     times = [p.get("created_at") for p in points]
     use_dates = all(isinstance(t, datetime) for t in times)
     xs: list[Any] = times if use_dates else list(range(len(points)))
@@ -246,8 +241,6 @@ def _history_plot(points: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _percent() -> Any:
-    from matplotlib.ticker import PercentFormatter
-
     return PercentFormatter(xmax=1.0, decimals=1)
 
 
@@ -335,9 +328,6 @@ def render_report(report: QualityReport, past: list[dict[str, Any]], experiment:
 
 def write_report(db: Any, report: QualityReport, path: Path) -> None:
     """Render ``report`` with its version's history and write it to ``path`` (InputError if it cannot be written)."""
-    from twotower.errors import InputError
-    from twotower.monitor.run import history
-
     with db.direct() as conn:
         past = history(conn, report.version)
         experiment = latest_experiment(conn, db.settings)

@@ -13,8 +13,9 @@ import psycopg
 
 from twotower.db import Database
 from twotower.embeddings.generation import GenerationStats
-from twotower.errors import InputError, TwoTowerError, VersionConflict
+from twotower.errors import ArtifactError, InputError, TwoTowerError, VersionConflict
 from twotower.inference.items import ITEMS_FILE
+from twotower.registry.store import verify_directory
 from twotower.registry.versions import drop_generation, prune_generations
 from twotower.train.run import TrainOptions
 
@@ -93,9 +94,6 @@ def _same_training(model_dir: Path, options: TrainOptions) -> bool:
 def exported(model_dir: Path) -> dict[str, Any] | None:
     """The manifest of an earlier export of exactly these weights (the export is deterministic), else None.
     ``verify_directory`` checks every listed file, the weights included, against the manifest's checksums."""
-    from twotower.errors import ArtifactError
-    from twotower.registry.store import verify_directory
-
     try:
         manifest = verify_directory(model_dir)
     except ArtifactError:

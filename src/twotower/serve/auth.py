@@ -14,7 +14,7 @@ from typing import Any
 
 import jwt
 
-from twotower.errors import AuthUnavailable, Forbidden, Unauthorized
+from twotower.errors import AuthUnavailable, ConfigError, Forbidden, Unauthorized
 from twotower.settings import Settings
 
 __all__ = ["SERVICE_ROLE", "Authenticator", "Forbidden", "Principal", "Unauthorized", "mint_token"]
@@ -51,8 +51,6 @@ class Authenticator:
         self.jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, lifespan=300, timeout=5) \
             if settings.jwt_jwks_url else None  # fmt: skip
         if self.secret is None and self.jwks is None:
-            from twotower.errors import ConfigError
-
             raise ConfigError("no way to verify tokens: set TWOTOWER_JWT_SECRET and/or TWOTOWER_JWT_JWKS_URL")
 
     def authenticate(self, authorization: str | None) -> Principal:

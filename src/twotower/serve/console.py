@@ -14,6 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from twotower.errors import NotFound
+from twotower.monitor import history
 from twotower.registry.versions import list_versions, rollback
 from twotower.serve import queries
 from twotower.serve.http import Metrics
@@ -66,7 +67,6 @@ def quality_trend(service: Service, limit: int = 50) -> dict[str, Any]:
     """The active version's last quality checks: the latest with its alerts and the live like-rate it measured,
     and a few figures of each, for the console's plots. Stored reports only (the live like-rate of
     ``/v1/admin/quality`` is computed over the served log at each call: 0.4 s at 100k videos)."""
-    from twotower.monitor import history
 
     def work(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         row = conn.execute("SELECT version FROM model_versions WHERE status = 'active'").fetchone()

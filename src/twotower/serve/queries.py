@@ -14,6 +14,7 @@ from psycopg import sql
 
 from twotower.errors import NotFound
 from twotower.features.catalog import Catalog
+from twotower.monitor import history, like_rate
 from twotower.registry.generations import generation_table
 from twotower.serve import schemas as s
 from twotower.serve.recommend import Algorithm, Filters, History, ann_query, fetch_rows, load_history, user_embedding
@@ -158,8 +159,6 @@ def embed_items(model: LoadedModel, body: s.ItemsIn) -> s.ItemsOut:
 
 def quality(service: Service, model_version: str | None, history_limit: int) -> dict[str, Any]:
     """A version's (default: the active one's) latest quality check, past checks and live like-rate."""
-    from twotower.monitor import history, like_rate
-
     window = service.settings.monitor_like_window_hours
 
     def work(conn: psycopg.Connection[Any]) -> dict[str, Any]:

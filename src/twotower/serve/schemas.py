@@ -48,7 +48,10 @@ Bool = Annotated[bool, PydanticStrict()]
 DateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
-VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # a model version name (at most 128 characters)
+# a model version name: what registry/store.py's valid_version and the model_versions CHECK accept
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+VERSION_MAX_LENGTH = 128
+Version = Annotated[str, Field(max_length=VERSION_MAX_LENGTH, pattern=VERSION_PATTERN)]
 
 
 class Strict(BaseModel):
@@ -171,6 +174,23 @@ class ModelOut(BaseModel):
     created_at: datetime
     activated_at: datetime | None
     videos_embedded: int | None
+
+
+class ReplicaOut(BaseModel):
+    name: str
+    state: Literal["ok", "lagging", "down", "not_a_standby", "starting"]
+    lag_seconds: float | None = Field(description="null: unknown (down, or behind every position kept).")
+    lag_bytes: int | None
+    usable: bool = Field(description="It takes reads now.")
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready"]
+    model_version: str | None = Field(description="The version answering (null: the fallbacks answer).")
+    active_version: str | None
+    algorithm: Literal["two_tower", "fallback"]
+    note: str | None
+    replicas: list[ReplicaOut] | None = Field(default=None, description="Only with read replicas (absent without).")
 
 
 class ErrorOut(BaseModel):

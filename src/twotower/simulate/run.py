@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 
 from twotower.errors import InputError, UpstreamError
+from twotower.monitor.stats import arm_stats
 from twotower.simulate.oracle import Oracle
 from twotower.synth.swipes import Users
 
@@ -142,8 +143,6 @@ def simulate(
 def summarise(swipes: list[Swipe], bucket: int = 10) -> dict[str, Any]:
     """Per arm and cohort: like-rate by swipe-index bucket (with a 95% interval clustered by user), the share of
     cold videos among exposures, the algorithms that answered."""
-    from twotower.monitor.stats import arm_stats
-
     out: dict[str, Any] = {}
     for arm in sorted({s.arm for s in swipes}):
         mine = [s for s in swipes if s.arm == arm]

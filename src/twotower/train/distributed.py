@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["World"]
 
@@ -51,7 +52,6 @@ class World:
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         if self.size <= 1:
             return model
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,6 @@ class Prepared:
         return h.hexdigest()[:16]
 
     def window(self) -> dict[str, Any]:
-        from datetime import UTC, datetime
 
         ts = self.log.ts[self.split.train]
         if ts.size == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import platform
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from twotower.db import Database
 from twotower.errors import InputError
@@ -118,8 +120,6 @@ def _valid_targets(prepared: Prepared, max_users: int) -> tuple[np.ndarray, list
 
 
 def _run_key(options: TrainOptions, prepared: Prepared, cfg: TowerConfig, world_size: int) -> str:
-    import hashlib
-
     blob = json.dumps(
         # a run resumes only a checkpoint of identical options, epochs included (a finished 3-epoch run is not a
         # 2-epoch run, and the learning-rate schedule depends on the budget)
@@ -253,7 +253,6 @@ def _fit(
     on_batch: Callable[[int, float], None] | None,
 ) -> dict[str, torch.Tensor]:
     """Train up to ``epochs`` (early stopping when validating), checkpointing every epoch; the best weights."""
-    from safetensors.torch import load_file, save_file
 
     model = trainer.model
     trainer.train_model = world.wrap(model, device)

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from twotower.evaluation.ranking import top_k
 from twotower.features.examples import Histories
 from twotower.model.config import TowerConfig
 from twotower.model.loss import retrieval_loss
@@ -71,7 +72,6 @@ def recall_at_k(
     k: int = 20,
 ) -> float:
     """Mean over users of hits in the top k / min(k, |targets|); ``seen`` items are excluded from ranking."""
-    from twotower.evaluation.ranking import top_k
 
     if not targets:
         return 0.0

@@ -19,17 +19,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import optuna
 import psycopg
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from twotower.db import Database
+from twotower.db.rls import close_schema
 from twotower.errors import InputError
 from twotower.train.config_file import read_config
 from twotower.train.run import TrainOptions, train
-
-if TYPE_CHECKING:
-    import optuna
 
 __all__ = ["SCHEMA", "TuneOptions", "TuneResult", "suggest", "tune"]
 
@@ -70,8 +70,9 @@ class TuneResult:
 
 
 def suggest(trial: optuna.Trial) -> dict[str, Any]:
-    """One point of the search space: ``{"train": TrainOptions fields, "tower": TowerConfig fields}``."""
-    return {
+    """One point of the search space: ``{"train": TrainOptions fields, "tower": TowerConfig fields}``. The
+    attention tower's settings are searched only in the trials that use it (Optuna's define-by-run space)."""
+    point = {
         "train": {
             "learning_rate": trial.suggest_float("learning_rate", 5e-4, 1e-2, log=True),
             "batch_size": trial.suggest_categorical("batch_size", [256, 512, 1024]),
@@ -90,15 +91,23 @@ def suggest(trial: optuna.Trial) -> dict[str, Any]:
             "uniform_negatives": trial.suggest_categorical("uniform_negatives", [512, 1024, 2048, 4096]),
             "next_likes": trial.suggest_int("next_likes", 1, 4),
             "logq_weight": trial.suggest_float("logq_weight", 0.0, 1.0),
+            "max_likes": trial.suggest_categorical("max_likes", [20, 50, 100]),
+            "user_encoder": trial.suggest_categorical("user_encoder", ["pooled", "attention"]),
         },
     }
+    if point["tower"]["user_encoder"] == "attention":
+        point["tower"].update(
+            attention_layers=trial.suggest_int("attention_layers", 1, 2),
+            attention_heads=trial.suggest_categorical("attention_heads", [1, 2, 4]),
+            attention_dim=trial.suggest_categorical("attention_dim", [32, 64, 128]),
+            attention_dropout=trial.suggest_float("attention_dropout", 0.0, 0.3),
+        )
+    return point
 
 
 @contextmanager
 def _storage(db: Database) -> Iterator[optuna.storages.RDBStorage]:
     """Optuna's tables in the schema ``optuna`` of our database, over psycopg 3 (no URL re-parsing)."""
-    import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     with db.direct(autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
@@ -115,7 +124,6 @@ def _storage(db: Database) -> Iterator[optuna.storages.RDBStorage]:
             grace_period=2 * _HEARTBEAT_SECONDS,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
-    from twotower.db.rls import close_schema
 
     with db.direct(autocommit=True) as conn:  # its tables exist now: closed to a Supabase project's anon/authenticated
         close_schema(conn, SCHEMA)
@@ -126,7 +134,6 @@ def _storage(db: Database) -> Iterator[optuna.storages.RDBStorage]:
 
 
 def _finished(study: optuna.Study) -> int:
-    import optuna
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))
@@ -139,7 +146,6 @@ def tune(
     on_trial: Callable[[optuna.trial.FrozenTrial, int], None] | None = None,
 ) -> TuneResult:
     """Run trials until the study has ``options.trials`` finished ones (or the timeout); write the best config."""
-    import optuna
 
     options.validate()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -189,7 +195,6 @@ def tune(
 
 
 def _train_trial(db: Database, options: TuneOptions, trial: optuna.Trial, config: dict[str, Any]) -> float:
-    import optuna
 
     def on_epoch(stats: Any, better: bool) -> None:
         if not math.isnan(stats.valid_recall_at_20):

@@ -4,7 +4,7 @@
 // initializers are copied out of the model's bytes, which are then free.
 // `OnnxSession.create` throws, naming them, on operators or types it does not implement.
 
-import { alloc, type Data, DTYPES, OPS, type Tensor } from "./onnx_ops.ts";
+import { alloc, type Data, DTYPES, MULTI_OUTPUT, OPS, type Tensor } from "./onnx_ops.ts";
 import { decodeModel, type NodeProto, type TensorProto } from "./onnx_proto.ts";
 
 export { erf } from "./onnx_ops.ts";
@@ -74,7 +74,9 @@ export class OnnxSession {
         .map((n) => (n.domain ? `${n.domain}.${n.opType}` : n.opType)),
     );
     if (unsupported.size) throw new Error(`ONNX model: unsupported operators: ${[...unsupported].join(", ")}`);
-    const multi = graph.nodes.find((n) => n.outputs.filter(Boolean).length !== 1);
+    const multi = graph.nodes.find((n) =>
+      MULTI_OUTPUT.has(n.opType) ? !n.outputs.some(Boolean) : n.outputs.filter(Boolean).length !== 1
+    );
     if (multi) throw new Error(`ONNX model: ${multi.opType} ${multi.name} has ${multi.outputs.length} outputs, not 1`);
 
     const initializers = new Map(graph.initializers.map((t) => [t.name, initializer(t)]));
@@ -99,6 +101,9 @@ export class OnnxSession {
     }
     const frees = graph.nodes.map((): string[] => []);
     for (const [name, i] of lastUse) frees[i].push(name);
+    // an output that no node reads (e.g. LayerNormalization's Mean), and is no graph output, goes at once
+    const read = new Set([...lastUse.keys(), ...outputNames]);
+    graph.nodes.forEach((node, i) => frees[i].push(...node.outputs.filter((name) => name && !read.has(name))));
     return new OnnxSession([...inputTypes.keys()], outputNames, inputTypes, graph.nodes, initializers, frees);
   }
 
@@ -120,7 +125,12 @@ export class OnnxSession {
     const value = (name: string) => (name ? values.get(name) ?? this.initializers.get(name) : undefined);
     this.nodes.forEach((node, i) => {
       const result = OPS[node.opType](node.inputs.map(value), node);
-      values.set(node.outputs[0], result);
+      const results = Array.isArray(result) ? result : [result];
+      node.outputs.forEach((name, k) => {
+        if (!name) return; // an optional output left out
+        if (!results[k]) throw new Error(`ONNX run: ${node.opType} ${node.name} makes no output ${k} (${name})`);
+        values.set(name, results[k]);
+      });
       for (const name of this.frees[i]) values.delete(name);
     });
     const out: Record<string, OnnxTensor> = {};

@@ -12,7 +12,8 @@ export interface Tensor {
   data: Data;
   dims: readonly number[];
 }
-type Op = (inputs: (Tensor | undefined)[], node: NodeProto) => Tensor;
+/** An operator: its output, or its outputs in order (the several-output ones of MULTI_OUTPUT). */
+type Op = (inputs: (Tensor | undefined)[], node: NodeProto) => Tensor | Tensor[];
 
 /** TensorProto.DataType codes of the types above. */
 export const DTYPES: Record<number, DType> = { 1: "float32", 6: "int32", 7: "int64", 9: "bool", 11: "float64" };
@@ -399,6 +400,147 @@ function expand(node: NodeProto, inputs: (Tensor | undefined)[]): Tensor {
   return { type: x.type, data: expandTo(x, dims), dims };
 }
 
+const isFloat = (t: Tensor) => t.type === "float32" || t.type === "float64";
+
+function floats(t: Tensor, node: NodeProto): Tensor {
+  if (!isFloat(t)) throw new Error(`ONNX ${node.opType} (${node.name}): ${t.type} inputs are not supported`);
+  return t;
+}
+
+/** numpy's matmul: a 1-D input is a row (A) or a column (B) vector; the leading (batch) dims broadcast. */
+function matmul(node: NodeProto, inputs: (Tensor | undefined)[]): Tensor {
+  const a = floats(need(inputs, 0, node), node), b = floats(need(inputs, 1, node), node);
+  if (a.type !== b.type) throw new Error(`ONNX MatMul (${node.name}): input types ${a.type} and ${b.type} differ`);
+  if (a.dims.length === 0 || b.dims.length === 0) throw new Error(`ONNX MatMul (${node.name}): scalar input`);
+  const ad = a.dims.length === 1 ? [1, a.dims[0]] : a.dims, bd = b.dims.length === 1 ? [b.dims[0], 1] : b.dims;
+  const m = ad[ad.length - 2], k = ad[ad.length - 1], k2 = bd[bd.length - 2], n = bd[bd.length - 1];
+  if (k !== k2) throw new Error(`ONNX MatMul (${node.name}): [${a.dims}] × [${b.dims}] do not match`);
+  const aLead = ad.slice(0, -2), bLead = bd.slice(0, -2);
+  const lead = broadcastDims(aLead, bLead, node), batches = size(lead);
+  // each input's offset for each batch of the output (0 strides along its broadcast dims)
+  const offsets = (dims: readonly number[], block: number): number[] => {
+    const s = strides(dims), shift = lead.length - dims.length;
+    const stride = lead.map((_, i) => (i < shift || dims[i - shift] === 1 ? 0 : s[i - shift] * block));
+    const out = new Array<number>(batches).fill(0), idx = new Array<number>(lead.length).fill(0);
+    for (let q = 0, base = 0; q < batches; q++) {
+      out[q] = base;
+      for (let d = lead.length - 1; d >= 0; d--) {
+        base += stride[d];
+        if (++idx[d] < lead[d]) break;
+        base -= stride[d] * lead[d];
+        idx[d] = 0;
+      }
+    }
+    return out;
+  };
+  const ao = offsets(aLead, m * k), bo = offsets(bLead, k * n);
+  const A = a.data, B = b.data, out = alloc(a.type, batches * m * n), row = new Float64Array(n);
+  for (let q = 0; q < batches; q++) {
+    for (let i = 0; i < m; i++) {
+      row.fill(0);
+      for (let p = 0, pa = ao[q] + i * k, pb = bo[q]; p < k; p++, pb += n) {
+        const v = A[pa + p];
+        for (let j = 0; j < n; j++) row[j] += v * B[pb + j];
+      }
+      out.set(row, (q * m + i) * n);
+    }
+  }
+  const dims = [...lead];
+  if (a.dims.length > 1) dims.push(m);
+  if (b.dims.length > 1) dims.push(n);
+  return { type: a.type, data: out, dims };
+}
+
+function transpose(node: NodeProto, inputs: (Tensor | undefined)[]): Tensor {
+  const x = need(inputs, 0, node), rank = x.dims.length;
+  const perm = node.attributes.get("perm")?.ints ?? x.dims.map((_, i) => rank - 1 - i);
+  if (perm.length !== rank || new Set(perm.map((p) => axis(p, rank, node))).size !== rank) {
+    throw new Error(`ONNX Transpose (${node.name}): perm [${perm}] for [${x.dims}]`);
+  }
+  const s = strides(x.dims), p = perm.map((a) => axis(a, rank, node));
+  const dims = p.map((a) => x.dims[a]);
+  return { type: x.type, data: strided(x.data, 0, p.map((a) => s[a]), dims, alloc(x.type, x.data.length)), dims };
+}
+
+/** Softmax along one axis (opset 13+), the max subtracted first; computed in float64. */
+function softmax(node: NodeProto, inputs: (Tensor | undefined)[]): Tensor {
+  const x = floats(need(inputs, 0, node), node);
+  const ax = axis(attr(node, "axis", -1), x.dims.length, node);
+  const len = x.dims[ax], inner = size(x.dims.slice(ax + 1)), outer = size(x.dims.slice(0, ax));
+  const src = x.data, out = alloc(x.type, src.length), e = new Float64Array(len);
+  for (let o = 0; o < outer; o++) {
+    for (let c = 0; c < inner; c++) {
+      const base = o * len * inner + c;
+      let max = -Infinity;
+      for (let j = 0; j < len; j++) max = Math.max(max, src[base + j * inner]);
+      let sum = 0;
+      for (let j = 0; j < len; j++) {
+        e[j] = Math.exp(src[base + j * inner] - max);
+        sum += e[j];
+      }
+      for (let j = 0; j < len; j++) out[base + j * inner] = e[j] / sum;
+    }
+  }
+  return { type: x.type, data: out, dims: x.dims };
+}
+
+/** LayerNormalization (opset 17) over the dims from `axis` on, in float64; its Mean and InvStdDev outputs too. */
+function layerNorm(node: NodeProto, inputs: (Tensor | undefined)[]): Tensor[] {
+  const x = floats(need(inputs, 0, node), node), scale = need(inputs, 1, node), bias = inputs[2];
+  const rank = x.dims.length, ax = axis(attr(node, "axis", -1), rank, node);
+  const eps = attr(node, "epsilon", 1e-5), stash = attr(node, "stash_type", 1);
+  if (stash !== 1 && node.outputs.slice(1).some(Boolean)) {
+    throw new Error(`ONNX LayerNormalization (${node.name}): stash_type ${stash} with Mean/InvStdDev outputs`);
+  }
+  const norm = x.dims.slice(ax), len = size(norm), rows = size(x.dims.slice(0, ax));
+  for (const t of bias ? [scale, bias] : [scale]) broadcastDims(norm, t.dims, node); // throws if they do not fit
+  const S = expandTo(scale, norm), Bias = bias ? expandTo(bias, norm) : undefined;
+  const src = x.data, out = alloc(x.type, src.length);
+  const means = new Float32Array(rows), invs = new Float32Array(rows);
+  for (let r = 0, o = 0; r < rows; r++, o += len) {
+    let sum = 0;
+    for (let j = 0; j < len; j++) sum += src[o + j];
+    const mean = sum / len;
+    let sq = 0;
+    for (let j = 0; j < len; j++) sq += (src[o + j] - mean) * (src[o + j] - mean);
+    const inv = 1 / Math.sqrt(sq / len + eps);
+    for (let j = 0; j < len; j++) out[o + j] = (src[o + j] - mean) * inv * S[j] + (Bias ? Bias[j] : 0);
+    means[r] = mean, invs[r] = inv;
+  }
+  const stat = [...x.dims.slice(0, ax), ...norm.map(() => 1)];
+  return [
+    { type: x.type, data: out, dims: x.dims },
+    { type: "float32", data: means, dims: stat },
+    { type: "float32", data: invs, dims: stat },
+  ];
+}
+
+/** Split (opset 18): the sizes from the `split` input, else `num_outputs` (or as many outputs) parts, the last smaller. */
+function split(node: NodeProto, inputs: (Tensor | undefined)[]): Tensor[] {
+  const x = need(inputs, 0, node), ax = axis(attr(node, "axis", 0), x.dims.length, node), d = x.dims[ax];
+  const count = node.outputs.length;
+  let sizes: number[];
+  if (inputs[1]) sizes = ints(inputs[1]);
+  else {
+    const parts = attr(node, "num_outputs", count);
+    if (parts !== count) throw new Error(`ONNX Split (${node.name}): num_outputs ${parts} for ${count} outputs`);
+    const each = Math.ceil(d / parts);
+    sizes = Array.from({ length: parts }, (_, i) => Math.max(0, Math.min(each, d - i * each)));
+  }
+  if (sizes.length !== count || sizes.some((v) => v < 0) || sizes.reduce((a, b) => a + b, 0) !== d) {
+    throw new Error(`ONNX Split (${node.name}): sizes [${sizes}] for axis ${ax} of [${x.dims}] and ${count} outputs`);
+  }
+  const s = strides(x.dims);
+  let start = 0;
+  return sizes.map((len) => {
+    const dims = [...x.dims];
+    dims[ax] = len;
+    const t = { type: x.type, data: strided(x.data, start * s[ax], s, dims, alloc(x.type, size(dims))), dims };
+    start += len;
+    return t;
+  });
+}
+
 const f32 = (f: (x: number) => number): Op => (inputs, node) => unary(need(inputs, 0, node), f, node);
 
 export const OPS: Record<string, Op> = {
@@ -429,4 +571,12 @@ export const OPS: Record<string, Op> = {
   Shape: (i, n) => shape(n, i),
   Range: (i, n) => range(n, i),
   Expand: (i, n) => expand(n, i),
+  MatMul: (i, n) => matmul(n, i),
+  Transpose: (i, n) => transpose(n, i),
+  Softmax: (i, n) => softmax(n, i),
+  LayerNormalization: (i, n) => layerNorm(n, i),
+  Split: (i, n) => split(n, i),
 };
+
+/** The operators that may have more than one output (their Op returns them all, in order). */
+export const MULTI_OUTPUT: ReadonlySet<string> = new Set(["LayerNormalization", "Split"]);

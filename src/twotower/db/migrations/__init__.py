@@ -19,6 +19,8 @@ from psycopg import sql
 
 from twotower.db import locks
 from twotower.db.adapters import register_adapters
+from twotower.db.pgvector import check_pgvector
+from twotower.db.rls import ensure_rls
 from twotower.errors import MigrationError
 
 __all__ = ["Migration", "MigrationStatus", "UpgradeResult", "discover", "status", "upgrade"]
@@ -133,9 +135,6 @@ def upgrade(conn: psycopg.Connection[Any]) -> UpgradeResult:
     Concurrent upgrades (two processes starting on a fresh database) serialise on the lock; the second
     finds nothing left to do.
     """
-    from twotower.db.pgvector import check_pgvector
-    from twotower.db.rls import ensure_rls
-
     if conn.autocommit:
         conn.autocommit = False
     conn.commit()  # start from a clean slate: each migration is its own transaction

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BeforeValidator
 
 from twotower.registry.versions import list_versions
+from twotower.serve import admin_schemas as a
 from twotower.serve import queries
 from twotower.serve import schemas as s
 from twotower.serve.deps import RESPONSES, Admin, ServiceDep
@@ -26,10 +27,10 @@ def models(_: Admin, service: ServiceDep) -> list[s.ModelOut]:
     ]  # fmt: skip
 
 
-@router.get("/v1/admin/quality")
+@router.get("/v1/admin/quality", response_model=a.QualityOut)
 def quality(
     _: Admin, service: ServiceDep,
-    model_version: Annotated[str | None, Query(max_length=128, pattern=s.VERSION_PATTERN)] = None,
+    model_version: Annotated[str | None, Query(max_length=s.VERSION_MAX_LENGTH, pattern=s.VERSION_PATTERN)] = None,
     history_limit: Annotated[int, Query(ge=0, le=1000), BeforeValidator(s.whole_number)] = 20,
 ) -> dict[str, Any]:  # fmt: skip
     """Embedding quality of a version (default: the active one): its latest check (`twotower monitor`), past
@@ -37,7 +38,7 @@ def quality(
     return queries.quality(service, model_version, history_limit)
 
 
-@router.post("/v1/admin/reload")
+@router.post("/v1/admin/reload", response_model=a.ReloadOut)
 def reload(_: Admin, service: ServiceDep) -> dict[str, Any]:
     """Check the active version now and load it if it changed (service role)."""
     changed = service.models.refresh(force=True)

@@ -4,11 +4,12 @@ the candidate). The console's experiment panel calls these."""
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import Field
 
+from twotower.serve import admin_schemas as a
 from twotower.serve import experiments
 from twotower.serve import schemas as s
 from twotower.serve.deps import RESPONSES, Admin, ServiceDep
@@ -18,7 +19,7 @@ router = APIRouter(tags=["experiments"], responses={**RESPONSES, 409: {"model": 
 
 
 class ExperimentIn(s.Strict):
-    candidate: Annotated[str, Field(max_length=128, pattern=s.VERSION_PATTERN)] = Field(
+    candidate: s.Version = Field(
         description="A deployed version that is not active (deploy --candidate), a retired one, or the active one "
         "(an A/A test)."
     )
@@ -29,7 +30,7 @@ class StopIn(s.Strict):
     promote: bool = Field(default=False, description="Make the candidate the active version.")
 
 
-@router.get("/v1/admin/experiment")
+@router.get("/v1/admin/experiment", response_model=a.ExperimentViewOut)
 def experiment(_: Admin, service: ServiceDep) -> dict[str, Any]:
     """The running experiment (or the last one): per arm users, exposures, swipes and like-rate with its interval,
     the difference with a fixed-horizon and an always-valid 95% interval, the verdict, and its looks over time
@@ -37,7 +38,7 @@ def experiment(_: Admin, service: ServiceDep) -> dict[str, Any]:
     return experiments.experiment_view(service)
 
 
-@router.post("/v1/admin/experiment")
+@router.post("/v1/admin/experiment", response_model=a.ExperimentStartedOut)
 def start(body: ExperimentIn, caller: Admin, service: ServiceDep) -> dict[str, Any]:
     """Start an experiment: ``share`` of the users get the candidate (service role; 409 when one is running or the
     version cannot be a candidate)."""
@@ -47,7 +48,7 @@ def start(body: ExperimentIn, caller: Admin, service: ServiceDep) -> dict[str, A
     return started
 
 
-@router.post("/v1/admin/experiment/stop")
+@router.post("/v1/admin/experiment/stop", response_model=a.ExperimentStoppedOut)
 def stop(body: StopIn, caller: Admin, service: ServiceDep) -> dict[str, Any]:
     """Stop the running experiment; with ``promote`` its candidate becomes active (service role)."""
     actor = f"console:{caller.user_id or caller.role}"

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from twotower.serve import queries
+from twotower.serve import schemas as s
 from twotower.serve.deps import NOT_READY, ServiceDep
 from twotower.serve.http import error_response
 
@@ -21,7 +22,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses=NOT_READY)
+@router.get("/readyz", response_model=s.ReadyOut, responses=NOT_READY)
 def readyz(service: ServiceDep) -> Response:
     """Ready to answer: the database responds and the active model version is loaded (or none is active, and
     the fallbacks answer). 503 with the reason while the model loads or after it failed to load."""

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import Response
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from twotower.errors import NotFound
 from twotower.serve import schemas as s
@@ -69,7 +69,14 @@ class DemoUserIn(s.Strict):
                       description="A demo user's name: the same name is the same user.")  # fmt: skip
 
 
-@router.post("/v1/try/session")
+class DemoSessionOut(BaseModel):
+    name: str
+    user_id: str
+    access_token: str
+    expires_in: int = Field(description="Seconds.")
+
+
+@router.post("/v1/try/session", response_model=DemoSessionOut)
 def demo_session(service: TryOn, body: DemoUserIn) -> dict[str, Any]:
     """A short-lived access token for the demo user ``name`` (only while the try page is on). Demo users' ids are
     derived from their names in a namespace of their own: no real user's token can be had this way."""
