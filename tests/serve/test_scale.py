@@ -56,6 +56,7 @@ PLANNERS = {
 TEMPLATE = "tt_scale_seed"
 START = datetime(1970, 1, 1, tzinfo=UTC)
 NO_STAMPS = np.zeros(0, dtype=np.int64)
+NO_IDS = np.zeros(0, dtype="S16")  # an item table with no video
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +126,11 @@ def _statements(url: str, data: Path) -> dict[str, Callable[[psycopg.Connection[
         assert len(recommender.listed(conn, candidates, user, 100, True, Filters())) == 100
 
     def gather(conn: psycopg.Connection[Any], n: int) -> None:  # videos newer than the server's item table
-        assert len(ItemIndex(empty, {}, NO_STAMPS, START).gather(conn, pipeline, ids[:n])) == n + 1
+        assert len(ItemIndex(empty, NO_IDS, NO_STAMPS, START).gather(conn, pipeline, ids[:n])) == n + 1
 
     def refreshed(conn: psycopg.Connection[Any], n: int) -> None:  # the catalog changes a server picks up
         since = START.replace(year=2100) + timedelta(milliseconds=LARGE - n + 1) + LOOKBACK
-        assert len(ItemIndex(empty, {}, NO_STAMPS, since).refreshed(conn, pipeline)) == n
+        assert len(ItemIndex(empty, NO_IDS, NO_STAMPS, since).refreshed(conn, pipeline)) == n
 
     return {"load_catalog": catalog, "listed": listed, "gather": gather, "refreshed": refreshed}
 
