@@ -108,7 +108,7 @@ def similar(service: Service, model: LoadedModel, video_id: uuid.UUID, limit: in
         query = ann_query(model.version, model.towers.dim, where, vector.format(sql.Literal(model.version)), limit)
         return fetch_rows(conn, query, {"video": video_id, "limit": limit})
 
-    return answer(service.read(lambda conn, fresh: None, work, model.wal), "two_tower", model.version)
+    return answer(service.read(None, work, model.wal), "two_tower", model.version)
 
 
 def decide(service: Service, user: uuid.UUID, body: s.DecisionIn) -> s.DecisionOut:

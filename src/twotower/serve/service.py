@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 
@@ -132,28 +132,35 @@ class Service:
                 self.db.pool.check()  # drop every dead idle connection before the retry
         raise AssertionError("unreachable")
 
-    def read(self, own: Callable[[Conn, float | None], M], reads: Callable[[Conn, M], T], position: int = 0) -> T:
+    def read(self, own: Callable[[Conn, float | None], M] | None, reads: Callable[[Conn, M], T],
+             position: int = 0) -> T:  # fmt: skip
         """A request in two phases: ``own(conn, fresh)`` reads the user's own decisions, ``reads(conn, mine)`` the
         ANN and catalog reads. Without a usable read replica (one that has replayed ``position``), both run on one
         primary connection. With one: read_your_writes=primary runs ``own`` on the primary (with ``fresh``, the
         seconds a replica may lack) and ``reads`` on the replica; wait runs both on the replica once it has
-        replayed the primary's position. Whatever fails on the replica is run again on the primary."""
+        replayed the primary's position. Whatever fails on the replica is run again on the primary. ``own`` None: a
+        read of nobody's decisions (``reads`` gets None), with no primary round trip before the replica's."""
+
+        def mine_of(conn: Conn, fresh: float | None) -> M:
+            return own(conn, fresh) if own is not None else cast(M, None)  # without ``own``, M is None
+
         replicas = self.replicas
         replica = replicas.pick(position) if replicas is not None else None
         if replica is None:
             self.metrics.reads.labels("primary", "no_replica" if replicas is None else "replica_unusable").inc()
-            return self.run(lambda conn: reads(conn, own(conn, None)))
+            return self.run(lambda conn: reads(conn, mine_of(conn, None)))
         wait = self.settings.read_your_writes == "wait"
         target = self.run(wal_position) if wait else 0
-        mine = None if wait else self.run(lambda conn: own(conn, replicas.fresh_seconds()))  # type: ignore[union-attr]
+        fresh = replicas.fresh_seconds()  # type: ignore[union-attr]
+        mine: M | None = None if wait or own is None else self.run(lambda conn: own(conn, fresh))
         reason = "replica_failed"
         try:
             with replica.db.connection(timeout=min(self.settings.serve_db_timeout, _REPLICA_WAIT)) as conn:
                 if wait:
                     if not _caught_up(conn, target, self.settings.read_wait_ms / 1000):
                         raise _Behind
-                    mine = own(conn, None)
-                result = reads(conn, mine)  # type: ignore[arg-type]
+                    mine = mine_of(conn, None)
+                result = reads(conn, cast(M, mine))
         except _Behind:
             reason = "replica_behind"
         except DatabaseUnavailable:  # no replica connection within the wait: busy, or down (the looks will say)
@@ -168,7 +175,7 @@ class Service:
             return result
         self.metrics.reads.labels("primary", reason).inc()
         if wait or mine is None:
-            return self.run(lambda conn: reads(conn, own(conn, None)))
+            return self.run(lambda conn: reads(conn, mine_of(conn, None)))
         return self.run(lambda conn: reads(conn, mine))
 
 
