@@ -196,12 +196,13 @@ def stage_train(ctx: dict[str, Any]) -> dict[str, Any]:
                        "--version", version, "--output-dir", str(out)], ctx["env"], ctx["logs"])  # fmt: skip
     if r["returncode"] == 0:
         r.update(_training(out / version))
+        ctx["trained"] = out / version  # what this run's export and validate stages then check
     r["version"] = version
     return r
 
 
 def _model_dir(ctx: dict[str, Any]) -> Path:
-    return ctx["args"].model or ctx["data"] / "trained" / VERSION
+    return ctx["args"].model or ctx.get("trained") or ctx["data"] / "trained" / VERSION
 
 
 def stage_export(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -493,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {','.join(STAGES)}")
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration of each serving run")
     parser.add_argument("--train-full-timeout", type=float, default=None, help="kill train_full after this long")
-    parser.add_argument("--model", type=Path, help="the model export, validate and item_table use "
-                        "(default: DATA_DIR/trained/bench, what the train stage wrote)")  # fmt: skip
+    parser.add_argument("--model", type=Path, help="the model export, validate and item_table use (default: what "
+                        "this run's train stage wrote, else DATA_DIR/trained/bench)")  # fmt: skip
     parser.add_argument("--model-from", type=Path, help="copy this trained model (of another size) in as "
                         "DATA_DIR/trained/bench instead of training one (to deploy before training)")  # fmt: skip
     parser.add_argument("--deadline", help="HH:MM UTC today: a stage still running then is killed (its peak memory "

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.db import synth_database
 from twotower.features.catalog import load_catalog
-from twotower.features.decisions import DecisionLog, load_decision_log
+from twotower.features.decisions import DecisionLog, load_decision_log, sample_users
 from twotower.synth import SynthConfig
 
 
@@ -60,3 +60,27 @@ def test_the_same_log_as_reading_row_by_row(
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
     if part == "all" and user_range is None:
         assert len(got) == 9_000 and got.n_users == 90
+
+
+def test_the_log_of_listed_users_is_theirs_alone(conn: psycopg.Connection[Any]) -> None:
+    ids = load_catalog(conn).ids
+    everyone = load_decision_log(conn, ids)
+    chosen = everyone.user_ids[3:60:7]
+    got = load_decision_log(conn, ids, users=chosen)
+    assert got.user_ids == sorted(chosen, key=str) == chosen  # the log's order: by user id
+    keep = np.isin(everyone.user, [everyone.user_ids.index(u) for u in chosen])
+    for name in ("item", "like", "ts"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(everyone, name)[keep], err_msg=name)
+    assert len(load_decision_log(conn, ids, users=[])) == 0
+    assert len(load_decision_log(conn, ids, users=[uuid.uuid4()])) == 0  # nobody's decisions
+
+
+def test_sampled_users_are_distinct_users_with_decisions_and_follow_the_seed(conn: psycopg.Connection[Any]) -> None:
+    everyone = load_decision_log(conn, load_catalog(conn).ids).user_ids
+    first = sample_users(conn, 30, seed=1)
+    assert first == sample_users(conn, 30, seed=1)
+    assert first != sample_users(conn, 30, seed=2)
+    assert len(first) == len(set(first)) == 30 and set(first) <= set(everyone)
+    assert first == sorted(first, key=str)  # in id order, as the log lists its users
+    assert sample_users(conn, 90, seed=5) == sample_users(conn, 1000, seed=6) == everyone  # all, wrapping around
+    assert sample_users(conn, 0) == []

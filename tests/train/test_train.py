@@ -224,3 +224,31 @@ def test_bf16_autocast_trains_as_well_as_fp32(synth_db: Database, tmp_path: Path
     assert all(np.isfinite(h.loss) for r in runs.values() for h in r.history)
     assert recall["bf16"] >= 0.85 * recall["fp32"], recall
     assert {t.dtype for t in runs["bf16"].model.state_dict().values() if t.is_floating_point()} == {torch.float32}
+
+
+def test_without_a_terminal_training_logs_its_progress(
+    synth_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under a scheduler or into a log file there is no bar: a line at most every PROGRESS_LINE_SECONDS says how
+    far the epoch is (an epoch at 1M videos takes half an hour)."""
+    from twotower.cli import train_cmds
+    from twotower.cli.app import main
+    from twotower.settings import get_settings
+
+    monkeypatch.setenv("DATABASE_URL", synth_url)
+    monkeypatch.setenv("TWOTOWER_DATA_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr("twotower.train.allocator.reuse_freed_memory", lambda: False)
+    monkeypatch.setattr(train_cmds, "PROGRESS_LINE_SECONDS", 0.0)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(["train", "--epochs", "1", "--no-refit", "--output-dir", str(tmp_path / "m"), "--version", "logged"])
+    finally:
+        get_settings.cache_clear()
+    printed = capsys.readouterr().out
+    assert exited.value.code in (0, None), printed
+    lines = [line for line in printed.splitlines() if line.startswith("epoch 1: ")]
+    assert len(lines) >= 10, printed  # a line per step here (every step is past the 0 s interval)
+    done = [int(line.split()[2].split("/")[0].replace(",", "")) for line in lines]
+    total = {line.split()[2].split("/")[1] for line in lines}
+    assert done == sorted(done) and len(total) == 1 and "positives/s" in lines[-1] and "min left" in lines[-1]

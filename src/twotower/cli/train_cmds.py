@@ -7,6 +7,7 @@ import math
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ def explicit_options(ctx: typer.Context) -> set[str]:
 
 
 CONFIG_MAX_BYTES = 1 << 20
+PROGRESS_LINE_SECONDS = 60.0  # without a terminal, a progress line at most this often
 CONFIG_MAX_DEPTH = 32  # a settings file is 3 deep ({"tower": {"n_categorical": [...]}}); json recurses per level
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
@@ -160,6 +162,7 @@ def train(
             out.print(f"resuming from the checkpoint of epoch {resumed}")
         size["n"] = n_examples
         progress.reset(task, total=n_examples, description=f"epoch {resumed + 1}", loss="-")
+        restart_lines()
 
     def on_refit(n_examples: int, epochs: int) -> None:
         if not main_rank:
@@ -167,10 +170,28 @@ def train(
         out.print(f"refit: {epochs} epoch(s) on the whole training period (validation likes included)")
         size["n"] = n_examples
         progress.reset(task, total=n_examples, description="refit epoch 1", loss="-")
+        restart_lines()
+
+    # no terminal (a log file, a scheduler): no bar, a line a minute instead (an epoch at 1M videos takes 30 min)
+    log_lines = {"last": time.monotonic(), "done": 0, "since": time.monotonic()}
 
     def on_batch(n: int, loss: float) -> None:
-        if main_rank:
-            progress.update(task, advance=n, loss=f"{loss:.3f}")
+        if not main_rank:
+            return
+        progress.update(task, advance=n, loss=f"{loss:.3f}")
+        if out.is_terminal:
+            return
+        log_lines["done"] += n
+        now = time.monotonic()
+        if now - log_lines["last"] >= PROGRESS_LINE_SECONDS:
+            done, rate = log_lines["done"], log_lines["done"] / max(now - log_lines["since"], 1e-9)
+            left = (size["n"] - done) / rate if rate > 0 else float("nan")
+            out.print(f"{progress.tasks[0].description}: {done:,}/{size['n']:,} positives, loss {loss:.3f}, "
+                      f"{rate:,.0f} positives/s, about {left / 60:.0f} min left")  # fmt: skip
+            log_lines["last"] = now
+
+    def restart_lines() -> None:
+        log_lines.update(last=time.monotonic(), done=0, since=time.monotonic())
 
     def on_epoch(stats: EpochStats, better: bool) -> None:
         if not main_rank:
@@ -181,6 +202,7 @@ def train(
             f"epoch {stats.epoch:>3}  loss {stats.loss:.4f}{valid}{mark}  {stats.examples_per_second:,.0f} positives/s"
         )
         progress.reset(task, total=size["n"], description=f"epoch {stats.epoch + 1}", loss="-")
+        restart_lines()
 
     with open_db() as db:
         with progress:

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import psycopg
 from psycopg import sql
 
-__all__ = ["DecisionLog", "load_decision_log"]
+__all__ = ["DecisionLog", "load_decision_log", "sample_users"]
 
 
 @dataclass
@@ -33,10 +33,13 @@ class DecisionLog:
 
 
 def load_decision_log(
-    conn: psycopg.Connection[Any], video_ids: list[uuid.UUID], user_range: tuple[str, str] | None = None
+    conn: psycopg.Connection[Any],
+    video_ids: list[uuid.UUID],
+    user_range: tuple[str, str] | None = None,
+    users: list[uuid.UUID] | None = None,
 ) -> DecisionLog:
     """Decisions on the given videos (the catalog order), as arrays sorted by user then time; only those of
-    the users in the inclusive id range ``user_range`` when given.
+    the users in the inclusive id range ``user_range``, or of the ``users`` listed, when given.
 
     Streamed as binary COPY and decoded block by block with numpy: no decision ever becomes a Python object (the
     row-by-row reading held a tuple and two UUIDs per decision at once); videos are matched to the catalog by
@@ -45,6 +48,8 @@ def load_decision_log(
     where: sql.Composable = sql.SQL("")
     if user_range is not None:  # COPY takes no parameters: literals, quoted by psycopg
         where = sql.SQL("WHERE d.user_id BETWEEN {}::uuid AND {}::uuid").format(*map(sql.Literal, user_range))
+    elif users is not None:
+        where = sql.SQL("WHERE d.user_id = ANY({}::uuid[])").format(sql.Literal([str(u) for u in users]))
     # ties in time are broken by the video's natural key, not its (random) UUID: the same data gives
     # the same split in every database it is imported into
     query = sql.SQL(
@@ -79,17 +84,44 @@ def load_decision_log(
     if not blocks:
         empty = np.empty(0, np.int32)
         return DecisionLog([], empty, empty.copy(), np.empty(0, bool), np.empty(0, np.float64))
-    users = np.concatenate([b[0] for b in blocks])
+    keys = np.concatenate([b[0] for b in blocks])
     item = np.concatenate([b[1] for b in blocks])
     like = np.concatenate([b[2] for b in blocks])
     ts = np.concatenate([b[3] for b in blocks])
     del blocks
     # rows come sorted by user: a new user wherever the id changes (among the rows kept)
-    first = np.ones(len(users), dtype=bool)
-    first[1:] = users[1:] != users[:-1]
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
     user = (np.cumsum(first) - 1).astype(np.int32)
-    user_ids = [uuid.UUID(bytes=bytes(u)) for u in users[first]]
+    user_ids = [uuid.UUID(bytes=bytes(u)) for u in keys[first]]
     return DecisionLog(user_ids, user, item, like, ts)
+
+
+def sample_users(conn: psycopg.Connection[Any], n: int, seed: int = 0) -> list[uuid.UUID]:
+    """Up to ``n`` distinct users with decisions (all of them when there are no more), without reading the
+    decisions: the ``n`` users that follow a random id (``seed``) in id order, wrapping around, one probe of the
+    ``(user_id, created_at)`` index each. With random (v4) ids a run of ids is a random sample of the users."""
+    if n <= 0:
+        return []
+    start = uuid.UUID(bytes=np.random.default_rng(seed).bytes(16))
+    after = _walk(conn, start, None, n)
+    return sorted(after + _walk(conn, uuid.UUID(int=0), start, n - len(after)), key=lambda u: u.bytes)
+
+
+def _walk(conn: psycopg.Connection[Any], first: uuid.UUID, below: uuid.UUID | None, n: int) -> list[uuid.UUID]:
+    """The first ``n`` users at or after ``first`` (and before ``below``), a loose index scan."""
+    if n <= 0:
+        return []
+    rows = conn.execute(
+        "WITH RECURSIVE walk(user_id, k) AS ("
+        " (SELECT user_id, 1 FROM user_video_decisions WHERE user_id >= %(first)s ORDER BY user_id LIMIT 1)"
+        " UNION ALL"
+        " SELECT (SELECT d.user_id FROM user_video_decisions d WHERE d.user_id > w.user_id ORDER BY d.user_id"
+        "         LIMIT 1), w.k + 1 FROM walk w WHERE w.user_id IS NOT NULL AND w.k < %(n)s)"
+        " SELECT user_id FROM walk WHERE user_id IS NOT NULL AND (%(below)s::uuid IS NULL OR user_id < %(below)s)",
+        {"first": first, "below": below, "n": n},
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 # one decision in a binary COPY: a field count, then each field's length and value (all four fixed-width, NOT NULL)

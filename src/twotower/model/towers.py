@@ -32,7 +32,9 @@ def _gathered_sum(table: nn.Embedding, codes: Tensor, weights: Tensor) -> Tensor
     return (gathered * weights.unsqueeze(-1)).sum(dim=1)
 
 
-def _fused_sums(table: nn.Embedding, bags: list[tuple[Tensor, Tensor]], compact: bool = False) -> list[Tensor]:
+def _fused_sums(
+    table: nn.Embedding, bags: list[tuple[Tensor, Tensor]], compact: bool = False, sparse: bool = False
+) -> list[Tensor]:
     """The weighted sums of several ``[B_i, L_i]`` bag sets on one table in one ``embedding_bag`` call.
 
     The same sums as ``_gathered_sum`` without the ``[B, L, d]`` intermediate, and one backward for the whole
@@ -40,7 +42,8 @@ def _fused_sums(table: nn.Embedding, bags: list[tuple[Tensor, Tensor]], compact:
     ``compact`` leaves the zero-weight entries (padding, absent tags, hidden history slots: about half of a
     training step's) out of the lookup: on a CPU the lookup and its backward cost by the entry. The same sums; a
     table's gradient rows may add their terms in another order (rounding). Their count depends on the data, so
-    an accelerator, which would wait for it, keeps the fixed shapes.
+    an accelerator, which would wait for it, keeps the fixed shapes. ``sparse``: the table's gradient holds only
+    the rows looked up (a large ID table: see ``ItemEncoder.sparse_ids``).
     """
     codes = torch.cat([c.reshape(-1) for c, _ in bags])
     weights = torch.cat([w.reshape(-1) for _, w in bags])
@@ -58,7 +61,7 @@ def _fused_sums(table: nn.Embedding, bags: list[tuple[Tensor, Tensor]], compact:
             starts.append(base + torch.arange(c.shape[0], device=c.device) * c.shape[1])
             base += c.numel()
         offsets = torch.cat(starts)
-    out = F.embedding_bag(codes, table.weight, offsets, mode="sum", per_sample_weights=weights)
+    out = F.embedding_bag(codes, table.weight, offsets, mode="sum", per_sample_weights=weights, sparse=sparse)
     return list(torch.split(out, [c.shape[0] for c, _ in bags]))
 
 
@@ -79,6 +82,9 @@ class ItemEncoder(nn.Module):
         self.out_dim = d * (4 + len(cfg.n_categorical))
         self.fused = True
         self.compact = False  # fused bags leave out their zero-weight entries (``_fused_sums``); set by a CPU trainer
+        # the ID tables' gradients hold only the rows a step looked up (``_fused_sums``); set by a trainer whose
+        # optimizer updates those rows alone (train.optim), for a catalog where a dense update would cost more
+        self.sparse_ids = False
         tables = [self.ids, self.tags, self.performers, *self.categorical]
         if self.context_ids is not None:
             tables.append(self.context_ids)
@@ -133,7 +139,8 @@ class ItemEncoder(nn.Module):
                     tables.setdefault(id(fields[j][0]), []).append(i)
                 for members in tables.values():
                     table = bags[members[0]][j][0]
-                    sums = _fused_sums(table, [(bags[i][j][1], bags[i][j][2]) for i in members], self.compact)
+                    sparse = self.sparse_ids and (table is self.ids or table is self.context_ids)
+                    sums = _fused_sums(table, [(bags[i][j][1], bags[i][j][2]) for i in members], self.compact, sparse)
                     for i, out in zip(members, sums, strict=True):
                         pooled[i].append(out)
         else:

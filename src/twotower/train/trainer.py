@@ -22,6 +22,7 @@ from twotower.model.loss import retrieval_loss
 from twotower.model.towers import TwoTowerModel
 from twotower.train.batches import DeviceHistories
 from twotower.train.distributed import World
+from twotower.train.optim import SPARSE_IDS_FROM, build_optimizer
 from twotower.train.tables import FeatureTables
 
 __all__ = ["EpochStats", "TrainConfig", "Trainer", "epoch_shard", "recall_at_k"]
@@ -41,6 +42,7 @@ class TrainConfig:
     patience: int = 5  # epochs without a better validation Recall@20 before stopping
     max_valid_users: int = 2000
     precision: str = "fp32"  # or "bf16": autocast of both towers (the loss stays fp32)
+    sparse_ids: bool | None = None  # update the ID tables row by row (train.optim); None: by catalog size
 
 
 @dataclass
@@ -65,6 +67,9 @@ class TrainState:
     history: list[EpochStats] = field(default_factory=list)
 
 
+VALID_SCORES = 64 * 2**20  # the most scores (float32) validation holds at once: users x catalog, in blocks
+
+
 def recall_at_k(
     scores: npt.NDArray[np.float32],
     seen: list[npt.NDArray[np.int64]],
@@ -79,25 +84,6 @@ def recall_at_k(
     scores[rows, np.concatenate(seen)] = -np.inf
     hits = [np.isin(tgt, top).sum() / min(k, tgt.size) for top, tgt in zip(top_k(scores, k), targets, strict=True)]
     return float(np.mean(hits))
-
-
-def _optimizer(model: TwoTowerModel, config: TrainConfig) -> torch.optim.Optimizer:
-    # fused: one pass over each parameter's memory, not one per arithmetic step (on a CPU the unfused update of
-    # the bench's 78k x 32 ID table and the rest costs 2-8 ms a step, the fused one about 1 ms)
-    if config.id_weight_decay <= 0:
-        return torch.optim.Adam(
-            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
-        )
-    tables = [model.encoder.ids.weight]
-    if model.encoder.context_ids is not None:
-        tables.append(model.encoder.context_ids.weight)
-    ids = {id(t) for t in tables}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    return torch.optim.AdamW(
-        [{"params": tables, "weight_decay": config.id_weight_decay},
-         {"params": rest, "weight_decay": config.weight_decay}],
-        lr=config.learning_rate, fused=True,
-    )  # fmt: skip
 
 
 def scheduled_lr(config: TrainConfig, progress: float) -> float:
@@ -129,7 +115,15 @@ class Trainer:
         self.device = tables.device
         # a CPU looks up only the bags' non-zero entries; an accelerator keeps fixed shapes (no wait for a count)
         model.encoder.compact = self.device.type == "cpu"
-        self.optimizer = _optimizer(model, config)
+        # a large catalog's ID tables are updated row by row on a CPU (train.optim); not with weight decay (which
+        # SparseAdam lacks), nor across processes (DDP would all-reduce sparse gradients) or on an accelerator
+        self.sparse_ids = (
+            self.device.type == "cpu" and self.world.size == 1 and model.cfg.n_items >= SPARSE_IDS_FROM
+            and config.weight_decay == 0 and config.id_weight_decay == 0
+        ) if config.sparse_ids is None else config.sparse_ids  # fmt: skip
+        self.optimizer = build_optimizer(
+            model, config.learning_rate, config.weight_decay, config.id_weight_decay, self.sparse_ids
+        )
         self.state = TrainState()
         self.train_model: torch.nn.Module = model  # the DDP wrapper when distributed
         self.batches = DeviceHistories(histories, self.device)
@@ -281,12 +275,19 @@ class Trainer:
         self.model.eval()
         users, targets = self.valid
         items = self.tables.embed_items(self.model)
-        scores = self.user_embeddings(users) @ items.T
-        seen = [
-            self.hist.like_items[self.hist.like_start[u] : self.hist.like_start[u] + self.hist.like_count[u]]
-            for u in users
-        ]
-        return recall_at_k(scores, seen, targets)
+        vectors = self.user_embeddings(users)
+        hits = 0.0
+        # a block of users at a time: all 2,000 validation users against a 1M catalog at once would be an 8 GB
+        # score matrix; a block is at most VALID_SCORES floats (256 MB) whatever the catalog
+        block = max(1, VALID_SCORES // max(items.shape[0], 1))
+        for i in range(0, users.size, block):
+            seen = [
+                self.hist.like_items[self.hist.like_start[u] : self.hist.like_start[u] + self.hist.like_count[u]]
+                for u in users[i : i + block]
+            ]
+            part = targets[i : i + block]
+            hits += recall_at_k(vectors[i : i + block] @ items.T, seen, part) * len(part)
+        return hits / max(len(targets), 1)
 
     @property
     def validates(self) -> bool:
