@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.train.test_batches import _trainer as small_trainer
+from twotower.errors import InputError
 from twotower.train import trainer as trainer_module
 from twotower.train.checkpoint import load_checkpoint, save_checkpoint
 from twotower.train.optim import SplitAdam, id_tables
@@ -30,6 +31,8 @@ def test_the_catalog_size_chooses_sparse_id_tables(monkeypatch: pytest.MonkeyPat
     assert not _trainer(weight_decay=1e-4).sparse_ids  # SparseAdam has no weight decay
     assert not _trainer(id_weight_decay=1e-4).sparse_ids
     assert not _trainer(sparse_ids=False).sparse_ids  # an explicit choice wins
+    with pytest.raises(InputError, match="no weight decay"):  # never a decay silently dropped
+        _trainer(sparse_ids=True, weight_decay=1e-4)
 
 
 def test_a_step_gives_the_id_tables_gradients_of_the_rows_it_looked_up_only() -> None:
@@ -69,4 +72,8 @@ def test_a_sparse_run_resumes_from_its_checkpoint_as_the_uninterrupted_run(tmp_p
     for pid, state in saved["state"].items():
         for key, value in state.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(loaded["state"][pid][key])), (pid, key)
+    assert isinstance(resumed.optimizer, SplitAdam)
+    assert all(type(state["step"]) is int for state in resumed.optimizer.sparse.state.values())  # float64 bias terms
     assert straight.train_epoch(2).loss == resumed.train_epoch(2).loss
+    for name, weights in straight.model.state_dict().items():  # bit for bit, not only the mean loss
+        assert torch.equal(weights, resumed.model.state_dict()[name]), name

@@ -155,7 +155,8 @@ def validate_model(
     features = towers.pipeline.transform(catalog)
     table = features.with_padding_row()
     tables = FeatureTables(features, torch.device("cpu"), cfg.history_tags, cfg.history_performers)
-    rows = np.arange(len(sampled), dtype=np.int64)  # the sampled videos come first (``load_catalog`` keeps order)
+    at = {video: i for i, video in enumerate(catalog.ids)}  # a sampled video deleted meanwhile is not there
+    rows = np.array([at[v] for v in sampled if v in at], dtype=np.int64)
 
     report = ValidationReport()
     with torch.no_grad():

@@ -5,8 +5,8 @@ A dense Adam step reads and writes every row of every table, and the dense gradi
 about 0.1 s of a 0.27 s CPU step, whatever the batch (bench/scale.py, issue 31), so an epoch grew faster than the
 data. Above ``SPARSE_IDS_FROM`` rows a CPU trainer gives those tables sparse gradients (only the rows a step
 looked up) and ``SplitAdam`` updates them with ``torch.optim.SparseAdam``: the "lazy Adam" that large-vocabulary
-embedding training uses (the moments of a row move only when the row is in a batch); every other parameter keeps
-the fused dense Adam.
+embedding training uses (the moments of a row move only when the row is looked up in a step, with a zero weight
+too); every other parameter keeps the fused dense Adam.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ class SplitAdam:
         k, n = len(self.dense.param_groups), self._n_dense()
         groups, state = state_dict["param_groups"], state_dict["state"]
         self.dense.load_state_dict({"state": {i: v for i, v in state.items() if i < n}, "param_groups": groups[:k]})
+        # SparseAdam counts its steps in a Python int (its bias correction in float64); a checkpoint stores a tensor
         self.sparse.load_state_dict({
-            "state": {i - n: v for i, v in state.items() if i >= n},
+            "state": {i - n: {**v, "step": int(v["step"])} if "step" in v else v for i, v in state.items() if i >= n},
             "param_groups": [{**g, "params": [i - n for i in g["params"]]} for g in groups[k:]],
         })  # fmt: skip

@@ -119,12 +119,14 @@ def _valid_targets(prepared: Prepared, max_users: int) -> tuple[np.ndarray, list
     return users, [np.array(by_user[int(u)], dtype=np.int64) for u in users]
 
 
-def _run_key(options: TrainOptions, prepared: Prepared, cfg: TowerConfig, world_size: int) -> str:
+def _run_key(options: TrainOptions, prepared: Prepared, cfg: TowerConfig, world_size: int, sparse_ids: bool) -> str:
     blob = json.dumps(
         # a run resumes only a checkpoint of identical options, epochs included (a finished 3-epoch run is not a
-        # 2-epoch run, and the learning-rate schedule depends on the budget)
+        # 2-epoch run, and the learning-rate schedule depends on the budget), and of the same optimizer (a dense
+        # Adam's state does not fit train.optim.SplitAdam's)
         {"opt": {k: str(v) for k, v in asdict(options).items() if k not in ("version", "update_db", "resume")},
-         "cfg": cfg.to_json(), "data": prepared.fingerprint, **({"world": world_size} if world_size > 1 else {})},
+         "cfg": cfg.to_json(), "data": prepared.fingerprint, **({"world": world_size} if world_size > 1 else {}),
+         **({"sparse_ids": True} if sparse_ids else {})},
         sort_keys=True,
     )  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -169,8 +171,6 @@ def train(
         seed=options.seed, patience=options.patience, lr_schedule=options.lr_schedule,
         id_weight_decay=options.id_weight_decay, precision=options.precision,
     )  # fmt: skip
-    # a checkpoint resumes only with the same world size (the shards of an epoch depend on it)
-    run_dir = out_dir / ".checkpoints" / _run_key(options, prepared, cfg, world.size)
 
     # phase 1: train on the training period minus validation; early stopping picks the number of epochs
     trainer = Trainer(
@@ -180,6 +180,8 @@ def train(
     )  # fmt: skip
     if trainer.n_examples == 0:
         raise InputError("no training likes left after the temporal split: more swipes are needed")
+    # a checkpoint resumes only with the same world size (the shards of an epoch depend on it)
+    run_dir = out_dir / ".checkpoints" / _run_key(options, prepared, cfg, world.size, trainer.sparse_ids)
     resumed = _restore(trainer, run_dir / "select", options.resume)
     if on_start is not None:
         on_start(prepared, trainer.positives_per_epoch, resumed)

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from twotower.errors import InputError
 from twotower.evaluation.ranking import top_k
 from twotower.features.examples import Histories
 from twotower.model.config import TowerConfig
@@ -121,6 +122,10 @@ class Trainer:
             self.device.type == "cpu" and self.world.size == 1 and model.cfg.n_items >= SPARSE_IDS_FROM
             and config.weight_decay == 0 and config.id_weight_decay == 0
         ) if config.sparse_ids is None else config.sparse_ids  # fmt: skip
+        if self.sparse_ids and (config.weight_decay or config.id_weight_decay):
+            raise InputError(
+                "sparse ID tables (SparseAdam) take no weight decay: set sparse_ids or the decay, not both"
+            )
         self.optimizer = build_optimizer(
             model, config.learning_rate, config.weight_decay, config.id_weight_decay, self.sparse_ids
         )
